@@ -1,0 +1,410 @@
+//! Scale-in as a plan over instances: which to drain, which drains to cancel, which drained
+//! instances are removable, and how far the replica count may fall so that the workload's own
+//! deletion order removes exactly those. Pure, no I/O.
+
+use std::cmp::Reverse;
+
+use crate::api::{OnLost, OnTimeout, TargetKind};
+use crate::engine::{
+    Draining, Event, EventReason, Instance, InstanceCounts, Observation, Phase, Reading, Time,
+};
+use crate::policy::Policy;
+
+/// The deletion cost given to removable pods so that the ReplicaSet deletes them first.
+pub const REMOVABLE_DELETION_COST: i32 = i32::MIN;
+
+/// What to do to instances, and the replica count that results.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrainPlan {
+    /// `spec.replicas` to write.
+    pub replicas: u32,
+    /// Pods to mark draining.
+    pub start: Vec<String>,
+    /// Draining pods to put back into service.
+    pub cancel: Vec<String>,
+    /// Removable pods to give the lowest deletion cost, so that they rank first.
+    pub mark_removable: Vec<String>,
+    /// Pods the lowered count removes, and why they may go.
+    pub remove: Vec<Removal>,
+    /// Lost pods to delete so that their workload recreates them.
+    pub replace: Vec<String>,
+    /// Removable pods wait because others rank before them for deletion.
+    pub blocked: bool,
+    pub events: Vec<Event>,
+}
+
+impl DrainPlan {
+    /// Changes nothing.
+    pub fn hold(replicas: u32) -> DrainPlan {
+        DrainPlan {
+            replicas,
+            ..DrainPlan::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removal {
+    pub pod: String,
+    pub cause: RemovalCause,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemovalCause {
+    /// A heartbeat after the drain began reported zero sessions (or the pod never ran).
+    Drained,
+    /// The pod stopped heartbeating.
+    Lost,
+    /// The drain timed out with `onTimeout: Remove`.
+    TimedOut,
+    /// The policy drains nothing (no heartbeats, zero drain timeout): the HPA's scale-in.
+    Undrained,
+}
+
+/// Whether a running pod has stopped heartbeating for longer than the timeout. Nothing is Lost
+/// until one timeout has passed since heartbeats began to be collected.
+pub fn is_lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool {
+    let (Some(hb), Some(started)) = (&policy.heartbeat, pod.started) else {
+        return false;
+    };
+    if pod.phase != Phase::Running {
+        return false;
+    }
+    let last = pod
+        .heartbeat
+        .map_or(started, |h| h.at.max(started))
+        .max(seen.heartbeats_since);
+    now.since(last) >= hb.timeout
+}
+
+/// Why a draining pod may be removed now, if it may.
+fn removable(
+    policy: &Policy,
+    seen: &Observation,
+    pod: &Instance,
+    since: Time,
+    now: Time,
+) -> Option<RemovalCause> {
+    if !policy.drains() {
+        return Some(RemovalCause::Undrained);
+    }
+    if is_lost(policy, seen, pod, now) {
+        return Some(RemovalCause::Lost);
+    }
+    if policy.heartbeat.is_some() {
+        let reported_empty = pod
+            .heartbeat
+            .is_some_and(|h| h.at > since && h.sessions == 0);
+        if reported_empty || pod.started.is_none() {
+            return Some(RemovalCause::Drained);
+        }
+    }
+    let timed_out = now.since(since) >= policy.drain.timeout;
+    match (
+        timed_out,
+        policy.heartbeat.is_some(),
+        policy.drain.on_timeout,
+    ) {
+        // Without heartbeats no sessions are known: the timeout is the whole drain.
+        (true, false, _) => Some(RemovalCause::Drained),
+        (true, true, OnTimeout::Remove) => Some(RemovalCause::TimedOut),
+        _ => None,
+    }
+}
+
+/// The session count a draining pod reported after its drain began.
+fn sessions_since(pod: &Instance, since: Time) -> Option<u64> {
+    match pod.heartbeat {
+        Some(h) if h.at > since => Some(h.sessions),
+        _ if pod.started.is_none() => Some(0),
+        _ => None,
+    }
+}
+
+/// The `sessions` metric: known sessions over all pods, unavailable while heartbeats are too
+/// new to be trusted and some running pod has not reported.
+pub fn sessions_reading(
+    policy: &Policy,
+    seen: &Observation,
+    pods: &[&Instance],
+    now: Time,
+) -> Reading {
+    let Some(hb) = &policy.heartbeat else {
+        return Reading::Unavailable {
+            reason: "the policy has no heartbeat source".to_owned(),
+        };
+    };
+    let unknown = pods.iter().filter(|p| p.sessions().is_none()).count();
+    if unknown > 0 && now.since(seen.heartbeats_since) < hb.timeout {
+        return Reading::Unavailable {
+            reason: format!(
+                "waiting for heartbeats: {unknown} of {} instances have not reported yet",
+                pods.len()
+            ),
+        };
+    }
+    let total: u64 = pods.iter().filter_map(|p| p.sessions()).sum();
+    Reading::Value(total as f64)
+}
+
+pub fn counts(
+    policy: &Policy,
+    seen: &Observation,
+    pods: &[&Instance],
+    now: Time,
+) -> InstanceCounts {
+    let mut counts = InstanceCounts::default();
+    for p in pods {
+        if p.draining_since.is_some() {
+            counts.draining += 1;
+        } else if p.ready {
+            counts.ready += 1;
+        }
+        if is_lost(policy, seen, p, now) {
+            counts.lost += 1;
+        }
+        counts.sessions += p.sessions().unwrap_or(0);
+    }
+    counts
+}
+
+/// Pods that stay draining after the plan, for status.
+pub fn draining_status(pods: &[&Instance], plan: &DrainPlan) -> Vec<Draining> {
+    let gone = |name: &str| {
+        plan.cancel.iter().any(|c| c == name) || plan.remove.iter().any(|r| r.pod == name)
+    };
+    pods.iter()
+        .filter_map(|p| p.draining_since.map(|since| (p, since)))
+        .filter(|(p, _)| !gone(&p.name))
+        .map(|(p, since)| Draining {
+            pod: p.name.clone(),
+            since,
+            sessions: sessions_since(p, since),
+        })
+        .collect()
+}
+
+/// The ReplicaSet's ranking up to the deletion cost: pods equal here may be deleted in any
+/// order. Lower ranks are deleted first.
+fn replica_set_class(p: &Instance) -> (bool, Phase, bool, i32) {
+    (p.scheduled, p.phase, p.ready, p.deletion_cost)
+}
+
+/// The order in which the workload deletes pods on a scale-in, first victim first: highest
+/// ordinal for a StatefulSet; for a ReplicaSet unscheduled, pending, not ready, lowest
+/// deletion cost, then the most recently started, most restarted, newest.
+pub fn deletion_order(kind: TargetKind, pods: &[&Instance]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..pods.len()).collect();
+    match kind {
+        TargetKind::StatefulSet => {
+            order.sort_by_key(|&i| Reverse(pods[i].ordinal.unwrap_or(u32::MAX)))
+        }
+        TargetKind::Deployment => order.sort_by(|&a, &b| {
+            let (pa, pb) = (pods[a], pods[b]);
+            replica_set_class(pa)
+                .cmp(&replica_set_class(pb))
+                .then_with(|| pb.started.cmp(&pa.started))
+                .then_with(|| pb.restarts.cmp(&pa.restarts))
+                .then_with(|| pb.created.cmp(&pa.created))
+                .then_with(|| pa.name.cmp(&pb.name))
+        }),
+    }
+    order
+}
+
+/// How many pods at the front of the deletion order are removable, counting only whole groups
+/// that the workload could delete in any order.
+fn removable_prefix(kind: TargetKind, pods: &[&Instance], order: &[usize], ok: &[bool]) -> usize {
+    let mut count = 0;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i + 1;
+        if kind == TargetKind::Deployment {
+            let class = replica_set_class(pods[order[i]]);
+            while j < order.len() && replica_set_class(pods[order[j]]) == class {
+                j += 1;
+            }
+        }
+        if !order[i..j].iter().all(|&k| ok[k]) {
+            break;
+        }
+        count += j - i;
+        i = j;
+    }
+    count
+}
+
+/// Plans drains, cancellations, removals and the replica count that serves `desired`.
+pub fn plan(
+    policy: &Policy,
+    seen: &Observation,
+    pods: &[&Instance],
+    desired: u32,
+    now: Time,
+) -> DrainPlan {
+    let kind = policy.target.kind;
+    let lost: Vec<bool> = pods.iter().map(|p| is_lost(policy, seen, p, now)).collect();
+    let mut since: Vec<Option<Time>> = pods.iter().map(|p| p.draining_since).collect();
+    let mut plan = DrainPlan::default();
+    let desired_n = desired as usize;
+    let active = |since: &[Option<Time>]| since.iter().filter(|s| s.is_none()).count();
+
+    // 1. Load came back: put draining pods back into service before adding new ones.
+    let serving = active(&since);
+    if serving < desired_n {
+        let mut cancellable: Vec<usize> = (0..pods.len())
+            .filter(|&i| since[i].is_some() && !lost[i])
+            .collect();
+        match kind {
+            TargetKind::StatefulSet => cancellable.sort_by_key(|&i| pods[i].ordinal),
+            TargetKind::Deployment => cancellable.sort_by_key(|&i| {
+                (
+                    Reverse(pods[i].sessions().unwrap_or(u64::MAX)),
+                    pods[i].name.as_str(),
+                )
+            }),
+        }
+        for &i in cancellable.iter().take(desired_n - serving) {
+            since[i] = None;
+            plan.cancel.push(pods[i].name.clone());
+            plan.events.push(Event {
+                reason: EventReason::DrainCancelled,
+                message: format!("load is back: pod {} serves again", pods[i].name),
+            });
+        }
+    }
+
+    // 2. Too many serving: choose victims.
+    let order = deletion_order(kind, pods);
+    let serving = active(&since);
+    let mut victims = Vec::new();
+    if serving > desired_n {
+        let mut candidates: Vec<usize> = (0..pods.len()).filter(|&i| since[i].is_none()).collect();
+        match kind {
+            TargetKind::StatefulSet => candidates.sort_by_key(|&i| Reverse(pods[i].ordinal)),
+            TargetKind::Deployment => {
+                let mut rank = vec![0usize; pods.len()];
+                for (pos, &i) in order.iter().enumerate() {
+                    rank[i] = pos;
+                }
+                candidates.sort_by_key(|&i| {
+                    let healthy = !lost[i] && pods[i].ready;
+                    (healthy, pods[i].sessions().unwrap_or(u64::MAX), rank[i])
+                });
+            }
+        }
+        victims = candidates.into_iter().take(serving - desired_n).collect();
+        for &i in &victims {
+            since[i] = Some(now);
+        }
+    }
+
+    // 3. Which draining pods may go, and 4. how many the deletion order lets go now.
+    let causes: Vec<Option<RemovalCause>> = (0..pods.len())
+        .map(|i| since[i].and_then(|s| removable(policy, seen, pods[i], s, now)))
+        .collect();
+    let ok: Vec<bool> = causes.iter().map(Option::is_some).collect();
+    let scaling_up = active(&since) < desired_n;
+    let removed: Vec<usize> = if scaling_up {
+        Vec::new()
+    } else if !policy.drains() {
+        // Nothing to wait for: the workload picks, as under the HPA.
+        (0..pods.len()).filter(|&i| ok[i]).collect()
+    } else {
+        let k = removable_prefix(kind, pods, &order, &ok);
+        order[..k].to_vec()
+    };
+    let still_draining = since.iter().filter(|s| s.is_some()).count() - removed.len();
+    plan.replicas = u32::try_from(desired_n + still_draining).unwrap_or(u32::MAX);
+
+    for &i in &victims {
+        if policy.drains() && !removed.contains(&i) {
+            plan.start.push(pods[i].name.clone());
+            let sessions = pods[i]
+                .sessions()
+                .map_or("unknown sessions".to_owned(), |s| format!("{s} sessions"));
+            plan.events.push(Event {
+                reason: EventReason::DrainStarted,
+                message: format!(
+                    "draining pod {} ({sessions}) to scale in to {desired} serving replicas",
+                    pods[i].name
+                ),
+            });
+        }
+    }
+    for &i in &removed {
+        let cause = causes[i].unwrap_or(RemovalCause::Undrained);
+        plan.remove.push(Removal {
+            pod: pods[i].name.clone(),
+            cause,
+        });
+        let message = match cause {
+            RemovalCause::Drained => Some((
+                EventReason::DrainCompleted,
+                format!("pod {} drained; removing it", pods[i].name),
+            )),
+            RemovalCause::Lost => Some((
+                EventReason::InstanceLost,
+                format!(
+                    "pod {} sent no heartbeat while draining; removing it",
+                    pods[i].name
+                ),
+            )),
+            RemovalCause::TimedOut => Some((
+                EventReason::DrainTimedOut,
+                format!(
+                    "pod {} still held {} sessions after the drain timeout; removing it (onTimeout: Remove)",
+                    pods[i].name,
+                    sessions_since(pods[i], since[i].unwrap_or(now))
+                        .map_or("unknown".to_owned(), |s| s.to_string())
+                ),
+            )),
+            RemovalCause::Undrained => None,
+        };
+        if let Some((reason, message)) = message {
+            plan.events.push(Event { reason, message });
+        }
+    }
+    if policy.drains() {
+        for i in (0..pods.len()).filter(|&i| ok[i] && !removed.contains(&i)) {
+            plan.blocked = true;
+            if pods[i].deletion_cost != REMOVABLE_DELETION_COST {
+                plan.mark_removable.push(pods[i].name.clone());
+            }
+        }
+    }
+
+    // 5. Lost pods still serving are replaced, a few at a time, and only while others report.
+    if let Some(hb) = &policy.heartbeat {
+        let others_report = pods
+            .iter()
+            .zip(&lost)
+            .any(|(p, &l)| !l && p.heartbeat.is_some_and(|h| now.since(h.at) < hb.timeout));
+        let in_flight = seen.instances.iter().filter(|p| p.terminating).count() as u32;
+        let budget = hb.max_concurrent_replacements.saturating_sub(in_flight) as usize;
+        let serving_lost = (0..pods.len()).filter(|&i| lost[i] && since[i].is_none());
+        for i in serving_lost {
+            let replace =
+                hb.on_lost == OnLost::Replace && others_report && plan.replace.len() < budget;
+            let what = if replace {
+                plan.replace.push(pods[i].name.clone());
+                "replacing it".to_owned()
+            } else if hb.on_lost == OnLost::Keep {
+                "keeping it (onLost: Keep)".to_owned()
+            } else if !others_report {
+                "not replacing it while no instance reports".to_owned()
+            } else {
+                "waiting to replace it".to_owned()
+            };
+            plan.events.push(Event {
+                reason: EventReason::InstanceLost,
+                message: format!(
+                    "pod {} sent no heartbeat for {}s; {what}",
+                    pods[i].name,
+                    hb.timeout.as_secs()
+                ),
+            });
+        }
+    }
+    plan
+}

@@ -1,0 +1,74 @@
+//! The history the engine needs across decisions (and controller restarts): recent
+//! recommendations and scale events, pruned to the longest window. Pure, no I/O.
+
+use crate::engine::{Decision, History, Mode, Recommendation, ScaleEvent, Time};
+use crate::policy::Policy;
+
+/// Recommendations and events kept at most, whatever the windows: status stays small.
+pub const MAX_ENTRIES: usize = 256;
+
+/// The history after `decision` at `now`. Scale events are recorded only when the decision
+/// was carried out.
+pub fn next_history(policy: &Policy, history: &History, decision: &Decision, now: Time) -> History {
+    let cutoff = now.minus(policy.history_horizon());
+    let mut recommendations: Vec<Recommendation> = history
+        .recommendations
+        .iter()
+        .copied()
+        .filter(|r| r.time > cutoff)
+        .collect();
+    if decision.mode != Mode::Paused {
+        recommendations.push(Recommendation {
+            time: now,
+            replicas: decision.recommendation,
+        });
+    }
+    let mut scale_events: Vec<ScaleEvent> = history
+        .scale_events
+        .iter()
+        .copied()
+        .filter(|e| e.time > cutoff)
+        .collect();
+    if decision.mode == Mode::Act && decision.desired != decision.current {
+        scale_events.push(ScaleEvent {
+            time: now,
+            from: decision.current,
+            to: decision.desired,
+        });
+    }
+    History {
+        recommendations: keep_last(prune_dominated(recommendations)),
+        scale_events: keep_last(scale_events),
+        consecutive_failures: if decision.metrics_failed {
+            history.consecutive_failures.saturating_add(1)
+        } else {
+            0
+        },
+    }
+}
+
+/// Drops recommendations that can no longer decide either window: one followed by a later
+/// one at least as high (for the highest-in-window) and a later one at least as low (for the
+/// lowest-in-window) is never the extreme of any window that still contains it.
+fn prune_dominated(recs: Vec<Recommendation>) -> Vec<Recommendation> {
+    let mut kept = Vec::with_capacity(recs.len());
+    let (mut max_after, mut min_after) = (None::<u32>, None::<u32>);
+    for r in recs.into_iter().rev() {
+        let needed_for_max = max_after.is_none_or(|m| m < r.replicas);
+        let needed_for_min = min_after.is_none_or(|m| m > r.replicas);
+        if needed_for_max || needed_for_min {
+            kept.push(r);
+        }
+        max_after = Some(max_after.map_or(r.replicas, |m| m.max(r.replicas)));
+        min_after = Some(min_after.map_or(r.replicas, |m| m.min(r.replicas)));
+    }
+    kept.reverse();
+    kept
+}
+
+fn keep_last<T>(mut items: Vec<T>) -> Vec<T> {
+    if items.len() > MAX_ENTRIES {
+        items.drain(..items.len() - MAX_ENTRIES);
+    }
+    items
+}

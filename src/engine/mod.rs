@@ -1,0 +1,611 @@
+//! The decision engine: `(policy, observation, history, now) -> decision`. Pure: no I/O, no
+//! clock, no randomness. The controller and the simulator both drive it.
+
+mod behavior;
+mod drain;
+mod history;
+mod replicas;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::policy::{Policy, Source};
+
+pub use behavior::{Limit, RateLimited, limit_rate, stabilize};
+pub use drain::{DrainPlan, Removal, RemovalCause, deletion_order};
+pub use history::next_history;
+pub use replicas::metric_replicas;
+
+/// A point in time, in milliseconds since the Unix epoch. The engine never reads a clock;
+/// callers pass `now`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time(pub i64);
+
+impl Time {
+    pub fn from_secs(secs: i64) -> Time {
+        Time(secs.saturating_mul(1000))
+    }
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+    pub fn plus(self, d: Duration) -> Time {
+        Time(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+    pub fn minus(self, d: Duration) -> Time {
+        Time(
+            self.0
+                .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+    /// How long after `earlier` this is; zero if it is not later.
+    pub fn since(self, earlier: Time) -> Duration {
+        Duration::from_millis(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
+    }
+}
+
+/// A metric value as read, or why it could not be read. Never a sentinel number.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reading {
+    Value(f64),
+    Unavailable { reason: String },
+}
+
+/// What the controller (or simulator) saw at `now`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observation {
+    /// `spec.replicas` of the target, through its scale subresource.
+    pub replicas: u32,
+    /// Readings of the `prometheus` metrics by metric name; a missing name is unavailable.
+    /// `sessions` metrics are derived from `instances`.
+    pub readings: BTreeMap<String, Reading>,
+    /// The target's pods.
+    pub instances: Vec<Instance>,
+    /// Since when heartbeats have been collected (the leader's start). Nothing is declared
+    /// Lost before one heartbeat timeout has passed since then.
+    pub heartbeats_since: Time,
+}
+
+/// One pod of the target, pruned to what decisions need.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Instance {
+    pub name: String,
+    pub created: Time,
+    /// Bound to a node.
+    pub scheduled: bool,
+    pub phase: Phase,
+    pub ready: bool,
+    /// When the pod started running; heartbeats are expected from then on.
+    pub started: Option<Time>,
+    pub restarts: u32,
+    /// Has a deletion timestamp: already on its way out.
+    pub terminating: bool,
+    /// `controller.kubernetes.io/pod-deletion-cost`.
+    pub deletion_cost: i32,
+    /// StatefulSet ordinal.
+    pub ordinal: Option<u32>,
+    /// Since when the pod has been draining, from its annotation.
+    pub draining_since: Option<Time>,
+    /// The latest heartbeat.
+    pub heartbeat: Option<Heartbeat>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Unknown,
+    Running,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub at: Time,
+    pub sessions: u64,
+}
+
+impl Instance {
+    /// Sessions as far as they are known: a pod that never ran holds none; one that has not
+    /// reported is unknown (and treated as holding sessions).
+    pub fn sessions(&self) -> Option<u64> {
+        match (self.heartbeat, self.started) {
+            (Some(h), _) => Some(h.sessions),
+            (None, None) => Some(0),
+            (None, Some(_)) => None,
+        }
+    }
+}
+
+/// What the engine remembers between decisions; lives in the policy's status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct History {
+    /// Raw recommendations, oldest first, for the stabilization windows.
+    pub recommendations: Vec<Recommendation>,
+    /// Changes of the serving replica count, oldest first, for the rate policies.
+    pub scale_events: Vec<ScaleEvent>,
+    /// Consecutive decisions in which some metric could not be read.
+    pub consecutive_failures: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recommendation {
+    pub time: Time,
+    pub replicas: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScaleEvent {
+    pub time: Time,
+    pub from: u32,
+    pub to: u32,
+}
+
+/// Whether the decision may be carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Act,
+    /// `dryRun`: report what would be done, change nothing.
+    DryRun,
+    /// `paused`: decide nothing new.
+    Paused,
+}
+
+/// One metric's part in the decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricOutcome {
+    pub name: String,
+    pub reading: Reading,
+    /// The serving replica count this metric asks for; `None` when it could not be read.
+    pub replicas: Option<u32>,
+    /// Above its activation threshold.
+    pub active: bool,
+}
+
+/// Instance counts for status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InstanceCounts {
+    pub ready: u32,
+    pub draining: u32,
+    pub lost: u32,
+    /// Known sessions over all instances.
+    pub sessions: u64,
+}
+
+/// A draining instance, for status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Draining {
+    pub pod: String,
+    pub since: Time,
+    /// Known only once the pod reported after its drain began.
+    pub sessions: Option<u64>,
+}
+
+/// Condition types the engine decides (the controller adds `Ready`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ConditionType {
+    ScalingActive,
+    AbleToScale,
+    ScalingLimited,
+    Draining,
+    Fallback,
+}
+
+impl ConditionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::ScalingActive => "ScalingActive",
+            ConditionType::AbleToScale => "AbleToScale",
+            ConditionType::ScalingLimited => "ScalingLimited",
+            ConditionType::Draining => "Draining",
+            ConditionType::Fallback => "Fallback",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condition {
+    pub type_: ConditionType,
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Event reasons, as `kubectl describe` shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EventReason {
+    ScaledUp,
+    ScaledDown,
+    DrainStarted,
+    DrainCancelled,
+    DrainCompleted,
+    DrainTimedOut,
+    InstanceLost,
+    MetricUnavailable,
+    FallbackActive,
+}
+
+impl EventReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventReason::ScaledUp => "ScaledUp",
+            EventReason::ScaledDown => "ScaledDown",
+            EventReason::DrainStarted => "DrainStarted",
+            EventReason::DrainCancelled => "DrainCancelled",
+            EventReason::DrainCompleted => "DrainCompleted",
+            EventReason::DrainTimedOut => "DrainTimedOut",
+            EventReason::InstanceLost => "InstanceLost",
+            EventReason::MetricUnavailable => "MetricUnavailable",
+            EventReason::FallbackActive => "FallbackActive",
+        }
+    }
+
+    pub fn is_warning(self) -> bool {
+        matches!(
+            self,
+            EventReason::DrainTimedOut
+                | EventReason::InstanceLost
+                | EventReason::MetricUnavailable
+                | EventReason::FallbackActive
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub reason: EventReason,
+    pub message: String,
+}
+
+/// Everything decided at `now`, with the reasons for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub mode: Mode,
+    /// Serving replicas before the decision: `spec.replicas` less draining pods.
+    pub current: u32,
+    /// Serving replicas wanted after behavior and limits.
+    pub desired: u32,
+    /// The largest count any metric asked for, before stabilization and limits; recorded in
+    /// the history.
+    pub recommendation: u32,
+    /// `spec.replicas` to write: `desired` plus pods still draining, less those removed now.
+    pub replicas: u32,
+    pub limit: Limit,
+    pub metrics: Vec<MetricOutcome>,
+    /// Some metric could not be read this time.
+    pub metrics_failed: bool,
+    pub fallback_active: bool,
+    pub plan: DrainPlan,
+    pub instances: InstanceCounts,
+    pub draining: Vec<Draining>,
+    pub conditions: Vec<Condition>,
+    pub events: Vec<Event>,
+}
+
+impl Decision {
+    pub fn scales(&self, observed: u32) -> bool {
+        self.replicas != observed
+    }
+}
+
+/// Decides the replica count and the drains for one policy at `now`.
+pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time) -> Decision {
+    let pods: Vec<&Instance> = seen.instances.iter().filter(|i| !i.terminating).collect();
+    let draining_now = pods.iter().filter(|i| i.draining_since.is_some()).count();
+    let current = seen
+        .replicas
+        .saturating_sub(u32::try_from(draining_now).unwrap_or(u32::MAX));
+
+    let metrics = read_metrics(policy, seen, &pods, current, now);
+    let metrics_failed = metrics.iter().any(|m| m.replicas.is_none());
+    let failures = if metrics_failed {
+        history.consecutive_failures.saturating_add(1)
+    } else {
+        0
+    };
+    let fallback = policy
+        .fallback
+        .filter(|f| metrics_failed && failures >= f.failure_threshold);
+    let any_active = metrics.iter().any(|m| m.active);
+    let all_failed = metrics.iter().all(|m| m.replicas.is_none());
+
+    // A failed metric holds the current count, so it can only keep or raise the maximum.
+    let recommendation = if metrics.iter().all(|m| m.replicas.is_some()) && !any_active {
+        0
+    } else {
+        let asked = metrics
+            .iter()
+            .map(|m| m.replicas.unwrap_or(current))
+            .max()
+            .unwrap_or(current);
+        if any_active { asked.max(1) } else { asked }
+    };
+
+    let mut events = Vec::new();
+    let (desired, limit) = if policy.paused {
+        (current, Limit::within_range())
+    } else if current > policy.max_replicas {
+        (policy.max_replicas, Limit::too_many(policy.max_replicas))
+    } else if current < policy.min_replicas {
+        (policy.min_replicas, Limit::too_few(policy.min_replicas))
+    } else if let Some(f) = fallback {
+        // Upward at once; downward through the drain plan like any scale-in.
+        (f.replicas, Limit::fallback(f.replicas))
+    } else {
+        let stable = stabilize(
+            &policy.behavior,
+            &history.recommendations,
+            recommendation,
+            current,
+            now,
+        );
+        let limited = limit_rate(policy, &history.scale_events, current, stable.replicas, now);
+        let desired = if current == 0 && any_active {
+            limited.replicas.max(1)
+        } else {
+            limited.replicas
+        };
+        (desired, limited.limit.with_stabilization(stable.reason))
+    };
+
+    for m in metrics.iter().filter(|m| m.replicas.is_none()) {
+        if let Reading::Unavailable { reason } = &m.reading {
+            events.push(Event {
+                reason: EventReason::MetricUnavailable,
+                message: format!(
+                    "metric {} could not be read: {reason}; holding {current} replicas",
+                    m.name
+                ),
+            });
+        }
+    }
+    if let Some(f) = fallback {
+        events.push(Event {
+            reason: EventReason::FallbackActive,
+            message: format!(
+                "metrics failed {failures} times in a row (threshold {}); moving to the fallback of {} replicas",
+                f.failure_threshold, f.replicas
+            ),
+        });
+    }
+
+    let mut plan = if policy.paused {
+        DrainPlan::hold(seen.replicas)
+    } else {
+        drain::plan(policy, seen, &pods, desired, now)
+    };
+    let instances = drain::counts(policy, seen, &pods, now);
+    let draining = drain::draining_status(&pods, &plan);
+    events.append(&mut plan.events);
+
+    let replicas = plan.replicas;
+    if replicas > seen.replicas {
+        events.push(Event {
+            reason: EventReason::ScaledUp,
+            message: format!(
+                "scaled up from {} to {replicas} replicas: {}",
+                seen.replicas, limit.message
+            ),
+        });
+    } else if replicas < seen.replicas {
+        events.push(Event {
+            reason: EventReason::ScaledDown,
+            message: format!(
+                "scaled down from {} to {replicas} replicas after draining",
+                seen.replicas
+            ),
+        });
+    }
+
+    let mode = if policy.paused {
+        Mode::Paused
+    } else if policy.dry_run {
+        Mode::DryRun
+    } else {
+        Mode::Act
+    };
+    let conditions = conditions(ConditionInputs {
+        policy,
+        mode,
+        metrics: &metrics,
+        all_failed,
+        failures,
+        fallback_active: fallback.is_some(),
+        limit: &limit,
+        plan: &plan,
+        instances,
+        desired,
+    });
+    Decision {
+        mode,
+        current,
+        desired,
+        recommendation,
+        replicas,
+        limit,
+        metrics,
+        metrics_failed,
+        fallback_active: fallback.is_some(),
+        plan,
+        instances,
+        draining,
+        conditions,
+        events,
+    }
+}
+
+fn read_metrics(
+    policy: &Policy,
+    seen: &Observation,
+    pods: &[&Instance],
+    current: u32,
+    now: Time,
+) -> Vec<MetricOutcome> {
+    policy
+        .metrics
+        .iter()
+        .map(|m| {
+            let reading = match &m.source {
+                Source::Prometheus { .. } => {
+                    seen.readings
+                        .get(&m.name)
+                        .cloned()
+                        .unwrap_or_else(|| Reading::Unavailable {
+                            reason: "no reading was taken".to_owned(),
+                        })
+                }
+                Source::Sessions => drain::sessions_reading(policy, seen, pods, now),
+            };
+            let (replicas, active) = match &reading {
+                Reading::Value(v) => (
+                    Some(metric_replicas(m.target, *v, current, policy.tolerance)),
+                    *v > m.activation,
+                ),
+                Reading::Unavailable { .. } => (None, false),
+            };
+            MetricOutcome {
+                name: m.name.clone(),
+                reading,
+                replicas,
+                active,
+            }
+        })
+        .collect()
+}
+
+struct ConditionInputs<'a> {
+    policy: &'a Policy,
+    mode: Mode,
+    metrics: &'a [MetricOutcome],
+    all_failed: bool,
+    failures: u32,
+    fallback_active: bool,
+    limit: &'a Limit,
+    plan: &'a DrainPlan,
+    instances: InstanceCounts,
+    desired: u32,
+}
+
+fn conditions(c: ConditionInputs<'_>) -> Vec<Condition> {
+    let scaling_active = match c.mode {
+        Mode::Paused => Condition {
+            type_: ConditionType::ScalingActive,
+            status: false,
+            reason: "Paused",
+            message: "spec.paused is true: no scaling or draining until it is cleared".to_owned(),
+        },
+        _ if c.all_failed => Condition {
+            type_: ConditionType::ScalingActive,
+            status: false,
+            reason: "FailedGetMetrics",
+            message: format!(
+                "no metric could be read ({} in a row); holding the current count",
+                c.failures
+            ),
+        },
+        Mode::DryRun => Condition {
+            type_: ConditionType::ScalingActive,
+            status: true,
+            reason: "DryRun",
+            message: format!(
+                "spec.dryRun is true: would run {} serving replicas, changing nothing",
+                c.desired
+            ),
+        },
+        Mode::Act => {
+            let read: Vec<String> = c
+                .metrics
+                .iter()
+                .filter_map(|m| m.replicas.map(|r| format!("{} asks for {r}", m.name)))
+                .collect();
+            Condition {
+                type_: ConditionType::ScalingActive,
+                status: true,
+                reason: "ValidMetricFound",
+                message: format!("computing replicas from metrics: {}", read.join(", ")),
+            }
+        }
+    };
+    let able = Condition {
+        type_: ConditionType::AbleToScale,
+        status: true,
+        reason: c.limit.stabilization.unwrap_or("ReadyForNewScale"),
+        message: match c.limit.stabilization {
+            Some("ScaleDownStabilized") => {
+                "recent recommendations were higher than the current one, applying the highest recent recommendation"
+                    .to_owned()
+            }
+            Some(_) => {
+                "recent recommendations were lower than the current one, applying the lowest recent recommendation"
+                    .to_owned()
+            }
+            None => "the last scale time was sufficiently old to allow scaling".to_owned(),
+        },
+    };
+    let limited = Condition {
+        type_: ConditionType::ScalingLimited,
+        status: c.limit.kind != behavior::LimitKind::DesiredWithinRange,
+        reason: c.limit.kind.as_str(),
+        message: c.limit.message.clone(),
+    };
+    let draining = if c.instances.draining > 0 {
+        Condition {
+            type_: ConditionType::Draining,
+            status: true,
+            reason: if c.plan.blocked {
+                "WaitingForRemovalOrder"
+            } else {
+                "DrainInProgress"
+            },
+            message: format!(
+                "{} instances draining{}",
+                c.instances.draining,
+                if c.plan.blocked {
+                    "; drained instances wait until they rank first for deletion"
+                } else {
+                    ""
+                }
+            ),
+        }
+    } else {
+        Condition {
+            type_: ConditionType::Draining,
+            status: false,
+            reason: "NoDrains",
+            message: "no instance is draining".to_owned(),
+        }
+    };
+    let fallback = match (c.fallback_active, c.policy.fallback) {
+        (true, Some(f)) => Condition {
+            type_: ConditionType::Fallback,
+            status: true,
+            reason: "FallbackActive",
+            message: format!(
+                "metrics failed {} times in a row (threshold {}); running {} replicas",
+                c.failures, f.failure_threshold, f.replicas
+            ),
+        },
+        _ => Condition {
+            type_: ConditionType::Fallback,
+            status: false,
+            reason: if c.failures > 0 {
+                "MetricsFailing"
+            } else {
+                "MetricsAvailable"
+            },
+            message: if c.failures > 0 {
+                format!(
+                    "{} consecutive failed readings; holding the current count",
+                    c.failures
+                )
+            } else {
+                "every metric was read".to_owned()
+            },
+        },
+    };
+    vec![scaling_active, able, limited, draining, fallback]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,6 @@
+//! drainscaler: a Kubernetes autoscaler that drains session-holding instances before removing them.
+
+pub mod api;
+pub mod check;
+pub mod engine;
+pub mod policy;
