@@ -422,6 +422,7 @@ impl JsonSchema for Quantity {
         json_schema!({
             "x-kubernetes-int-or-string": true,
             "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "maxLength": 64,
             "x-kubernetes-validations": [{
                 "rule": "type(self) == int || isQuantity(self)",
                 "message": "must be a Kubernetes quantity, such as 100, 0.5 or 250m"
