@@ -49,7 +49,7 @@ fn one_day_at_one_second_steps(c: &mut Criterion) {
     let trace = Trace::parse("day.csv", &day()).expect("valid trace");
     let options = Options::default();
     let sim = simulate::simulate(&name, &policy, &trace, &options).expect("simulates");
-    let peak = sim.report.runs.drainscaler.peak_replicas;
+    let peak = sim.outcomes.drainscaler.peak_replicas;
     assert!((190..=200).contains(&peak), "peak {peak}");
     let mut group = c.benchmark_group("simulate");
     group.sample_size(10);

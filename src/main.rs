@@ -1,6 +1,6 @@
 //! The command line: `crd`, `check`, `simulate` (and `run` as it lands). The only anyhow.
 
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -66,6 +66,7 @@ struct SimulateArgs {
     /// How often sessions arrive and end.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
     step: Duration,
+    /// `table` for people; `json` for scripts (its field names are stable).
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
     /// Also draw the runs to this file (.svg or .png).
@@ -126,17 +127,20 @@ fn simulate_trace(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.plot {
         plot::render(path, &sim, &policy, &trace)?;
     }
-    let text = match args.output {
-        OutputFormat::Table => sim.report.table(),
-        OutputFormat::Json => sim.report.json().context("rendering the report as JSON")?,
-    };
     for note in &sim.notes {
         eprintln!("note: {note}");
     }
-    std::io::stdout()
-        .lock()
-        .write_all(text.as_bytes())
-        .context("writing the report")?;
+    let report = sim.report();
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    match args.output {
+        OutputFormat::Table => out
+            .write_all(report.table().as_bytes())
+            .context("writing the report")?,
+        OutputFormat::Json => report
+            .write_json(&mut out)
+            .context("writing the report as JSON")?,
+    }
+    out.flush().context("writing the report")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -83,7 +83,6 @@ impl SimulateError {
 pub struct Simulation {
     pub policy_name: String,
     pub outcomes: Outcomes,
-    pub report: Report,
     /// Things the user should know about how the policy was run.
     pub notes: Vec<String>,
 }
@@ -187,13 +186,18 @@ pub fn simulate(
         step_ms,
     };
     let outcomes = run_all(&setup);
-    let report = Report::new(&outcomes);
     Ok(Simulation {
         policy_name: policy_name.to_owned(),
         outcomes,
-        report,
         notes,
     })
+}
+
+impl Simulation {
+    /// The report: table or JSON.
+    pub fn report(&self) -> Report<'_> {
+        Report::new(&self.outcomes)
+    }
 }
 
 fn header_names(trace: &Trace) -> String {

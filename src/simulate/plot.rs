@@ -173,7 +173,7 @@ impl Figure {
         };
         let active = if sessions {
             vec![Series {
-                label: "active sessions (drainscaler run)".to_owned(),
+                label: "active sessions, drainscaler run".to_owned(),
                 color: SESSIONS,
                 width: 2,
                 points: timeline(&o.drainscaler, |p| p.sessions as f64),
@@ -190,13 +190,13 @@ impl Figure {
         let dropped = if sessions {
             vec![
                 Series {
-                    label: "sessions dropped, hpa (total so far)".to_owned(),
+                    label: "sessions dropped so far, hpa".to_owned(),
                     color: HPA,
                     width: 2,
                     points: timeline(&o.hpa, |p| p.dropped as f64),
                 },
                 Series {
-                    label: "sessions dropped, drainscaler (total so far)".to_owned(),
+                    label: "sessions dropped so far, drainscaler".to_owned(),
                     color: DRAINSCALER,
                     width: 3,
                     points: timeline(&o.drainscaler, |p| p.dropped as f64),

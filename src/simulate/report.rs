@@ -1,6 +1,9 @@
 //! The results of a simulation as scripts and people read them: JSON with stable field names,
 //! and a table. Pure, no I/O.
 
+use std::io::Write;
+
+use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
 
 use crate::simulate::runs::{Outcome, Outcomes, Point};
@@ -27,20 +30,21 @@ impl Seconds {
 }
 
 /// `{"runs": {"drainscaler": R, "hpa": R, "oracle": R}}`. These names are an interface.
+/// Borrows the outcomes, so that a long timeline is not copied to be written.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Report {
-    pub runs: Runs,
+pub struct Report<'a> {
+    pub runs: Runs<'a>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Runs {
-    pub drainscaler: RunReport,
-    pub hpa: RunReport,
-    pub oracle: RunReport,
+pub struct Runs<'a> {
+    pub drainscaler: RunReport<'a>,
+    pub hpa: RunReport<'a>,
+    pub oracle: RunReport<'a>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RunReport {
+pub struct RunReport<'a> {
     pub replica_seconds: Seconds,
     pub peak_replicas: u32,
     pub scale_events: u64,
@@ -48,7 +52,21 @@ pub struct RunReport {
     pub sessions_rejected: u64,
     pub sessions_dropped: u64,
     pub drain_p95_seconds: Seconds,
-    pub timeline: Vec<TimelineEntry>,
+    pub timeline: Timeline<'a>,
+}
+
+/// A run's points, written as timeline entries.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timeline<'a>(pub &'a [Point]);
+
+impl Serialize for Timeline<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for p in self.0 {
+            seq.serialize_element(&TimelineEntry::from(p))?;
+        }
+        seq.end()
+    }
 }
 
 /// The state right after one decision.
@@ -61,8 +79,8 @@ pub struct TimelineEntry {
     pub sessions: u64,
 }
 
-impl Report {
-    pub fn new(outcomes: &Outcomes) -> Report {
+impl<'a> Report<'a> {
+    pub fn new(outcomes: &'a Outcomes) -> Report<'a> {
         Report {
             runs: Runs {
                 drainscaler: RunReport::new(&outcomes.drainscaler),
@@ -73,7 +91,7 @@ impl Report {
     }
 
     /// The runs with their names, in report order.
-    pub fn named(&self) -> [(&'static str, &RunReport); 3] {
+    pub fn named(&self) -> [(&'static str, &RunReport<'a>); 3] {
         [
             ("drainscaler", &self.runs.drainscaler),
             ("hpa", &self.runs.hpa),
@@ -81,9 +99,10 @@ impl Report {
         ]
     }
 
-    /// One compact JSON object and a newline.
-    pub fn json(&self) -> Result<String, serde_json::Error> {
-        serde_json::to_string(self).map(|s| s + "\n")
+    /// Writes one compact JSON object and a newline.
+    pub fn write_json<W: Write>(&self, mut out: W) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(&mut out, self)?;
+        out.write_all(b"\n").map_err(serde_json::Error::io)
     }
 
     /// One row per run.
@@ -143,8 +162,8 @@ impl Report {
     }
 }
 
-impl RunReport {
-    fn new(o: &Outcome) -> RunReport {
+impl<'a> RunReport<'a> {
+    fn new(o: &'a Outcome) -> RunReport<'a> {
         RunReport {
             replica_seconds: Seconds(o.replica_ms),
             peak_replicas: o.peak_replicas,
@@ -153,7 +172,7 @@ impl RunReport {
             sessions_rejected: o.tally.rejected,
             sessions_dropped: o.tally.dropped,
             drain_p95_seconds: Seconds(p95(&o.drains_ms)),
-            timeline: o.timeline.iter().map(TimelineEntry::from).collect(),
+            timeline: Timeline(&o.timeline),
         }
     }
 }
