@@ -417,7 +417,7 @@ pub fn run_all(setup: &Setup<'_>) -> Outcomes {
     };
     let mut oracle = Oracle {
         setup,
-        replicas: 0,
+        replicas: setup.initial_replicas,
         ends: BinaryHeap::new(),
         tally: Tally::default(),
     };
@@ -484,7 +484,57 @@ fn finish(run: &mut dyn Run, meter: Meter) -> Outcome {
 
 #[cfg(test)]
 mod tests {
-    use super::{Clock, Tick};
+    use super::{Clock, Setup, Tick, run_all};
+    use crate::check::single_policy;
+    use crate::simulate::trace::Trace;
+
+    const POLICY: &str = r#"
+apiVersion: drainscaler.io/v1alpha1
+kind: ScalingPolicy
+metadata: {name: unit}
+spec:
+  targetRef: {apiVersion: apps/v1, kind: Deployment, name: app}
+  minReplicas: 1
+  maxReplicas: 5
+  interval: 30s
+  metrics:
+    - name: rps
+      prometheus: {query: "x"}
+      target: {type: AverageValue, averageValue: "100"}
+  drain: {timeout: 0s}
+"#;
+
+    #[test]
+    fn the_oracle_runs_exactly_enough_instances_within_min_and_max() {
+        let (_, policy) = single_policy(POLICY).expect("valid policy");
+        let trace = Trace::parse("t.csv", "time,rps\n0,250\n60,950\n120,0\n").expect("trace");
+        let setup = Setup {
+            policy: &policy,
+            trace: &trace,
+            columns: vec![trace.column("rps")],
+            arrivals: None,
+            seed: 1,
+            initial_replicas: 1,
+            startup_ms: 0,
+            capacity: 100,
+            session_ms: 600_000,
+            step_ms: 1_000,
+        };
+        let oracle = run_all(&setup).oracle;
+        let counts: Vec<(i64, u32)> = oracle
+            .timeline
+            .iter()
+            .map(|p| (p.t_ms, p.replicas))
+            .collect();
+        // ceil(250/100) = 3; ceil(950/100) = 10, held to maxReplicas 5; 0 is raised to 1.
+        assert_eq!(
+            counts,
+            vec![(0, 3), (30_000, 3), (60_000, 5), (90_000, 5), (120_000, 1)]
+        );
+        assert_eq!(oracle.replica_ms, (3 * 60 + 5 * 60) * 1000);
+        assert_eq!(oracle.peak_replicas, 5);
+        assert_eq!(oracle.scale_events, 3);
+    }
 
     fn tick(at: i64, row: usize, decision: bool, step: bool) -> Tick {
         Tick {
