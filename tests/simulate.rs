@@ -423,3 +423,30 @@ fn the_derived_session_traces_are_what_derive_sh_makes() {
         );
     }
 }
+
+#[test]
+fn a_sessions_target_the_instances_cannot_reach_is_pointed_out() {
+    let options = Options {
+        capacity: 85,
+        ..Options::default()
+    };
+    let sim = run(
+        "examples/policies/chat-keep.yaml",
+        "examples/traces/nyc_taxi_sessions.csv",
+        Some(2),
+        &options,
+    );
+    assert_eq!(
+        sim.notes,
+        [
+            "metric sessions targets 80 sessions per replica (scaling up only above 88 with the tolerance) but --capacity is 85: instances fill up before the metric asks for more, so expect rejected sessions"
+        ]
+    );
+    let fine = run(
+        "examples/policies/chat-keep.yaml",
+        "examples/traces/nyc_taxi_sessions.csv",
+        Some(2),
+        &Options::default(),
+    );
+    assert!(fine.notes.is_empty(), "{:?}", fine.notes);
+}

@@ -12,7 +12,7 @@ pub mod world;
 use std::time::Duration;
 
 use crate::check;
-use crate::policy::{Policy, Source, fmt_duration};
+use crate::policy::{MetricTarget, Policy, Source, fmt_duration, fmt_number};
 use crate::simulate::report::Report;
 use crate::simulate::runs::{Outcomes, Setup, run_all};
 use crate::simulate::trace::{Trace, TraceError};
@@ -171,6 +171,24 @@ pub fn simulate(
         notes.push(format!(
             "the trace has no {ARRIVALS_COLUMN:?} column: no sessions are simulated and the sessions metric reads 0"
         ));
+    }
+
+    if arrivals.is_some() {
+        for m in &policy.metrics {
+            if let (Source::Sessions, MetricTarget::AverageValue(per)) = (&m.source, m.target)
+                && per * (1.0 + policy.tolerance) >= f64::from(options.capacity)
+            {
+                // Full instances cannot report more than their capacity, so the metric never
+                // rises past its tolerance band and the count never grows on sessions.
+                notes.push(format!(
+                    "metric {} targets {} sessions per replica (scaling up only above {} with the tolerance) but --capacity is {}: instances fill up before the metric asks for more, so expect rejected sessions",
+                    m.name,
+                    fmt_number(per),
+                    fmt_number(per * (1.0 + policy.tolerance)),
+                    options.capacity
+                ));
+            }
+        }
     }
 
     let setup = Setup {
