@@ -132,15 +132,16 @@ fn simulate_trace(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     }
     let report = sim.report();
     let mut out = BufWriter::new(std::io::stdout().lock());
-    match args.output {
-        OutputFormat::Table => out
-            .write_all(report.table().as_bytes())
-            .context("writing the report")?,
-        OutputFormat::Json => report
-            .write_json(&mut out)
-            .context("writing the report as JSON")?,
+    let written = match args.output {
+        OutputFormat::Table => out.write_all(report.table().as_bytes()),
+        OutputFormat::Json => report.write_json(&mut out).map_err(std::io::Error::from),
     }
-    out.flush().context("writing the report")?;
+    .and_then(|()| out.flush());
+    match written {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.context("writing the report")?,
+    }
     Ok(ExitCode::SUCCESS)
 }
 
