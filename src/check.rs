@@ -1,10 +1,10 @@
-//! `drainscaler check`: validates policy documents offline and explains what is wrong. Pure
-//! apart from the caller reading the file.
+//! `drainscaler check`: validates policy documents offline and explains what is wrong; also
+//! loads the one policy `drainscaler simulate` runs. Pure apart from the caller reading the file.
 
 use serde_json::Value;
 
 use crate::api::ScalingPolicy;
-use crate::policy;
+use crate::policy::{self, Policy};
 
 /// The verdict on one YAML document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,13 +79,62 @@ pub fn check(yaml: &str) -> Result<Report, String> {
 }
 
 fn check_document(doc: Value) -> Verdict {
+    match load_document(doc) {
+        Loaded::Skipped { kind } => Verdict::Skipped { kind },
+        Loaded::Invalid { name, errors } => Verdict::Invalid { name, errors },
+        Loaded::Valid { name, policy } => Verdict::Valid {
+            name,
+            summary: policy.summary(),
+        },
+    }
+}
+
+/// One document, loaded: a validated policy, the reasons it is not one, or another kind.
+enum Loaded {
+    Valid { name: String, policy: Box<Policy> },
+    Invalid { name: String, errors: Vec<String> },
+    Skipped { kind: String },
+}
+
+/// The single ScalingPolicy of a YAML stream, validated, with its name; or every reason it
+/// cannot be used, one message per problem. Other kinds of document are ignored.
+pub fn single_policy(yaml: &str) -> Result<(String, Policy), Vec<String>> {
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(yaml).map_err(|e| vec![format!("not valid YAML: {e}")])?;
+    let mut found =
+        docs.into_iter()
+            .filter(|d| !d.is_null())
+            .filter_map(|d| match load_document(d) {
+                Loaded::Skipped { .. } => None,
+                Loaded::Valid { name, policy } => Some(Ok((name, *policy))),
+                Loaded::Invalid { name, errors } => Some(Err(errors
+                    .into_iter()
+                    .map(|e| format!("ScalingPolicy {name}: {e}"))
+                    .collect())),
+            });
+    let first = found.next();
+    let extra = found.count();
+    match first {
+        None => Err(vec![
+            "no ScalingPolicy found; expected kind: ScalingPolicy, apiVersion: drainscaler.io/v1alpha1"
+                .to_owned(),
+        ]),
+        Some(_) if extra > 0 => Err(vec![format!(
+            "holds {} ScalingPolicy documents; pass a file with exactly one",
+            extra + 1
+        )]),
+        Some(loaded) => loaded,
+    }
+}
+
+fn load_document(doc: Value) -> Loaded {
     let kind = doc
         .get("kind")
         .and_then(Value::as_str)
         .unwrap_or("document without a kind")
         .to_owned();
     if kind != "ScalingPolicy" {
-        return Verdict::Skipped { kind };
+        return Loaded::Skipped { kind };
     }
     let name = doc
         .pointer("/metadata/name")
@@ -115,18 +164,18 @@ fn check_document(doc: Value) -> Verdict {
                 },
                 e.into_inner()
             ));
-            return Verdict::Invalid { name, errors };
+            return Loaded::Invalid { name, errors };
         }
     };
     match policy::validate(&policy.spec) {
-        Ok(p) if errors.is_empty() => Verdict::Valid {
+        Ok(policy) if errors.is_empty() => Loaded::Valid {
             name,
-            summary: p.summary(),
+            policy: Box::new(policy),
         },
-        Ok(_) => Verdict::Invalid { name, errors },
+        Ok(_) => Loaded::Invalid { name, errors },
         Err(e) => {
             errors.extend(e.errors.iter().map(ToString::to_string));
-            Verdict::Invalid { name, errors }
+            Loaded::Invalid { name, errors }
         }
     }
 }

@@ -1,14 +1,20 @@
-//! The command line: `crd`, `check` (and `run`, `simulate` as they land). The only anyhow.
+//! The command line: `crd`, `check`, `simulate` (and `run` as it lands). The only anyhow.
 
-use std::path::PathBuf;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use kube::CustomResourceExt;
 
 use drainscaler::api::ScalingPolicy;
 use drainscaler::check;
+use drainscaler::policy::parse_duration;
+use drainscaler::simulate::plot::{self, Format};
+use drainscaler::simulate::trace::Trace;
+use drainscaler::simulate::{self, Options};
 
 /// A Kubernetes autoscaler that drains session-holding instances before removing them.
 #[derive(Parser)]
@@ -28,6 +34,54 @@ enum Command {
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Replay a traffic trace through a policy with the real engine, beside the HPA and an
+    /// oracle, and report cost, sessions and drains.
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// The ScalingPolicy to try (a YAML file with exactly one).
+    #[arg(long, value_name = "POLICY.yaml")]
+    policy: PathBuf,
+    /// CSV with a header: `time` (seconds or timestamps), then one column per metric by name,
+    /// and optionally `arrivals` (new sessions per second).
+    #[arg(long, value_name = "TRACE.csv")]
+    trace: PathBuf,
+    /// Seed for session lengths; the same seed gives the same output.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Replicas at the start [default: minReplicas].
+    #[arg(long, value_name = "N")]
+    initial_replicas: Option<u32>,
+    /// From a pod's creation to its readiness.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    startup: Duration,
+    /// Sessions one instance holds at most.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    capacity: u32,
+    /// Mean session length (exponentially distributed).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration)]
+    session_length: Duration,
+    /// How often sessions arrive and end.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
+    step: Duration,
+    /// `table` for people; `json` for scripts (its field names are stable).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+    /// Also draw the runs to this file (.svg or .png).
+    #[arg(long, value_name = "OUT.svg|OUT.png")]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
+}
+
+fn duration(raw: &str) -> Result<Duration, String> {
+    parse_duration(raw)
 }
 
 fn main() -> ExitCode {
@@ -48,7 +102,51 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { files } => check_files(&files),
+        Command::Simulate(args) => simulate_trace(&args),
     }
+}
+
+fn simulate_trace(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.plot {
+        Format::of(path)?;
+    }
+    let policy_file = args.policy.display().to_string();
+    let yaml = read(&args.policy)?;
+    let (name, policy) = simulate::load_policy(&policy_file, &yaml)?;
+    let trace_file = args.trace.display().to_string();
+    let trace = Trace::parse(&trace_file, &read(&args.trace)?)?;
+    let options = Options {
+        seed: args.seed,
+        initial_replicas: args.initial_replicas,
+        startup: args.startup,
+        capacity: args.capacity,
+        session_length: args.session_length,
+        step: args.step,
+    };
+    let sim = simulate::simulate(&name, &policy, &trace, &options)?;
+    if let Some(path) = &args.plot {
+        plot::render(path, &sim, &policy, &trace)?;
+    }
+    for note in &sim.notes {
+        eprintln!("note: {note}");
+    }
+    let report = sim.report();
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let written = match args.output {
+        OutputFormat::Table => out.write_all(report.table().as_bytes()),
+        OutputFormat::Json => report.write_json(&mut out).map_err(std::io::Error::from),
+    }
+    .and_then(|()| out.flush());
+    match written {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.context("writing the report")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 fn crd_yaml() -> anyhow::Result<String> {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::policy::{Policy, Source};
 
 pub use behavior::{Limit, RateLimited, limit_rate, stabilize};
+pub use drain::REMOVABLE_DELETION_COST;
 pub use drain::{DrainPlan, Removal, RemovalCause, deletion_order};
 pub use history::next_history;
 pub use replicas::metric_replicas;

@@ -1,0 +1,452 @@
+//! `drainscaler simulate` end to end: the engine matches the HPA when nothing drains, on the
+//! real traces in examples/traces; output is deterministic; draining drops no session; bad
+//! input fails with messages that name the file, line and column.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use drainscaler::simulate::runs::Outcome;
+use drainscaler::simulate::trace::Trace;
+use drainscaler::simulate::{self, Options, Simulation};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(ROOT).join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+/// Simulates through the library, with the trace cut to its first `rows` rows if given.
+fn run(policy: &str, trace: &str, rows: Option<usize>, options: &Options) -> Simulation {
+    let (name, policy) = simulate::load_policy(policy, &read(policy)).expect("valid policy");
+    let text = read(trace);
+    let text = match rows {
+        Some(n) => text.lines().take(n + 1).collect::<Vec<_>>().join("\n"),
+        None => text,
+    };
+    let trace = Trace::parse(trace, &text).expect("valid trace");
+    simulate::simulate(&name, &policy, &trace, options).expect("simulates")
+}
+
+fn instant_start() -> Options {
+    Options {
+        startup: std::time::Duration::ZERO,
+        ..Options::default()
+    }
+}
+
+/// A scratch directory for one test, emptied first.
+fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("simulate")
+        .join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+fn cli(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_drainscaler"))
+        .current_dir(dir)
+        .arg("simulate")
+        .args(args)
+        .output()
+        .expect("run drainscaler simulate")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn replicas(o: &Outcome) -> Vec<(i64, u32, u32)> {
+    o.timeline
+        .iter()
+        .map(|p| (p.t_ms, p.replicas, p.desired))
+        .collect()
+}
+
+fn assert_hpa_compatible(policy: &str, trace: &str) {
+    let sim = run(policy, trace, None, &instant_start());
+    let (ours, hpa) = (&sim.outcomes.drainscaler, &sim.outcomes.hpa);
+    assert!(
+        ours.scale_events > 1_000,
+        "{trace}: the trace should move the count a lot, moved {} times",
+        ours.scale_events
+    );
+    assert_eq!(ours.timeline.len(), hpa.timeline.len());
+    if let Some((a, b)) = replicas(ours)
+        .into_iter()
+        .zip(replicas(hpa))
+        .find(|(a, b)| a != b)
+    {
+        panic!(
+            "{trace}: first difference at t={}s: drainscaler has {} replicas (desired {}), hpa {} (desired {})",
+            a.0 / 1000,
+            a.1,
+            a.2,
+            b.1,
+            b.2
+        );
+    }
+    assert_eq!(ours.replica_ms, hpa.replica_ms);
+    assert!(ours.timeline.iter().all(|p| p.draining == 0));
+}
+
+#[test]
+fn an_undrained_policy_scales_exactly_like_the_hpa_on_the_nyc_taxi_trace() {
+    assert_hpa_compatible(
+        "tests/fixtures/taxi-undrained.yaml",
+        "examples/traces/nyc_taxi.csv",
+    );
+}
+
+#[test]
+fn an_undrained_policy_scales_exactly_like_the_hpa_on_the_twitter_trace() {
+    assert_hpa_compatible(
+        "tests/fixtures/tweets-undrained.yaml",
+        "examples/traces/Twitter_volume_AMZN.csv",
+    );
+}
+
+#[test]
+fn draining_drops_no_session_where_the_hpa_drops_some() {
+    // Two days of the bursty trace, with sessions.
+    let sim = run(
+        "examples/policies/chat-keep.yaml",
+        "examples/traces/twitter_amzn_sessions.csv",
+        Some(576),
+        &Options::default(),
+    );
+    let (ours, hpa) = (&sim.outcomes.drainscaler, &sim.outcomes.hpa);
+    assert!(ours.tally.started > 100_000, "{:?}", ours.tally);
+    assert_eq!(ours.tally.dropped, 0);
+    assert!(hpa.tally.dropped > 1_000, "{:?}", hpa.tally);
+    assert!(!ours.drains_ms.is_empty(), "instances were drained");
+    let ratio = ours.replica_ms as f64 / hpa.replica_ms as f64;
+    assert!(
+        (1.0..1.35).contains(&ratio),
+        "drainscaler costs {ratio:.3}x the hpa"
+    );
+    assert_eq!(sim.outcomes.oracle.tally.dropped, 0);
+}
+
+#[test]
+fn without_arrivals_every_session_field_is_zero() {
+    let dir = scratch("no_arrivals");
+    let trace: String = read("examples/traces/nyc_taxi_sessions.csv")
+        .lines()
+        .take(49)
+        .map(|l| l.rsplit_once(',').map_or(l, |(head, _)| head).to_owned() + "\n")
+        .collect();
+    std::fs::write(dir.join("rps.csv"), trace).expect("write trace");
+    let out = cli(
+        &dir,
+        &[
+            "--policy",
+            &repo("examples/policies/chat.yaml").display().to_string(),
+            "--trace",
+            "rps.csv",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("note: the trace has no \"arrivals\" column"),
+        "{}",
+        stderr(&out)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    for run in ["drainscaler", "hpa", "oracle"] {
+        let r = &json["runs"][run];
+        for field in ["sessions_started", "sessions_rejected", "sessions_dropped"] {
+            assert_eq!(r[field], 0, "{run}.{field}");
+        }
+        let timeline = r["timeline"].as_array().expect("timeline");
+        assert!(timeline.iter().all(|p| p["sessions"] == 0));
+    }
+}
+
+#[test]
+fn the_same_seed_gives_byte_identical_output_and_another_seed_does_not() {
+    let dir = scratch("seed");
+    let day: String = read("examples/traces/twitter_amzn_sessions.csv")
+        .lines()
+        .take(289)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir.join("day.csv"), day).expect("write trace");
+    let policy = repo("examples/policies/chat-keep.yaml")
+        .display()
+        .to_string();
+    let args = |seed: &'static str| {
+        vec![
+            "--policy", &policy, "--trace", "day.csv", "--seed", seed, "--output", "json",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+    };
+    let go = |seed| {
+        let a = args(seed);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        let out = cli(&dir, &refs);
+        assert!(out.status.success(), "{}", stderr(&out));
+        out.stdout
+    };
+    let first = go("7");
+    assert_eq!(first, go("7"));
+    assert_ne!(first, go("8"));
+}
+
+#[test]
+fn json_output_keeps_its_field_names() {
+    let dir = scratch("json");
+    let two_days: String = read("examples/traces/nyc_taxi_sessions.csv")
+        .lines()
+        .take(97)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir.join("two-days.csv"), two_days).expect("write trace");
+    let out = cli(
+        &dir,
+        &[
+            "--policy",
+            &repo("examples/policies/chat-keep.yaml")
+                .display()
+                .to_string(),
+            "--trace",
+            "two-days.csv",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&json), ["runs"]);
+    assert_eq!(keys(&json["runs"]), ["drainscaler", "hpa", "oracle"]);
+    for run in ["drainscaler", "hpa", "oracle"] {
+        let r = &json["runs"][run];
+        assert_eq!(
+            keys(r),
+            [
+                "drain_p95_seconds",
+                "peak_replicas",
+                "replica_seconds",
+                "scale_events",
+                "sessions_dropped",
+                "sessions_rejected",
+                "sessions_started",
+                "timeline"
+            ]
+        );
+        let timeline = r["timeline"].as_array().expect("timeline");
+        // Two days of half-hour rows at a 15s interval, t = 0 included.
+        assert_eq!(timeline.len(), (2 * 86_400 - 1_800) / 15 + 1);
+        assert_eq!(
+            keys(&timeline[0]),
+            ["desired", "draining", "replicas", "sessions", "t"]
+        );
+        assert_eq!(timeline[1]["t"], 15);
+    }
+}
+
+#[test]
+fn the_table_has_one_row_per_run() {
+    let dir = scratch("table");
+    let out = cli(
+        &dir,
+        &[
+            "--policy",
+            &repo("tests/fixtures/taxi-undrained.yaml")
+                .display()
+                .to_string(),
+            "--trace",
+            &repo("examples/traces/nyc_taxi.csv").display().to_string(),
+            "--startup",
+            "0s",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("run  "), "{text}");
+    for (line, run) in lines[1..].iter().zip(["drainscaler", "hpa", "oracle"]) {
+        assert!(line.starts_with(run), "{text}");
+    }
+    assert!(lines[3].contains("1.000x"), "{text}");
+}
+
+#[test]
+fn the_plot_is_written_as_svg_or_png_by_extension() {
+    let dir = scratch("plot");
+    let policy = repo("examples/policies/chat-keep.yaml")
+        .display()
+        .to_string();
+    let day: String = read("examples/traces/nyc_taxi_sessions.csv")
+        .lines()
+        .take(49)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir.join("day.csv"), day).expect("write trace");
+    for (file, magic) in [("out.svg", &b"<svg"[..]), ("out.png", &b"\x89PNG"[..])] {
+        let out = cli(
+            &dir,
+            &["--policy", &policy, "--trace", "day.csv", "--plot", file],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let bytes = std::fs::read(dir.join(file)).expect("plot written");
+        assert!(bytes.starts_with(magic), "{file} starts with {magic:?}");
+        assert!(bytes.len() > 10_000, "{file} is {} bytes", bytes.len());
+    }
+    let out = cli(
+        &dir,
+        &[
+            "--policy", &policy, "--trace", "day.csv", "--plot", "out.pdf",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr(&out),
+        "error: --plot: out.pdf must end in .svg or .png to say which picture to write\n"
+    );
+}
+
+#[test]
+fn bad_traces_fail_with_file_line_and_column_and_print_nothing() {
+    let dir = scratch("bad_traces");
+    let policy = repo("examples/policies/chat.yaml").display().to_string();
+    let cases = [
+        (
+            "text.csv",
+            "time,rps,arrivals\n0,100,1\n15,lots,1\n",
+            "text.csv:3:2: \"lots\" in column rps is not a number",
+        ),
+        (
+            "back.csv",
+            "time,rps\n0,100\n30,100\n15,100\n",
+            "back.csv:4:1: time 15 is before the previous row's; rows must be in time order",
+        ),
+        (
+            "stamps.csv",
+            "timestamp,rps\n2014-07-01 00:30:00,1\n2014-07-01 00:00:00,1\n",
+            "stamps.csv:3:1: time 2014-07-01 00:00:00 is before the previous row's; rows must be in time order",
+        ),
+        (
+            "column.csv",
+            "timestamp,value\n2014-07-01 00:00:00,10844\n",
+            "column.csv:1: no column \"rps\" for metric rps; a metric reads the column with its name, and the trace has: value",
+        ),
+        (
+            "short.csv",
+            "time,rps,arrivals\n0,100,1\n15,100\n",
+            "short.csv:3:3: this row has 2 fields but the header has 3",
+        ),
+        (
+            "when.csv",
+            "time,rps\nyesterday,100\n",
+            "when.csv:2:1: \"yesterday\" is not a time; write seconds from the start, YYYY-MM-DD HH:MM:SS or RFC 3339",
+        ),
+        (
+            "negative.csv",
+            "time,rps,arrivals\n0,100,1\n15,100,-2\n",
+            "negative.csv:3:3: arrivals must be 0 or more sessions per second, got -2",
+        ),
+        (
+            "empty.csv",
+            "",
+            "empty.csv:1: the trace is empty; the first line must be a header such as time,rps",
+        ),
+        (
+            "header.csv",
+            "time,rps\n",
+            "header.csv:2: the trace has a header but no rows",
+        ),
+    ];
+    for (file, text, message) in cases {
+        std::fs::write(dir.join(file), text).expect("write trace");
+        let out = cli(&dir, &["--policy", &policy, "--trace", file]);
+        assert_eq!(out.status.code(), Some(2), "{file}");
+        assert!(out.stdout.is_empty(), "{file} printed a result");
+        assert_eq!(stderr(&out), format!("error: {message}\n"), "{file}");
+    }
+}
+
+#[test]
+fn an_invalid_policy_fails_with_every_validation_message() {
+    let dir = scratch("bad_policy");
+    std::fs::copy(repo("tests/fixtures/invalid.yaml"), dir.join("broken.yaml")).expect("copy");
+    let out = cli(
+        &dir,
+        &[
+            "--policy",
+            "broken.yaml",
+            "--trace",
+            &repo("examples/traces/nyc_taxi_sessions.csv")
+                .display()
+                .to_string(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr(&out),
+        "error: broken.yaml: ScalingPolicy broken: spec.minReplicas: minReplicas (5) is greater than maxReplicas (2); lower minReplicas or raise maxReplicas\n\
+         broken.yaml: ScalingPolicy broken: spec.interval: \"15x\" has unknown unit \"x\" (use ms, s, m or h); write a duration such as 15s, 5m or 1h30m\n"
+    );
+}
+
+#[test]
+fn the_derived_session_traces_are_what_derive_sh_makes() {
+    let dir = scratch("derive");
+    let out = Command::new("sh")
+        .arg(repo("examples/traces/derive.sh"))
+        .arg(&dir)
+        .output()
+        .expect("run derive.sh");
+    assert!(out.status.success(), "{}", stderr(&out));
+    for file in ["nyc_taxi_sessions.csv", "twitter_amzn_sessions.csv"] {
+        let made = std::fs::read_to_string(dir.join(file)).expect("derived trace");
+        assert!(
+            made == read(&format!("examples/traces/{file}")),
+            "examples/traces/{file} is stale: regenerate it with examples/traces/derive.sh"
+        );
+    }
+}
+
+#[test]
+fn a_sessions_target_the_instances_cannot_reach_is_pointed_out() {
+    let options = Options {
+        capacity: 85,
+        ..Options::default()
+    };
+    let sim = run(
+        "examples/policies/chat-keep.yaml",
+        "examples/traces/nyc_taxi_sessions.csv",
+        Some(2),
+        &options,
+    );
+    assert_eq!(
+        sim.notes,
+        [
+            "metric sessions targets 80 sessions per replica (scaling up only above 88 with the tolerance) but --capacity is 85: instances fill up before the metric asks for more, so expect rejected sessions"
+        ]
+    );
+    let fine = run(
+        "examples/policies/chat-keep.yaml",
+        "examples/traces/nyc_taxi_sessions.csv",
+        Some(2),
+        &Options::default(),
+    );
+    assert!(fine.notes.is_empty(), "{:?}", fine.notes);
+}
