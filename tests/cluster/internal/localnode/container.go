@@ -72,13 +72,13 @@ func (c *container) status(setupErr string) v1.ContainerStatus {
 	defer c.mu.Unlock()
 	image, _ := c.w.n.cfg.Images.Resolve(c.spec.Image)
 	cs := v1.ContainerStatus{
-		Name:         c.spec.Name,
-		Image:        c.spec.Image,
-		ImageID:      "localnode://" + image,
-		RestartCount: c.restarts,
-		Ready:        c.ready,
-		Started:      &c.started,
-		State:        *c.state.DeepCopy(),
+		Name:                 c.spec.Name,
+		Image:                c.spec.Image,
+		ImageID:              "localnode://" + image,
+		RestartCount:         c.restarts,
+		Ready:                c.ready,
+		Started:              &c.started,
+		State:                *c.state.DeepCopy(),
 		LastTerminationState: *c.last.DeepCopy(),
 	}
 	if c.proc != nil {
@@ -310,15 +310,15 @@ func (c *container) terminate(p *process, reason string, grace time.Duration, pr
 func (c *container) killAndRecord(p *process, reason string) {
 	pod := c.w.current()
 	rec := KillRecord{
-		Time:      time.Now().UTC(),
-		Node:      c.w.n.cfg.NodeName,
-		Namespace: pod.Namespace,
-		Pod:       pod.Name,
-		UID:       string(pod.UID),
-		Container: c.spec.Name,
-		PodIP:     c.w.podIP(),
-		Reason:    reason,
-		Dropped:   []Connection{},
+		Time:       time.Now().UTC(),
+		Node:       c.w.n.cfg.NodeName,
+		Namespace:  pod.Namespace,
+		Pod:        pod.Name,
+		UID:        string(pod.UID),
+		Container:  c.spec.Name,
+		PodIP:      c.w.podIP(),
+		Reason:     reason,
+		Dropped:    []Connection{},
 		Unanswered: []Connection{},
 	}
 	rec.SessionPorts = sessionPorts(pod, &c.spec)
