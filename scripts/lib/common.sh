@@ -5,7 +5,8 @@ K8S_VERSION=v1.35.4
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CLUSTER_MOD=$REPO_ROOT/tests/cluster
 CACHE=${DRAINSCALER_CACHE:-$HOME/.cache/drainscaler}
-K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
+# The Kubernetes binaries; a second plane can share the first one's build.
+K8S_BIN=${DRAINSCALER_K8S_BIN:-$CACHE/k8s-$K8S_VERSION/bin}
 STATE=$CACHE/cluster
 CLUSTER_BIN=$STATE/bin
 

@@ -18,14 +18,14 @@ import (
 	"github.com/drainscaler/drainscaler/tests/cluster/clustertest"
 )
 
-var podCIDR = func() *net.IPNet {
-	_, n, _ := net.ParseCIDR("127.10.0.0/16")
-	return n
-}()
-
 func TestDemoAppRunsAsReadyPodsThatPrometheusScrapes(t *testing.T) {
 	a := app{ns: cluster.Namespace(t), name: "chat", replicas: 2, grace: 5}
 	a.apply(t)
+	_, podCIDR, err := net.ParseCIDR(cluster.Env["DRAINSCALER_POD_CIDR"])
+	if err != nil {
+		t.Fatalf("DRAINSCALER_POD_CIDR: %v", err)
+	}
+	nodeName := cluster.Env["DRAINSCALER_NODE_NAME"]
 
 	pods := a.pods(t)
 	if len(pods) != 2 {
@@ -41,8 +41,8 @@ func TestDemoAppRunsAsReadyPodsThatPrometheusScrapes(t *testing.T) {
 			t.Errorf("pod %s: IP %q is not a unique address in %s", p.Name, p.Status.PodIP, podCIDR)
 		}
 		seen[p.Status.PodIP] = true
-		if p.Spec.NodeName != "localnode" {
-			t.Errorf("pod %s: bound to %q, want localnode", p.Name, p.Spec.NodeName)
+		if p.Spec.NodeName != nodeName {
+			t.Errorf("pod %s: bound to %q, want %s", p.Name, p.Spec.NodeName, nodeName)
 		}
 		if cs := p.Status.ContainerStatuses; len(cs) != 1 || !cs[0].Ready || cs[0].State.Running == nil || cs[0].RestartCount != 0 {
 			t.Errorf("pod %s: container status %+v, want one ready running container with no restarts", p.Name, cs)

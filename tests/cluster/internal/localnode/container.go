@@ -308,6 +308,9 @@ func (c *container) terminate(p *process, reason string, grace time.Duration, pr
 }
 
 func (c *container) killAndRecord(p *process, reason string) {
+	if p.exited() {
+		return // it went by itself meanwhile (or another kill got it)
+	}
 	pod := c.w.current()
 	rec := KillRecord{
 		Time:       time.Now().UTC(),

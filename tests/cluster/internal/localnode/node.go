@@ -82,6 +82,9 @@ type Node struct {
 
 	mu      sync.Mutex
 	workers map[types.UID]*podWorker
+	// done holds pods that ran here and ended; they are never run again
+	// (a late informer event must not restart them).
+	done map[types.UID]bool
 
 	// changed is poked whenever pods or services change, to rewrite the
 	// Prometheus targets, the proxy listeners and the pods' /etc/hosts.
@@ -118,6 +121,7 @@ func New(cfg Config, client kubernetes.Interface) (*Node, error) {
 		drops:   drops,
 		caData:  ca,
 		workers: map[types.UID]*podWorker{},
+		done:    map[types.UID]bool{},
 		changed: make(chan struct{}, 1),
 		ready:   make(chan struct{}),
 	}
@@ -228,7 +232,7 @@ func (n *Node) onPod(obj any) {
 	n.mu.Lock()
 	w, ok := n.workers[pod.UID]
 	if !ok {
-		if pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed {
+		if n.done[pod.UID] || pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed {
 			n.mu.Unlock()
 			if pod.DeletionTimestamp != nil {
 				n.deletePodObject(pod)
@@ -256,15 +260,19 @@ func (n *Node) onPodDeleted(obj any) {
 	defer n.poke()
 	n.mu.Lock()
 	w := n.workers[pod.UID]
+	delete(n.done, pod.UID)
 	n.mu.Unlock()
 	if w != nil {
 		w.gone()
 	}
 }
 
-func (n *Node) forget(uid types.UID) {
+func (n *Node) forget(uid types.UID, ended bool) {
 	n.mu.Lock()
 	delete(n.workers, uid)
+	if ended {
+		n.done[uid] = true
+	}
 	n.mu.Unlock()
 	n.poke()
 }

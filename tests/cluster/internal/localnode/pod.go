@@ -62,7 +62,20 @@ func newPodWorker(n *Node, pod *v1.Pod) *podWorker {
 		w.inits = append(w.inits, newContainer(w, pod.Spec.InitContainers[i], true))
 	}
 	for i := range pod.Spec.Containers {
-		w.containers = append(w.containers, newContainer(w, pod.Spec.Containers[i], false))
+		c := newContainer(w, pod.Spec.Containers[i], false)
+		// A pod that ran before this local node started (it restarted):
+		// its containers start again, counted as restarts.
+		for _, cs := range pod.Status.ContainerStatuses {
+			if cs.Name == c.spec.Name && (cs.State.Running != nil || cs.State.Terminated != nil) {
+				c.restarts = cs.RestartCount + 1
+				c.last = *cs.State.DeepCopy()
+				if c.last.Running != nil {
+					c.last = v1.ContainerState{Terminated: &v1.ContainerStateTerminated{
+						ExitCode: 137, Reason: "NodeRestarted", StartedAt: c.last.Running.StartedAt, FinishedAt: metav1.Now()}}
+				}
+			}
+		}
+		w.containers = append(w.containers, c)
 	}
 	w.vols = newVolumes(w)
 	return w
@@ -122,6 +135,12 @@ func (w *podWorker) run() {
 	statusDone := make(chan struct{})
 	go func() { defer close(statusDone); w.statusLoop(ctx) }()
 
+	if w.deleting() {
+		// Deleted while no process of it ran here (e.g. the local node was
+		// down): nothing to stop.
+		w.finish(ctx, cancel, statusDone)
+		return
+	}
 	w.assignIP()
 	w.markDirty()
 	if err := os.MkdirAll(filepath.Join(w.dir, "logs"), 0o755); err != nil {
@@ -137,7 +156,17 @@ func (w *podWorker) run() {
 		}
 	}
 
-	// Init containers, one at a time, each to success.
+	// Init containers, one at a time, each to success. Deletion or node
+	// shutdown meanwhile stops them.
+	initsOver := make(chan struct{})
+	go w.stopInitsOnEnd(initsOver)
+	defer func() {
+		select {
+		case <-initsOver:
+		default:
+			close(initsOver)
+		}
+	}()
 	for _, c := range w.inits {
 		if !c.runToCompletion(ctx) {
 			if w.endRequested() {
@@ -151,6 +180,7 @@ func (w *podWorker) run() {
 			return
 		}
 	}
+	close(initsOver)
 	w.mu.Lock()
 	w.initDone = true
 	w.mu.Unlock()
@@ -194,6 +224,33 @@ func (w *podWorker) run() {
 			w.markDirty()
 		case <-refresh.C:
 			w.vols.refresh(ctx, false)
+		}
+	}
+}
+
+// stopInitsOnEnd stops the init containers if the pod is deleted or the
+// node stops before they are over.
+func (w *podWorker) stopInitsOnEnd(over <-chan struct{}) {
+	stop := func(reason string, grace time.Duration) {
+		for _, c := range w.inits {
+			c.stop(reason, grace)
+		}
+	}
+	for {
+		if pod := w.current(); pod.DeletionTimestamp != nil {
+			stop("", graceOf(pod))
+			return
+		}
+		select {
+		case <-over:
+			return
+		case <-w.stopCh:
+			stop("NodeShutdown", 0)
+			return
+		case <-w.goneCh:
+			stop("PodDeleted", 0)
+			return
+		case <-w.updated:
 		}
 	}
 }
@@ -287,7 +344,17 @@ func (w *podWorker) finish(ctx context.Context, cancel context.CancelFunc, statu
 	if ip := w.podIP(); ip != "" {
 		w.n.ips.release(ip)
 	}
-	w.n.forget(w.uid)
+	// Remember that this pod ended here unless its object is gone already
+	// or the node is stopping (then it runs again on the next start).
+	remember := true
+	select {
+	case <-w.stopCh:
+		remember = false
+	case <-w.goneCh:
+		remember = false
+	default:
+	}
+	w.n.forget(w.uid, remember)
 	w.logf("pod finished")
 }
 
