@@ -125,6 +125,7 @@ func (c *container) run(ctx context.Context) {
 		if time.Since(p.started) > 10*time.Minute {
 			backoff = c.w.n.cfg.RestartBackoff
 		}
+		c.w.event(v1.EventTypeWarning, "BackOff", "Back-off %s restarting failed container %s", backoff, c.spec.Name)
 		c.setState(func() {
 			c.last = c.state
 			c.restarts++
@@ -217,6 +218,7 @@ func (c *container) startOnce(ctx context.Context) (*process, bool) {
 		}
 		c.state = v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: reason, Message: err.Error()}}
 		c.w.n.log.Warn("container cannot start", "pod", c.w.key(), "container", c.spec.Name, "err", err)
+		c.w.event(v1.EventTypeWarning, "Failed", "Error: %s", err)
 		return nil, false
 	}
 	c.waitErr = ""
@@ -230,6 +232,7 @@ func (c *container) startOnce(ctx context.Context) (*process, bool) {
 	if err != nil {
 		c.state = v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}}
 		c.w.n.log.Warn("container failed to start", "pod", c.w.key(), "container", c.spec.Name, "err", err)
+		c.w.event(v1.EventTypeWarning, "Failed", "Error: %s", err)
 		return nil, false
 	}
 	c.proc = p
@@ -241,6 +244,7 @@ func (c *container) startOnce(ctx context.Context) (*process, bool) {
 	}
 	c.state = v1.ContainerState{Running: &v1.ContainerStateRunning{StartedAt: metav1.NewTime(p.started)}}
 	c.w.n.log.Info("container started", "pod", c.w.key(), "container", c.spec.Name, "pid", p.pid, "argv", argv)
+	c.w.event(v1.EventTypeNormal, "Started", "Started container %s (pid %d)", c.spec.Name, p.pid)
 	return p, true
 }
 
@@ -280,6 +284,7 @@ func (c *container) stop(reason string, grace time.Duration) {
 // the deadline SIGSTOP, destroy and record the session sockets, SIGKILL.
 func (c *container) terminate(p *process, reason string, grace time.Duration, preStop bool) {
 	deadline := time.Now().Add(grace)
+	c.w.event(v1.EventTypeNormal, "Killing", "Stopping container %s (grace period %s)", c.spec.Name, grace)
 	if preStop && grace > 0 && c.spec.Lifecycle != nil && c.spec.Lifecycle.PreStop != nil {
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
 		if err := c.w.runHandler(ctx, &c.spec, c.spec.Lifecycle.PreStop); err != nil {
@@ -350,4 +355,5 @@ func (c *container) killAndRecord(p *process, reason string) {
 	}
 	c.w.n.log.Info("killed container", "pod", c.w.key(), "container", c.spec.Name, "reason", reason,
 		"droppedSessions", rec.Sessions, "unanswered", len(rec.Unanswered))
+	c.w.event(v1.EventTypeWarning, "Killed", "Container %s killed (%s) holding %d sessions", c.spec.Name, reason, rec.Sessions)
 }

@@ -22,8 +22,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/ptr"
 )
 
@@ -79,6 +82,9 @@ type Node struct {
 	ips     *ipAllocator
 	drops   *dropLog
 	caData  []byte
+	events  record.EventRecorder
+	// binder's events come from "localnode-scheduler", like default-scheduler's.
+	schedEvents record.EventRecorder
 
 	mu      sync.Mutex
 	workers map[types.UID]*podWorker
@@ -126,6 +132,10 @@ func New(cfg Config, client kubernetes.Interface) (*Node, error) {
 		ready:   make(chan struct{}),
 	}
 	n.proxy = newProxy(n)
+	broadcaster := record.NewBroadcaster()
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	n.events = broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "kubelet", Host: cfg.NodeName})
+	n.schedEvents = broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: SchedulerName})
 	return n, nil
 }
 
@@ -288,6 +298,7 @@ func (n *Node) bind(pod *v1.Pod) {
 	switch {
 	case err == nil:
 		n.log.Info("bound pod", "pod", pod.Namespace+"/"+pod.Name)
+		n.schedEvents.Eventf(pod, v1.EventTypeNormal, "Scheduled", "Successfully assigned %s/%s to %s", pod.Namespace, pod.Name, n.cfg.NodeName)
 	case apierrors.IsConflict(err), apierrors.IsNotFound(err):
 		// Already bound, or gone; the informer will tell.
 	default:

@@ -594,3 +594,8 @@ func condOrder(t v1.PodConditionType) int {
 	}
 	return 5
 }
+
+// event records a Kubernetes event on the pod, as the kubelet does.
+func (w *podWorker) event(eventType, reason, format string, args ...any) {
+	w.n.events.Eventf(w.current(), eventType, reason, format, args...)
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -71,10 +72,16 @@ func (c *container) probeLoop(ctx context.Context, p *process, pr *v1.Probe, kin
 	timeout := secondsOr(pr.TimeoutSeconds, 1)
 	success := int(max(pr.SuccessThreshold, 1))
 	failure := int(max(pr.FailureThreshold, 3))
+	delay := time.Duration(pr.InitialDelaySeconds) * time.Second
+	if kind == "liveness" {
+		// Like the kubelet's start-up jitter: do not judge liveness before
+		// the process had one period to start listening.
+		delay += period
+	}
 	select {
 	case <-ctx.Done():
 		return true
-	case <-time.After(time.Duration(pr.InitialDelaySeconds) * time.Second):
+	case <-time.After(delay):
 	}
 	okRun, failRun := 0, 0
 	t := time.NewTicker(period)
@@ -93,6 +100,7 @@ func (c *container) probeLoop(ctx context.Context, p *process, pr *v1.Probe, kin
 			}
 		} else {
 			okRun, failRun = 0, failRun+1
+			c.w.event(v1.EventTypeWarning, "Unhealthy", "%s%s probe failed: %s", strings.ToUpper(kind[:1]), kind[1:], err)
 			if failRun >= failure {
 				switch kind {
 				case "liveness", "startup":
