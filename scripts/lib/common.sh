@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # the variables are for the scripts that source this
 # Shared settings for the local control plane scripts. Sourced, not run.
 
 K8S_VERSION=v1.35.4
