@@ -428,7 +428,12 @@ func (w *podWorker) statusLoop(ctx context.Context) {
 			return
 		case <-w.dirty:
 		}
-		if err := w.writeStatus(ctx); err != nil && ctx.Err() == nil && !apierrors.IsNotFound(err) {
+		// Not ctx: a write in flight when the pod finishes is let complete
+		// (finish waits for this loop) rather than aborted mid-request.
+		wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := w.writeStatus(wctx)
+		cancel()
+		if err != nil && ctx.Err() == nil && !apierrors.IsNotFound(err) {
 			w.n.log.Warn("update pod status", "pod", w.key(), "err", err)
 			// Try again shortly.
 			go func() {
