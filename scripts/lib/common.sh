@@ -1,0 +1,35 @@
+# shellcheck shell=bash disable=SC2034  # the variables are for the scripts that source this
+# Shared settings for the local control plane scripts. Sourced, not run.
+
+K8S_VERSION=v1.35.4
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CLUSTER_MOD=$REPO_ROOT/tests/cluster
+CACHE=${DRAINSCALER_CACHE:-$HOME/.cache/drainscaler}
+# The Kubernetes binaries; a second plane can share the first one's build.
+K8S_BIN=${DRAINSCALER_K8S_BIN:-$CACHE/k8s-$K8S_VERSION/bin}
+STATE=$CACHE/cluster
+CLUSTER_BIN=$STATE/bin
+
+# Ports, all on 127.0.0.1. Chosen away from the defaults (2379, 6443, 9090,
+# 10257) so a real cluster or another project on this machine does not clash.
+ETCD_CLIENT_PORT=${DRAINSCALER_ETCD_PORT:-23790}
+ETCD_PEER_PORT=${DRAINSCALER_ETCD_PEER_PORT:-23800}
+APISERVER_PORT=${DRAINSCALER_APISERVER_PORT:-16443}
+KCM_PORT=${DRAINSCALER_KCM_PORT:-16257}
+PROMETHEUS_PORT=${DRAINSCALER_PROMETHEUS_PORT:-19090}
+LOCALNODE_PORT=${DRAINSCALER_LOCALNODE_PORT:-16250}
+
+# Services get ClusterIPs inside loopback so the local node can listen on them.
+SERVICE_CIDR=${DRAINSCALER_SERVICE_CIDR:-127.96.0.0/16}
+# Pod IPs are handed out by the local node from this loopback range.
+POD_CIDR=${DRAINSCALER_POD_CIDR:-127.10.0.0/16}
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# The Go toolchain the module needs; -mod=mod lets a fresh checkout resolve
+# go.sum entries without a separate download step.
+go_env() {
+	export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod"
+	export CGO_ENABLED=0
+}
