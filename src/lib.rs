@@ -4,3 +4,4 @@ pub mod api;
 pub mod check;
 pub mod engine;
 pub mod policy;
+pub mod testing;
