@@ -1,1 +1,20 @@
+//! Tests of the engine: HPA semantics (`hpa`), metrics, fallback and modes (`scaling`), the
+//! scale-in plan (`scale_in`), history (`history`) and the invariants of DESIGN.md §7 as
+//! property tests (`properties`). Fixtures come from `crate::testing`.
 
+mod hpa;
+
+use crate::engine::{Condition, ConditionType, Decision, decide};
+use crate::testing::{HistoryBuilder, NOW, ObservationBuilder, PolicyBuilder};
+
+/// Decides at `NOW`.
+fn run(policy: PolicyBuilder, seen: ObservationBuilder, history: HistoryBuilder) -> Decision {
+    decide(&policy.build(), &seen.build(), &history.build(), NOW)
+}
+
+fn condition(d: &Decision, type_: ConditionType) -> &Condition {
+    d.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {} condition in {:?}", type_.as_str(), d.conditions))
+}
