@@ -311,7 +311,10 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
     let all_failed = metrics.iter().all(|m| m.replicas.is_none());
 
     // A failed metric holds the current count, so it can only keep or raise the maximum.
-    let recommendation = if metrics.iter().all(|m| m.replicas.is_some()) && !any_active {
+    // Idle metrics mean zero only where zero is allowed: with minReplicas of 1 or more the
+    // activation thresholds play no part and the metrics size the workload (as in KEDA).
+    let idle = policy.min_replicas == 0 && !any_active;
+    let recommendation = if metrics.iter().all(|m| m.replicas.is_some()) && idle {
         0
     } else {
         let asked = metrics

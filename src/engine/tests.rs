@@ -3,8 +3,9 @@
 //! property tests (`properties`). Fixtures come from `crate::testing`.
 
 mod hpa;
+mod scaling;
 
-use crate::engine::{Condition, ConditionType, Decision, decide};
+use crate::engine::{Condition, ConditionType, Decision, EventReason, decide};
 use crate::testing::{HistoryBuilder, NOW, ObservationBuilder, PolicyBuilder};
 
 /// Decides at `NOW`.
@@ -17,4 +18,12 @@ fn condition(d: &Decision, type_: ConditionType) -> &Condition {
         .iter()
         .find(|c| c.type_ == type_)
         .unwrap_or_else(|| panic!("no {} condition in {:?}", type_.as_str(), d.conditions))
+}
+
+fn events(d: &Decision, reason: EventReason) -> Vec<&str> {
+    d.events
+        .iter()
+        .filter(|e| e.reason == reason)
+        .map(|e| e.message.as_str())
+        .collect()
 }
