@@ -234,6 +234,24 @@ fn removable_prefix(kind: TargetKind, pods: &[&Instance], order: &[usize], ok: &
     count
 }
 
+/// Stand-ins for the StatefulSet ordinals below `replicas` that have no live pod: never
+/// started, so holding nothing and never Lost.
+fn empty_slots(replicas: u32, pods: &[&Instance]) -> Vec<Instance> {
+    let mut taken = vec![false; replicas as usize];
+    for p in pods {
+        if let Some(slot) = p.ordinal.and_then(|o| taken.get_mut(o as usize)) {
+            *slot = true;
+        }
+    }
+    (0..replicas)
+        .filter(|&o| !taken[o as usize])
+        .map(|o| Instance {
+            ordinal: Some(o),
+            ..Instance::default()
+        })
+        .collect()
+}
+
 /// Plans drains, cancellations, removals and the replica count that serves `desired`.
 pub fn plan(
     policy: &Policy,
@@ -243,6 +261,17 @@ pub fn plan(
     now: Time,
 ) -> DrainPlan {
     let kind = policy.target.kind;
+    // A StatefulSet keeps every ordinal below `spec.replicas` and a lower count deletes the
+    // highest ordinals, whatever is missing beneath them. An ordinal without a live pod (being
+    // replaced, or not created yet) will be back, so planning counts it as a slot that serves
+    // and holds nothing; counting pods instead would delete a draining pod with sessions.
+    let empty = match kind {
+        TargetKind::StatefulSet => empty_slots(seen.replicas, pods),
+        TargetKind::Deployment => Vec::new(),
+    };
+    let real = pods.len();
+    let slots: Vec<&Instance> = pods.iter().copied().chain(&empty).collect();
+    let pods = slots.as_slice();
     let lost: Vec<bool> = pods.iter().map(|p| is_lost(policy, seen, p, now)).collect();
     let mut since: Vec<Option<Time>> = pods.iter().map(|p| p.draining_since).collect();
     let mut plan = DrainPlan::default();
@@ -301,7 +330,11 @@ pub fn plan(
 
     // 3. Which draining pods may go, and 4. how many the deletion order lets go now.
     let causes: Vec<Option<RemovalCause>> = (0..pods.len())
-        .map(|i| since[i].and_then(|s| removable(policy, seen, pods[i], s, now)))
+        .map(|i| match since[i] {
+            Some(_) if i >= real => Some(RemovalCause::Drained),
+            Some(s) => removable(policy, seen, pods[i], s, now),
+            None => None,
+        })
         .collect();
     let ok: Vec<bool> = causes.iter().map(Option::is_some).collect();
     let scaling_up = active(&since) < desired_n;
@@ -316,9 +349,14 @@ pub fn plan(
     };
     let still_draining = since.iter().filter(|s| s.is_some()).count() - removed.len();
     plan.replicas = u32::try_from(desired_n + still_draining).unwrap_or(u32::MAX);
+    let mut is_removed = vec![false; pods.len()];
+    for &i in &removed {
+        is_removed[i] = true;
+    }
 
-    for &i in &victims {
-        if policy.drains() && !removed.contains(&i) {
+    // Empty slots need no drain marks, removals or events.
+    for &i in victims.iter().filter(|&&i| i < real) {
+        if policy.drains() && !is_removed[i] {
             plan.start.push(pods[i].name.clone());
             let sessions = pods[i]
                 .sessions()
@@ -332,7 +370,7 @@ pub fn plan(
             });
         }
     }
-    for &i in &removed {
+    for &i in removed.iter().filter(|&&i| i < real) {
         let cause = causes[i].unwrap_or(RemovalCause::Undrained);
         plan.remove.push(Removal {
             pod: pods[i].name.clone(),
@@ -366,9 +404,13 @@ pub fn plan(
         }
     }
     if policy.drains() {
-        for i in (0..pods.len()).filter(|&i| ok[i] && !removed.contains(&i)) {
+        for i in (0..pods.len()).filter(|&i| ok[i] && !is_removed[i]) {
             plan.blocked = true;
-            if pods[i].deletion_cost != REMOVABLE_DELETION_COST {
+            // The StatefulSet controller ignores deletion costs: only ordinals count.
+            if i < real
+                && kind == TargetKind::Deployment
+                && pods[i].deletion_cost != REMOVABLE_DELETION_COST
+            {
                 plan.mark_removable.push(pods[i].name.clone());
             }
         }

@@ -392,10 +392,15 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
             ),
         });
     } else if replicas < seen.replicas {
+        let how = if policy.drains() {
+            "after draining"
+        } else {
+            "without draining (no heartbeat source and drain.timeout 0s)"
+        };
         events.push(Event {
             reason: EventReason::ScaledDown,
             message: format!(
-                "scaled down from {} to {replicas} replicas after draining",
+                "scaled down from {} to {replicas} replicas {how}",
                 seen.replicas
             ),
         });

@@ -3,6 +3,7 @@
 //! property tests (`properties`). Fixtures come from `crate::testing`.
 
 mod hpa;
+mod scale_in;
 mod scaling;
 
 use crate::engine::{Condition, ConditionType, Decision, EventReason, decide};
