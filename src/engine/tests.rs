@@ -2,6 +2,7 @@
 //! scale-in plan (`scale_in`), history (`history`) and the invariants of DESIGN.md §7 as
 //! property tests (`properties`). Fixtures come from `crate::testing`.
 
+mod history;
 mod hpa;
 mod scale_in;
 mod scaling;
