@@ -4,6 +4,7 @@
 
 mod history;
 mod hpa;
+mod properties;
 mod scale_in;
 mod scaling;
 
