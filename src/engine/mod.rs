@@ -373,12 +373,16 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
         });
     }
 
+    let lost: Vec<bool> = pods
+        .iter()
+        .map(|p| drain::is_lost(policy, seen, p, now))
+        .collect();
     let mut plan = if policy.paused {
         DrainPlan::hold(seen.replicas)
     } else {
-        drain::plan(policy, seen, &pods, desired, now)
+        drain::plan(policy, seen, &pods, &lost, desired, now)
     };
-    let instances = drain::counts(policy, seen, &pods, now);
+    let instances = drain::counts(&pods, &lost);
     let draining = drain::draining_status(&pods, &plan);
     events.append(&mut plan.events);
 
