@@ -1,9 +1,14 @@
 //! `drainscaler check`: validates policy documents offline and explains what is wrong; also
 //! loads the one policy `drainscaler simulate` runs. Pure apart from the caller reading the file.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    JSONSchemaProps, JSONSchemaPropsOrArray,
+};
+use kube::CustomResourceExt;
 use serde_json::Value;
+use serde_path_to_error::{Path, Segment};
 
-use crate::api::ScalingPolicy;
+use crate::api::{DURATION_PATTERN, ScalingPolicy};
 use crate::policy::{self, Policy};
 
 /// The verdict on one YAML document.
@@ -68,18 +73,71 @@ impl Report {
 
 /// Checks every document of a YAML stream. A stream that is not YAML at all is an error.
 pub fn check(yaml: &str) -> Result<Report, String> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(yaml).map_err(|e| format!("not valid YAML: {e}"))?;
+    let docs = parse_stream(yaml)?;
+    let schema = policy_schema();
     let documents = docs
         .into_iter()
         .filter(|d| !d.is_null())
-        .map(check_document)
+        .map(|d| check_document(d, schema.as_ref()))
         .collect();
     Ok(Report { documents })
 }
 
-fn check_document(doc: Value) -> Verdict {
-    match load_document(doc) {
+/// The single ScalingPolicy of a YAML stream, validated, with its name; or every reason it
+/// cannot be used, one message per problem. Other kinds of document are ignored.
+pub fn single_policy(yaml: &str) -> Result<(String, Policy), Vec<String>> {
+    let docs = parse_stream(yaml).map_err(|e| vec![e])?;
+    let schema = policy_schema();
+    let mut found = docs.into_iter().filter(|d| !d.is_null()).filter_map(|d| {
+        match load_document(d, schema.as_ref()) {
+            Loaded::Skipped { .. } => None,
+            Loaded::Valid { name, policy } => Some(Ok((name, *policy))),
+            Loaded::Invalid { name, errors } => Some(Err(errors
+                .into_iter()
+                .map(|e| format!("ScalingPolicy {name}: {e}"))
+                .collect())),
+        }
+    });
+    let first = found.next();
+    let extra = found.count();
+    match first {
+        None => Err(vec![
+            "no ScalingPolicy found; expected kind: ScalingPolicy, apiVersion: drainscaler.io/v1alpha1"
+                .to_owned(),
+        ]),
+        Some(_) if extra > 0 => Err(vec![format!(
+            "holds {} ScalingPolicy documents; pass a file with exactly one",
+            extra + 1
+        )]),
+        Some(loaded) => loaded,
+    }
+}
+
+/// The documents of a YAML stream, or one line saying where the YAML is broken.
+fn parse_stream(yaml: &str) -> Result<Vec<Value>, String> {
+    serde_saphyr::from_multiple(yaml).map_err(|e| {
+        // One line, as every other message: the position is enough to find the mistake.
+        let plain = e.without_snippet().to_string();
+        let plain = plain.strip_prefix("error: ").unwrap_or(&plain);
+        // The parser's advice is for programmers, not for the person writing the file.
+        let plain = plain.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+        format!("not valid YAML: {plain}")
+    })
+}
+
+/// The OpenAPI schema the API server checks policies against.
+fn policy_schema() -> Option<JSONSchemaProps> {
+    ScalingPolicy::crd()
+        .spec
+        .versions
+        .into_iter()
+        .next()?
+        .schema?
+        .open_api_v3_schema
+}
+
+fn check_document(doc: Value, schema: Option<&JSONSchemaProps>) -> Verdict {
+    match load_document(doc, schema) {
         Loaded::Skipped { kind } => Verdict::Skipped { kind },
         Loaded::Invalid { name, errors } => Verdict::Invalid { name, errors },
         Loaded::Valid { name, policy } => Verdict::Valid {
@@ -96,38 +154,7 @@ enum Loaded {
     Skipped { kind: String },
 }
 
-/// The single ScalingPolicy of a YAML stream, validated, with its name; or every reason it
-/// cannot be used, one message per problem. Other kinds of document are ignored.
-pub fn single_policy(yaml: &str) -> Result<(String, Policy), Vec<String>> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(yaml).map_err(|e| vec![format!("not valid YAML: {e}")])?;
-    let mut found =
-        docs.into_iter()
-            .filter(|d| !d.is_null())
-            .filter_map(|d| match load_document(d) {
-                Loaded::Skipped { .. } => None,
-                Loaded::Valid { name, policy } => Some(Ok((name, *policy))),
-                Loaded::Invalid { name, errors } => Some(Err(errors
-                    .into_iter()
-                    .map(|e| format!("ScalingPolicy {name}: {e}"))
-                    .collect())),
-            });
-    let first = found.next();
-    let extra = found.count();
-    match first {
-        None => Err(vec![
-            "no ScalingPolicy found; expected kind: ScalingPolicy, apiVersion: drainscaler.io/v1alpha1"
-                .to_owned(),
-        ]),
-        Some(_) if extra > 0 => Err(vec![format!(
-            "holds {} ScalingPolicy documents; pass a file with exactly one",
-            extra + 1
-        )]),
-        Some(loaded) => loaded,
-    }
-}
-
-fn load_document(doc: Value) -> Loaded {
+fn load_document(doc: Value, schema: Option<&JSONSchemaProps>) -> Loaded {
     let kind = doc
         .get("kind")
         .and_then(Value::as_str)
@@ -151,31 +178,207 @@ fn load_document(doc: Value) -> Loaded {
     if doc.pointer("/metadata/name").is_none() {
         errors.push("metadata.name: is required".to_owned());
     }
+    // The API server rejects unknown fields (kubectl's strict field validation); serde
+    // would silently drop them, and a misspelt `minReplica: 3` would mean minReplicas 1.
+    if let Some(schema) = schema {
+        unknown_fields(&doc, schema, "", &mut errors);
+    }
     let policy: ScalingPolicy = match serde_path_to_error::deserialize(doc) {
         Ok(p) => p,
         Err(e) => {
-            let path = e.path().to_string();
-            errors.push(format!(
-                "{}: {}",
-                if path == "." {
-                    "document".to_owned()
-                } else {
-                    path
-                },
-                e.into_inner()
-            ));
+            errors.push(explain(e.path(), e.inner(), schema));
             return Loaded::Invalid { name, errors };
         }
     };
     match policy::validate(&policy.spec) {
-        Ok(policy) if errors.is_empty() => Loaded::Valid {
+        Ok(p) if errors.is_empty() => Loaded::Valid {
             name,
-            policy: Box::new(policy),
+            policy: Box::new(p),
         },
         Ok(_) => Loaded::Invalid { name, errors },
         Err(e) => {
             errors.extend(e.errors.iter().map(ToString::to_string));
             Loaded::Invalid { name, errors }
         }
+    }
+}
+
+/// `at.key`, or `key` at the top.
+fn join(at: &str, key: &str) -> String {
+    if at.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{at}.{key}")
+    }
+}
+
+/// Reports every field the schema does not know, with the nearest known name.
+fn unknown_fields(value: &Value, schema: &JSONSchemaProps, at: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Object(fields) => {
+            let Some(known) = &schema.properties else {
+                return;
+            };
+            for (key, value) in fields {
+                let here = join(at, key);
+                match known.get(key) {
+                    Some(inner) => unknown_fields(value, inner, &here, out),
+                    // Every object has these; the CRD schema leaves them out.
+                    None if at.is_empty()
+                        && ["apiVersion", "kind", "metadata"].contains(&key.as_str()) => {}
+                    None => out.push(format!(
+                        "{here}: unknown field; {}",
+                        suggestion(key, known.keys().map(String::as_str))
+                    )),
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(JSONSchemaPropsOrArray::Schema(inner)) = &schema.items {
+                for (i, item) in items.iter().enumerate() {
+                    unknown_fields(item, inner, &format!("{at}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// "did you mean minReplicas?" when a known name is close, or the names allowed here.
+fn suggestion<'a>(key: &str, known: impl Iterator<Item = &'a str> + Clone) -> String {
+    let close = known
+        .clone()
+        .map(|k| (edit_distance(&key.to_lowercase(), &k.to_lowercase()), k))
+        .filter(|&(d, _)| d <= 2)
+        .min();
+    match close {
+        Some((_, k)) => format!("did you mean {k}?"),
+        None => format!(
+            "the fields here are {}",
+            known.collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substituted = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substituted.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// The schema of the field at `path`, if the schema describes it.
+fn schema_at<'a>(schema: &'a JSONSchemaProps, path: &Path) -> Option<&'a JSONSchemaProps> {
+    path.iter().try_fold(schema, |s, segment| match segment {
+        Segment::Map { key } => s.properties.as_ref()?.get(key),
+        Segment::Seq { .. } => match s.items.as_ref()? {
+            JSONSchemaPropsOrArray::Schema(inner) => Some(inner.as_ref()),
+            JSONSchemaPropsOrArray::Schemas(_) => None,
+        },
+        Segment::Enum { .. } | Segment::Unknown => None,
+    })
+}
+
+/// Turns serde's account of a value of the wrong shape into a message that says what to
+/// write instead.
+fn explain(path: &Path, error: &serde_json::Error, schema: Option<&JSONSchemaProps>) -> String {
+    let at = path
+        .iter()
+        .fold(String::new(), |at, segment| match segment {
+            Segment::Map { key } => join(&at, key),
+            Segment::Seq { index } => format!("{at}[{index}]"),
+            Segment::Enum { variant } => join(&at, variant),
+            Segment::Unknown => join(&at, "?"),
+        });
+    let shown = if at.is_empty() { "document" } else { &at };
+    let raw = error.to_string();
+    if let Some(field) = between(&raw, "missing field `", "`") {
+        return format!("{}: is required", join(&at, field));
+    }
+    let variant = raw
+        .strip_prefix("unknown variant `")
+        .and_then(|rest| rest.split_once("`, expected "));
+    if let Some((got, expected)) = variant {
+        let allowed: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        return format!("{shown}: must be {}, got {got:?}", alternatives(&allowed));
+    }
+    let invalid = raw
+        .strip_prefix("invalid type: ")
+        .map(|rest| (rest, false))
+        .or_else(|| raw.strip_prefix("invalid value: ").map(|rest| (rest, true)))
+        .and_then(|(rest, out_of_range)| {
+            rest.rsplit_once(", expected ")
+                .map(|(got, expected)| (got, expected, out_of_range))
+        });
+    if let Some((got, expected, out_of_range)) = invalid {
+        let number = between(got, "`", "`")
+            .filter(|_| got.starts_with("integer") || got.starts_with("floating point"));
+        let duration = schema
+            .and_then(|s| schema_at(s, path))
+            .is_some_and(|f| f.pattern.as_deref() == Some(DURATION_PATTERN));
+        return match number {
+            Some(n) if duration => format!(
+                "{shown}: {n} has no unit; write a duration such as {n}s, 5m or 1h30m (units: ms, s, m, h)"
+            ),
+            Some(n) if out_of_range => format!("{shown}: {n} is out of range"),
+            _ => format!(
+                "{shown}: must be {}, got {}",
+                describe_expected(expected),
+                describe_got(got)
+            ),
+        };
+    }
+    if raw.contains("untagged enum Raw") {
+        return format!(
+            "{shown}: must be a number or a Kubernetes quantity such as 100, 0.5 or 250m"
+        );
+    }
+    format!("{shown}: {raw}")
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let rest = &text[text.find(start)? + start.len()..];
+    Some(&rest[..rest.find(end)?])
+}
+
+fn alternatives(options: &[&str]) -> String {
+    match options {
+        [] => "something else".to_owned(),
+        [one] => (*one).to_owned(),
+        [first, second] => format!("{first} or {second}"),
+        many => format!("one of {}", many.join(", ")),
+    }
+}
+
+fn describe_expected(expected: &str) -> String {
+    match expected {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" => "a whole number".to_owned(),
+        "f32" | "f64" => "a number".to_owned(),
+        "a boolean" => "true or false".to_owned(),
+        "a sequence" => "a list".to_owned(),
+        "a map" => "a mapping of fields".to_owned(),
+        other if other.starts_with("struct ") => "a mapping of fields".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+fn describe_got(got: &str) -> String {
+    if let Some(value) = between(got, "`", "`") {
+        return value.to_owned();
+    }
+    match got {
+        "map" => "a mapping".to_owned(),
+        "sequence" => "a list".to_owned(),
+        "null" | "unit value" => "nothing".to_owned(),
+        other => other.strip_prefix("string ").unwrap_or(other).to_owned(),
     }
 }

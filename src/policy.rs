@@ -233,7 +233,7 @@ impl Checker {
         parse_duration(raw).unwrap_or_else(|why| {
             self.fail(
                 path,
-                format!("{why}; write a duration such as 15s, 5m or 1h30m"),
+                format!("{why}; write a duration such as 15s, 5m or 1h30m (units: ms, s, m, h)"),
             );
             Duration::ZERO
         })
@@ -672,9 +672,7 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
             "h" => 3600.0,
             "" => return Err(format!("{raw:?} has a number without a unit")),
             other => {
-                return Err(format!(
-                    "{raw:?} has unknown unit {other:?} (use ms, s, m or h)"
-                ));
+                return Err(format!("{raw:?} has unknown unit {other:?}"));
             }
         };
         total += value * scale;

@@ -402,7 +402,7 @@ fn an_invalid_policy_fails_with_every_validation_message() {
     assert_eq!(
         stderr(&out),
         "error: broken.yaml: ScalingPolicy broken: spec.minReplicas: minReplicas (5) is greater than maxReplicas (2); lower minReplicas or raise maxReplicas\n\
-         broken.yaml: ScalingPolicy broken: spec.interval: \"15x\" has unknown unit \"x\" (use ms, s, m or h); write a duration such as 15s, 5m or 1h30m\n"
+         broken.yaml: ScalingPolicy broken: spec.interval: \"15x\" has unknown unit \"x\"; write a duration such as 15s, 5m or 1h30m (units: ms, s, m, h)\n"
     );
 }
 

@@ -215,8 +215,9 @@ fn scale_up_limit(rules: &Rules, events: &[ScaleEvent], current: u32, now: Time)
         let start = i64::from(current) - i64::from(added) + i64::from(removed);
         let proposed = match p.kind {
             RuleType::Pods => start + i64::from(p.value),
-            // Percent rounds up when scaling up.
-            RuleType::Percent => (start as f64 * (1.0 + f64::from(p.value) / 100.0)).ceil() as i64,
+            // Percent rounds up when scaling up. Integer arithmetic: the HPA's floating point
+            // lets 50 pods +10% become 56 (50 * 1.1 = 55.00000000000001).
+            RuleType::Percent => div_ceil(start * (100 + i64::from(p.value)), 100),
         };
         clamp_u32(proposed)
     });
@@ -232,8 +233,9 @@ fn scale_down_limit(rules: &Rules, events: &[ScaleEvent], current: u32, now: Tim
         let start = i64::from(current) + i64::from(removed) - i64::from(added);
         let proposed = match p.kind {
             RuleType::Pods => start - i64::from(p.value),
-            // Percent truncates when scaling down.
-            RuleType::Percent => (start as f64 * (1.0 - f64::from(p.value) / 100.0)).trunc() as i64,
+            // Percent truncates when scaling down. Integer arithmetic: in floating point
+            // 10 pods -90% is 0.9999999999999998 and truncates to 0 instead of 1.
+            RuleType::Percent => start * (100 - i64::from(p.value)) / 100,
         };
         clamp_u32(proposed)
     });
@@ -248,6 +250,11 @@ fn select(highest: bool, proposals: impl Iterator<Item = u32>, fallback: u32) ->
         proposals.min()
     };
     chosen.unwrap_or(fallback)
+}
+
+/// `a / b` rounded towards positive infinity, for `b > 0`.
+fn div_ceil(a: i64, b: i64) -> i64 {
+    a.div_euclid(b) + i64::from(a.rem_euclid(b) != 0)
 }
 
 fn clamp_u32(v: i64) -> u32 {

@@ -2,7 +2,9 @@
 //! instances are removable, and how far the replica count may fall so that the workload's own
 //! deletion order removes exactly those. Pure, no I/O.
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BTreeSet;
+use std::fmt;
 
 use crate::api::{OnLost, OnTimeout, TargetKind};
 use crate::engine::{
@@ -80,15 +82,15 @@ pub fn is_lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -
 /// Why a draining pod may be removed now, if it may.
 fn removable(
     policy: &Policy,
-    seen: &Observation,
     pod: &Instance,
+    lost: bool,
     since: Time,
     now: Time,
 ) -> Option<RemovalCause> {
     if !policy.drains() {
         return Some(RemovalCause::Undrained);
     }
-    if is_lost(policy, seen, pod, now) {
+    if lost {
         return Some(RemovalCause::Lost);
     }
     if policy.heartbeat.is_some() {
@@ -109,6 +111,18 @@ fn removable(
         (true, false, _) => Some(RemovalCause::Drained),
         (true, true, OnTimeout::Remove) => Some(RemovalCause::TimedOut),
         _ => None,
+    }
+}
+
+/// "3 sessions" or "unknown sessions", formatted in place.
+struct Sessions(Option<u64>);
+
+impl fmt::Display for Sessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n} sessions"),
+            None => f.write_str("unknown sessions"),
+        }
     }
 }
 
@@ -134,7 +148,13 @@ pub fn sessions_reading(
             reason: "the policy has no heartbeat source".to_owned(),
         };
     };
-    let unknown = pods.iter().filter(|p| p.sessions().is_none()).count();
+    let (mut unknown, mut total) = (0usize, 0u64);
+    for p in pods {
+        match p.sessions() {
+            Some(s) => total = total.saturating_add(s),
+            None => unknown += 1,
+        }
+    }
     if unknown > 0 && now.since(seen.heartbeats_since) < hb.timeout {
         return Reading::Unavailable {
             reason: format!(
@@ -143,24 +163,19 @@ pub fn sessions_reading(
             ),
         };
     }
-    let total: u64 = pods.iter().filter_map(|p| p.sessions()).sum();
     Reading::Value(total as f64)
 }
 
-pub fn counts(
-    policy: &Policy,
-    seen: &Observation,
-    pods: &[&Instance],
-    now: Time,
-) -> InstanceCounts {
+/// Instance counts for status; `lost` is `is_lost` for each pod.
+pub fn counts(pods: &[&Instance], lost: &[bool]) -> InstanceCounts {
     let mut counts = InstanceCounts::default();
-    for p in pods {
+    for (p, &lost) in pods.iter().zip(lost) {
         if p.draining_since.is_some() {
             counts.draining += 1;
         } else if p.ready {
             counts.ready += 1;
         }
-        if is_lost(policy, seen, p, now) {
+        if lost {
             counts.lost += 1;
         }
         counts.sessions += p.sessions().unwrap_or(0);
@@ -170,12 +185,15 @@ pub fn counts(
 
 /// Pods that stay draining after the plan, for status.
 pub fn draining_status(pods: &[&Instance], plan: &DrainPlan) -> Vec<Draining> {
-    let gone = |name: &str| {
-        plan.cancel.iter().any(|c| c == name) || plan.remove.iter().any(|r| r.pod == name)
-    };
+    let gone: BTreeSet<&str> = plan
+        .cancel
+        .iter()
+        .map(String::as_str)
+        .chain(plan.remove.iter().map(|r| r.pod.as_str()))
+        .collect();
     pods.iter()
         .filter_map(|p| p.draining_since.map(|since| (p, since)))
-        .filter(|(p, _)| !gone(&p.name))
+        .filter(|(p, _)| !gone.contains(p.name.as_str()))
         .map(|(p, since)| Draining {
             pod: p.name.clone(),
             since,
@@ -184,10 +202,32 @@ pub fn draining_status(pods: &[&Instance], plan: &DrainPlan) -> Vec<Draining> {
         .collect()
 }
 
-/// The ReplicaSet's ranking up to the deletion cost: pods equal here may be deleted in any
-/// order. Lower ranks are deleted first.
-fn replica_set_class(p: &Instance) -> (bool, Phase, bool, i32) {
-    (p.scheduled, p.phase, p.ready, p.deletion_cost)
+/// A pod's place in a ReplicaSet's deletion order. `class` is the ReplicaSet's ranking up to
+/// the deletion cost (unscheduled, pending, not ready, lowest cost first): pods of one class
+/// may be deleted in any order. The rest only picks among them: the most recently started,
+/// most restarted, newest first, then by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct DeletionKey<'a> {
+    class: (bool, Phase, bool, i32),
+    started: Reverse<Option<Time>>,
+    restarts: Reverse<u32>,
+    created: Reverse<Time>,
+    name: &'a str,
+}
+
+fn deletion_key<'a>(p: &'a Instance) -> DeletionKey<'a> {
+    DeletionKey {
+        class: (p.scheduled, p.phase, p.ready, p.deletion_cost),
+        started: Reverse(p.started),
+        restarts: Reverse(p.restarts),
+        created: Reverse(p.created),
+        name: &p.name,
+    }
+}
+
+/// A StatefulSet deletes the highest ordinal first.
+fn ordinal_key(p: &Instance) -> Reverse<u32> {
+    Reverse(p.ordinal.unwrap_or(u32::MAX))
 }
 
 /// The order in which the workload deletes pods on a scale-in, first victim first: highest
@@ -196,75 +236,121 @@ fn replica_set_class(p: &Instance) -> (bool, Phase, bool, i32) {
 pub fn deletion_order(kind: TargetKind, pods: &[&Instance]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..pods.len()).collect();
     match kind {
-        TargetKind::StatefulSet => {
-            order.sort_by_key(|&i| Reverse(pods[i].ordinal.unwrap_or(u32::MAX)))
+        TargetKind::StatefulSet => order.sort_by_key(|&i| ordinal_key(pods[i])),
+        TargetKind::Deployment => {
+            let keys: Vec<DeletionKey<'_>> = pods.iter().map(|p| deletion_key(p)).collect();
+            order.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
         }
-        TargetKind::Deployment => order.sort_by(|&a, &b| {
-            let (pa, pb) = (pods[a], pods[b]);
-            replica_set_class(pa)
-                .cmp(&replica_set_class(pb))
-                .then_with(|| pb.started.cmp(&pa.started))
-                .then_with(|| pb.restarts.cmp(&pa.restarts))
-                .then_with(|| pb.created.cmp(&pa.created))
-                .then_with(|| pa.name.cmp(&pb.name))
-        }),
     }
     order
 }
 
-/// How many pods at the front of the deletion order are removable, counting only whole groups
-/// that the workload could delete in any order.
-fn removable_prefix(kind: TargetKind, pods: &[&Instance], order: &[usize], ok: &[bool]) -> usize {
-    let mut count = 0;
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i + 1;
-        if kind == TargetKind::Deployment {
-            let class = replica_set_class(pods[order[i]]);
-            while j < order.len() && replica_set_class(pods[order[j]]) == class {
-                j += 1;
-            }
-        }
-        if !order[i..j].iter().all(|&k| ok[k]) {
-            break;
-        }
-        count += j - i;
-        i = j;
+/// The `n` first of `candidates` in the order of `key`, then `tie` (which must be total:
+/// end it with the index, so that the result does not depend on the selection algorithm).
+/// Only the chosen few are sorted; keys are computed once, `tie` only for equal keys.
+fn first<K: Ord>(
+    candidates: Vec<usize>,
+    n: usize,
+    key: impl Fn(usize) -> K,
+    tie: impl Fn(usize, usize) -> Ordering,
+) -> Vec<usize> {
+    let n = n.min(candidates.len());
+    if n == 0 {
+        return Vec::new();
     }
-    count
+    let mut keyed: Vec<(K, usize)> = candidates.into_iter().map(|i| (key(i), i)).collect();
+    let order = |a: &(K, usize), b: &(K, usize)| a.0.cmp(&b.0).then_with(|| tie(a.1, b.1));
+    if n < keyed.len() {
+        keyed.select_nth_unstable_by(n - 1, order);
+        keyed.truncate(n);
+    }
+    keyed.sort_unstable_by(order);
+    keyed.into_iter().map(|(_, i)| i).collect()
 }
 
-/// Plans drains, cancellations, removals and the replica count that serves `desired`.
+/// Orders pods by the ReplicaSet's deletion order, then by index.
+fn by_deletion_order<'a>(pods: &'a [&Instance]) -> impl Fn(usize, usize) -> Ordering + 'a {
+    move |a, b| {
+        deletion_key(pods[a])
+            .cmp(&deletion_key(pods[b]))
+            .then(a.cmp(&b))
+    }
+}
+
+/// Stand-ins for the StatefulSet ordinals below `replicas` that have no live pod: never
+/// started, so holding nothing and never Lost.
+fn empty_slots(replicas: u32, pods: &[&Instance]) -> Vec<Instance> {
+    let mut taken = vec![false; replicas as usize];
+    for p in pods {
+        if let Some(slot) = p.ordinal.and_then(|o| taken.get_mut(o as usize)) {
+            *slot = true;
+        }
+    }
+    (0..replicas)
+        .filter(|&o| !taken[o as usize])
+        .map(|o| Instance {
+            ordinal: Some(o),
+            ..Instance::default()
+        })
+        .collect()
+}
+
+/// Plans drains, cancellations, removals and the replica count that serves `desired`;
+/// `lost` is `is_lost` for each pod.
 pub fn plan(
     policy: &Policy,
     seen: &Observation,
     pods: &[&Instance],
+    lost: &[bool],
     desired: u32,
     now: Time,
 ) -> DrainPlan {
     let kind = policy.target.kind;
-    let lost: Vec<bool> = pods.iter().map(|p| is_lost(policy, seen, p, now)).collect();
+    // A StatefulSet keeps every ordinal below `spec.replicas` and a lower count deletes the
+    // highest ordinals, whatever is missing beneath them. An ordinal without a live pod (being
+    // replaced, or not created yet) will be back, so planning counts it as a slot that serves
+    // and holds nothing; counting pods instead would delete a draining pod with sessions.
+    let empty = match kind {
+        TargetKind::StatefulSet => empty_slots(seen.replicas, pods),
+        TargetKind::Deployment => Vec::new(),
+    };
+    let real = pods.len();
+    let slots: Vec<&Instance> = pods.iter().copied().chain(&empty).collect();
+    let pods = slots.as_slice();
+    let lost: Vec<bool> = lost
+        .iter()
+        .copied()
+        .chain(empty.iter().map(|_| false))
+        .collect();
     let mut since: Vec<Option<Time>> = pods.iter().map(|p| p.draining_since).collect();
     let mut plan = DrainPlan::default();
     let desired_n = desired as usize;
     let active = |since: &[Option<Time>]| since.iter().filter(|s| s.is_none()).count();
+    // Sorting 1,000 pods would dominate a decision: each step selects only the few pods it
+    // needs and orders those. Unknown sessions count as the most.
+    let sessions: Vec<u64> = pods
+        .iter()
+        .map(|p| p.sessions().unwrap_or(u64::MAX))
+        .collect();
+    let by_index = |a: usize, b: usize| a.cmp(&b);
 
     // 1. Load came back: put draining pods back into service before adding new ones.
     let serving = active(&since);
     if serving < desired_n {
-        let mut cancellable: Vec<usize> = (0..pods.len())
+        let cancellable: Vec<usize> = (0..pods.len())
             .filter(|&i| since[i].is_some() && !lost[i])
             .collect();
-        match kind {
-            TargetKind::StatefulSet => cancellable.sort_by_key(|&i| pods[i].ordinal),
-            TargetKind::Deployment => cancellable.sort_by_key(|&i| {
-                (
-                    Reverse(pods[i].sessions().unwrap_or(u64::MAX)),
-                    pods[i].name.as_str(),
-                )
-            }),
-        }
-        for &i in cancellable.iter().take(desired_n - serving) {
+        let wanted = desired_n - serving;
+        let cancelled = match kind {
+            TargetKind::StatefulSet => first(cancellable, wanted, |i| pods[i].ordinal, by_index),
+            TargetKind::Deployment => first(
+                cancellable,
+                wanted,
+                |i| (Reverse(sessions[i]), pods[i].name.as_str()),
+                by_index,
+            ),
+        };
+        for i in cancelled {
             since[i] = None;
             plan.cancel.push(pods[i].name.clone());
             plan.events.push(Event {
@@ -275,64 +361,92 @@ pub fn plan(
     }
 
     // 2. Too many serving: choose victims.
-    let order = deletion_order(kind, pods);
     let serving = active(&since);
     let mut victims = Vec::new();
     if serving > desired_n {
-        let mut candidates: Vec<usize> = (0..pods.len()).filter(|&i| since[i].is_none()).collect();
-        match kind {
-            TargetKind::StatefulSet => candidates.sort_by_key(|&i| Reverse(pods[i].ordinal)),
-            TargetKind::Deployment => {
-                let mut rank = vec![0usize; pods.len()];
-                for (pos, &i) in order.iter().enumerate() {
-                    rank[i] = pos;
-                }
-                candidates.sort_by_key(|&i| {
-                    let healthy = !lost[i] && pods[i].ready;
-                    (healthy, pods[i].sessions().unwrap_or(u64::MAX), rank[i])
-                });
+        let candidates: Vec<usize> = (0..pods.len()).filter(|&i| since[i].is_none()).collect();
+        let wanted = serving - desired_n;
+        victims = match kind {
+            TargetKind::StatefulSet => {
+                first(candidates, wanted, |i| Reverse(pods[i].ordinal), by_index)
             }
-        }
-        victims = candidates.into_iter().take(serving - desired_n).collect();
+            TargetKind::Deployment => first(
+                candidates,
+                wanted,
+                |i| (!lost[i] && pods[i].ready, sessions[i]),
+                by_deletion_order(pods),
+            ),
+        };
         for &i in &victims {
             since[i] = Some(now);
         }
     }
 
-    // 3. Which draining pods may go, and 4. how many the deletion order lets go now.
+    // 3. Which draining pods may go, and 4. how many the deletion order lets go now: the
+    // pods ranked before every pod that may not go, counting a ReplicaSet class (which it
+    // deletes in any order) only when all of it may go.
     let causes: Vec<Option<RemovalCause>> = (0..pods.len())
-        .map(|i| since[i].and_then(|s| removable(policy, seen, pods[i], s, now)))
+        .map(|i| match since[i] {
+            Some(_) if i >= real => Some(RemovalCause::Drained),
+            Some(s) => removable(policy, pods[i], lost[i], s, now),
+            None => None,
+        })
         .collect();
-    let ok: Vec<bool> = causes.iter().map(Option::is_some).collect();
+    let ok = |i: usize| causes[i].is_some();
     let scaling_up = active(&since) < desired_n;
     let removed: Vec<usize> = if scaling_up {
         Vec::new()
     } else if !policy.drains() {
         // Nothing to wait for: the workload picks, as under the HPA.
-        (0..pods.len()).filter(|&i| ok[i]).collect()
+        (0..pods.len()).filter(|&i| ok(i)).collect()
     } else {
-        let k = removable_prefix(kind, pods, &order, &ok);
-        order[..k].to_vec()
+        let removable: Vec<usize> = (0..pods.len()).filter(|&i| ok(i)).collect();
+        let blocked = (0..pods.len()).filter(|&i| !ok(i));
+        match kind {
+            TargetKind::StatefulSet => {
+                let stop = blocked.map(|i| (ordinal_key(pods[i]), i)).min();
+                let mut removed: Vec<usize> = removable
+                    .into_iter()
+                    .filter(|&i| stop.is_none_or(|s| (ordinal_key(pods[i]), i) < s))
+                    .collect();
+                removed.sort_by_key(|&i| (ordinal_key(pods[i]), i));
+                removed
+            }
+            TargetKind::Deployment => {
+                let class = |i: usize| deletion_key(pods[i]).class;
+                let stop = blocked.map(class).min();
+                let mut removed: Vec<usize> = removable
+                    .into_iter()
+                    .filter(|&i| stop.is_none_or(|s| class(i) < s))
+                    .collect();
+                let order = by_deletion_order(pods);
+                removed.sort_unstable_by(|&a, &b| order(a, b));
+                removed
+            }
+        }
     };
     let still_draining = since.iter().filter(|s| s.is_some()).count() - removed.len();
     plan.replicas = u32::try_from(desired_n + still_draining).unwrap_or(u32::MAX);
+    let mut is_removed = vec![false; pods.len()];
+    for &i in &removed {
+        is_removed[i] = true;
+    }
 
-    for &i in &victims {
-        if policy.drains() && !removed.contains(&i) {
+    // Empty slots need no drain marks, removals or events.
+    for &i in victims.iter().filter(|&&i| i < real) {
+        if policy.drains() && !is_removed[i] {
             plan.start.push(pods[i].name.clone());
-            let sessions = pods[i]
-                .sessions()
-                .map_or("unknown sessions".to_owned(), |s| format!("{s} sessions"));
             plan.events.push(Event {
                 reason: EventReason::DrainStarted,
                 message: format!(
-                    "draining pod {} ({sessions}) to scale in to {desired} serving replicas",
-                    pods[i].name
+                    "draining pod {} ({}) to scale in to {desired} serving replicas",
+                    pods[i].name,
+                    Sessions(pods[i].sessions())
                 ),
             });
         }
     }
-    for &i in &removed {
+    for &i in removed.iter().filter(|&&i| i < real) {
         let cause = causes[i].unwrap_or(RemovalCause::Undrained);
         plan.remove.push(Removal {
             pod: pods[i].name.clone(),
@@ -366,9 +480,13 @@ pub fn plan(
         }
     }
     if policy.drains() {
-        for i in (0..pods.len()).filter(|&i| ok[i] && !removed.contains(&i)) {
+        for i in (0..pods.len()).filter(|&i| ok(i) && !is_removed[i]) {
             plan.blocked = true;
-            if pods[i].deletion_cost != REMOVABLE_DELETION_COST {
+            // The StatefulSet controller ignores deletion costs: only ordinals count.
+            if i < real
+                && kind == TargetKind::Deployment
+                && pods[i].deletion_cost != REMOVABLE_DELETION_COST
+            {
                 plan.mark_removable.push(pods[i].name.clone());
             }
         }

@@ -312,7 +312,10 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
     let all_failed = metrics.iter().all(|m| m.replicas.is_none());
 
     // A failed metric holds the current count, so it can only keep or raise the maximum.
-    let recommendation = if metrics.iter().all(|m| m.replicas.is_some()) && !any_active {
+    // Idle metrics mean zero only where zero is allowed: with minReplicas of 1 or more the
+    // activation thresholds play no part and the metrics size the workload (as in KEDA).
+    let idle = policy.min_replicas == 0 && !any_active;
+    let recommendation = if metrics.iter().all(|m| m.replicas.is_some()) && idle {
         0
     } else {
         let asked = metrics
@@ -371,12 +374,16 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
         });
     }
 
+    let lost: Vec<bool> = pods
+        .iter()
+        .map(|p| drain::is_lost(policy, seen, p, now))
+        .collect();
     let mut plan = if policy.paused {
         DrainPlan::hold(seen.replicas)
     } else {
-        drain::plan(policy, seen, &pods, desired, now)
+        drain::plan(policy, seen, &pods, &lost, desired, now)
     };
-    let instances = drain::counts(policy, seen, &pods, now);
+    let instances = drain::counts(&pods, &lost);
     let draining = drain::draining_status(&pods, &plan);
     events.append(&mut plan.events);
 
@@ -390,10 +397,15 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
             ),
         });
     } else if replicas < seen.replicas {
+        let how = if policy.drains() {
+            "after draining"
+        } else {
+            "without draining (no heartbeat source and drain.timeout 0s)"
+        };
         events.push(Event {
             reason: EventReason::ScaledDown,
             message: format!(
-                "scaled down from {} to {replicas} replicas after draining",
+                "scaled down from {} to {replicas} replicas {how}",
                 seen.replicas
             ),
         });

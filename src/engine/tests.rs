@@ -1,1 +1,32 @@
+//! Tests of the engine: HPA semantics (`hpa`), metrics, fallback and modes (`scaling`), the
+//! scale-in plan (`scale_in`), history (`history`) and the invariants of DESIGN.md §7 as
+//! property tests (`properties`). Fixtures come from `crate::testing`.
 
+mod history;
+mod hpa;
+mod properties;
+mod scale_in;
+mod scaling;
+
+use crate::engine::{Condition, ConditionType, Decision, EventReason, decide};
+use crate::testing::{HistoryBuilder, NOW, ObservationBuilder, PolicyBuilder};
+
+/// Decides at `NOW`.
+fn run(policy: PolicyBuilder, seen: ObservationBuilder, history: HistoryBuilder) -> Decision {
+    decide(&policy.build(), &seen.build(), &history.build(), NOW)
+}
+
+fn condition(d: &Decision, type_: ConditionType) -> &Condition {
+    d.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {} condition in {:?}", type_.as_str(), d.conditions))
+}
+
+fn events(d: &Decision, reason: EventReason) -> Vec<&str> {
+    d.events
+        .iter()
+        .filter(|e| e.reason == reason)
+        .map(|e| e.message.as_str())
+        .collect()
+}

@@ -1,0 +1,556 @@
+//! Property tests for the invariants of DESIGN.md §7 over random policies, observations,
+//! histories and times:
+//! (a) counts stay within `[minReplicas, maxReplicas]` plus draining pods, and an
+//!     out-of-range start only moves inward;
+//! (b) no pod holding (or possibly holding) sessions is removed, made removable or deleted by
+//!     the workload before its drain completed, it was Lost, or its drain timed out with
+//!     `onTimeout: Remove`;
+//! (c) failing metrics never lower the serving count, except through the fallback;
+//! (d) a decision is stable when run again over its own history.
+//!
+//! The removable rule is restated here from DESIGN.md §3 rather than taken from the engine,
+//! and the workload's deletion is simulated from the written `replicas`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::collection::vec;
+use proptest::strategy::{Just, Strategy};
+use proptest::test_runner::Config;
+use proptest::{
+    bool as pbool, option, prop_assert, prop_assert_eq, prop_compose, prop_oneof, proptest, sample,
+};
+
+use crate::api::{OnLost, OnTimeout, RuleType, SelectPolicy, TargetKind};
+use crate::engine::drain::REMOVABLE_DELETION_COST;
+use crate::engine::{
+    Decision, Heartbeat, History, Instance, Mode, Observation, Phase, Reading, Recommendation,
+    ScaleEvent, Time, decide, next_history,
+};
+use crate::policy::{
+    Behavior, Drain, Fallback, Heartbeat as HeartbeatPolicy, HeartbeatSource, Metric, MetricTarget,
+    Policy, RatePolicy, Rules, Source, Target, default_behavior,
+};
+use crate::testing::{NOW, ago, secs};
+
+fn arb_rules() -> impl Strategy<Value = Rules> {
+    let rate = (
+        pbool::ANY,
+        1u32..5,
+        10u32..200,
+        sample::select(vec![15u64, 60, 300]),
+    )
+        .prop_map(|(pods, n, pct, period)| RatePolicy {
+            kind: if pods {
+                RuleType::Pods
+            } else {
+                RuleType::Percent
+            },
+            value: if pods { n } else { pct },
+            period: secs(period),
+        });
+    let select = prop_oneof![
+        3 => Just(SelectPolicy::Max),
+        1 => Just(SelectPolicy::Min),
+        1 => Just(SelectPolicy::Disabled),
+    ];
+    (
+        sample::select(vec![0u64, 0, 30, 300]),
+        select,
+        vec(rate, 1..3),
+    )
+        .prop_map(|(window, select, policies)| Rules {
+            stabilization_window: secs(window),
+            select,
+            policies,
+        })
+}
+
+fn arb_behavior() -> impl Strategy<Value = Behavior> {
+    prop_oneof![
+        Just(default_behavior()),
+        (arb_rules(), arb_rules()).prop_map(|(scale_up, scale_down)| Behavior {
+            scale_up,
+            scale_down
+        }),
+    ]
+}
+
+/// Metric kinds: 0 Prometheus AverageValue, 1 Prometheus Value, 2 sessions (AverageValue;
+/// Prometheus AverageValue when the policy has no heartbeats).
+fn arb_metric() -> impl Strategy<Value = (u8, f64, f64)> {
+    (
+        prop_oneof![2 => Just(0u8), 1 => Just(1), 1 => Just(2)],
+        sample::select(vec![10.0, 50.0, 100.0, 200.0]),
+        sample::select(vec![0.0, 0.0, 5.0, 50.0]),
+    )
+}
+
+prop_compose! {
+    fn arb_policy()(
+        statefulset in pbool::weighted(0.3),
+        min in 0u32..4,
+        span in 0u32..8,
+        tolerance in sample::select(vec![0.0, 0.1]),
+        metrics in vec(arb_metric(), 1..=3),
+        heartbeat in option::weighted(0.7, (10u64..120, pbool::ANY, 1u32..3)),
+        drain_timeout in sample::select(vec![0u64, 30, 300, 1800]),
+        remove_on_timeout in pbool::ANY,
+        behavior in arb_behavior(),
+        fallback in option::weighted(0.4, (1u32..4, 0u32..100)),
+        paused in pbool::weighted(0.1),
+        dry_run in pbool::weighted(0.1),
+    ) -> Policy {
+        let max = min.max(1) + span;
+        let heartbeat = heartbeat.map(|(timeout, replace, n)| HeartbeatPolicy {
+            source: HeartbeatSource::Push,
+            timeout: secs(timeout),
+            on_lost: if replace { OnLost::Replace } else { OnLost::Keep },
+            max_concurrent_replacements: n,
+        });
+        let metrics = metrics
+            .into_iter()
+            .enumerate()
+            .map(|(i, (kind, target, activation))| {
+                let name = format!("m{i}");
+                let (source, target) = match kind {
+                    2 if heartbeat.is_some() => (Source::Sessions, MetricTarget::AverageValue(target)),
+                    1 => (Source::Prometheus { query: name.clone() }, MetricTarget::Value(target)),
+                    _ => (Source::Prometheus { query: name.clone() }, MetricTarget::AverageValue(target)),
+                };
+                Metric { name, source, target, activation }
+            })
+            .collect();
+        Policy {
+            target: Target {
+                kind: if statefulset { TargetKind::StatefulSet } else { TargetKind::Deployment },
+                name: "app".to_owned(),
+            },
+            min_replicas: min,
+            max_replicas: max,
+            interval: secs(15),
+            tolerance,
+            metrics,
+            heartbeat,
+            drain: Drain {
+                timeout: secs(drain_timeout),
+                on_timeout: if remove_on_timeout { OnTimeout::Remove } else { OnTimeout::Keep },
+            },
+            behavior,
+            fallback: fallback.map(|(failure_threshold, pick)| Fallback {
+                failure_threshold,
+                replicas: min + pick % (max - min + 1),
+            }),
+            prometheus: None,
+            paused,
+            dry_run,
+        }
+    }
+}
+
+prop_compose! {
+    /// A pod without name or ordinal: random scheduling, phase, readiness, deletion cost,
+    /// drain, heartbeat (before or after the drain began, sessions zero or not, or none).
+    fn arb_pod()(
+        scheduled in pbool::weighted(0.9),
+        phase in prop_oneof![1 => Just(Phase::Pending), 1 => Just(Phase::Unknown), 6 => Just(Phase::Running)],
+        started in 0u64..7200,
+        ready in pbool::weighted(0.75),
+        restarts in 0u32..3,
+        terminating in pbool::weighted(0.1),
+        cost in sample::select(vec![0, 0, 0, -5, 5, REMOVABLE_DELETION_COST]),
+        draining in option::weighted(0.35, 0u64..3600),
+        heartbeat in option::weighted(0.8, (0u64..600, prop_oneof![2 => Just(0u64), 3 => 1u64..20])),
+        created in 0u64..7200,
+    ) -> Instance {
+        let phase = if scheduled { phase } else { Phase::Pending };
+        let started = (phase != Phase::Pending).then(|| ago(started));
+        Instance {
+            name: String::new(),
+            created: ago(created),
+            scheduled,
+            phase,
+            ready: phase == Phase::Running && ready,
+            started,
+            restarts,
+            terminating,
+            deletion_cost: cost,
+            ordinal: None,
+            draining_since: draining.map(ago),
+            // A pod that never ran has never heartbeated.
+            heartbeat: heartbeat
+                .filter(|_| started.is_some())
+                .map(|(at, sessions)| Heartbeat { at: ago(at), sessions }),
+        }
+    }
+}
+
+fn arb_reading() -> impl Strategy<Value = Option<Reading>> {
+    prop_oneof![
+        6 => (0u32..3000).prop_map(|v| Some(Reading::Value(f64::from(v)))),
+        1 => Just(Some(Reading::Unavailable { reason: "timeout".to_owned() })),
+        1 => Just(None),
+    ]
+}
+
+prop_compose! {
+    /// Pods in slots: a missing slot is a pod being created (a Deployment's count is above
+    /// its pods) or a StatefulSet ordinal being replaced. Every pod has an ordinal below
+    /// `spec.replicas`.
+    fn arb_observation()(
+        slots in vec(option::weighted(0.85, arb_pod()), 0..10),
+        readings in vec(arb_reading(), 3),
+        heartbeats_since in prop_oneof![Just(86_400u64), 0u64..300],
+    ) -> Observation {
+        let mut instances = Vec::new();
+        for (i, slot) in slots.iter().enumerate() {
+            if let Some(p) = slot {
+                let ordinal = u32::try_from(i).unwrap_or(u32::MAX);
+                instances.push(Instance {
+                    name: format!("pod-{i}"),
+                    ordinal: Some(ordinal),
+                    ..p.clone()
+                });
+            }
+        }
+        let readings = readings
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.map(|r| (format!("m{i}"), r)))
+            .collect();
+        Observation {
+            replicas: u32::try_from(slots.len()).unwrap_or(u32::MAX),
+            readings,
+            instances,
+            heartbeats_since: ago(heartbeats_since),
+        }
+    }
+}
+
+prop_compose! {
+    fn arb_history()(
+        recs in vec((0u64..900, 0u32..16), 0..20),
+        events in vec((0u64..900, 0u32..16, 0u32..16), 0..6),
+        consecutive_failures in 0u32..5,
+    ) -> History {
+        let mut recommendations: Vec<Recommendation> = recs
+            .into_iter()
+            .map(|(t, replicas)| Recommendation { time: ago(t), replicas })
+            .collect();
+        recommendations.sort_by_key(|r| r.time);
+        let mut scale_events: Vec<ScaleEvent> = events
+            .into_iter()
+            .map(|(t, from, to)| ScaleEvent { time: ago(t), from, to })
+            .collect();
+        scale_events.sort_by_key(|e| e.time);
+        History { recommendations, scale_events, consecutive_failures }
+    }
+}
+
+/// DESIGN.md §3.3 and §3.5: may a draining pod go?
+fn may_go(policy: &Policy, seen: &Observation, pod: &Instance, since: Time, now: Time) -> bool {
+    if !policy.drains() || pod.started.is_none() {
+        // The HPA's scale-in; or a pod that never ran and holds nothing.
+        return true;
+    }
+    let lost = lost(policy, seen, pod, now);
+    let reported_empty = policy.heartbeat.is_some()
+        && pod
+            .heartbeat
+            .is_some_and(|h| h.at > since && h.sessions == 0);
+    let timed_out = now.since(since) >= policy.drain.timeout
+        && (policy.drain.on_timeout == OnTimeout::Remove || policy.heartbeat.is_none());
+    lost || reported_empty || timed_out
+}
+
+/// DESIGN.md §4 and §5: no heartbeat for one timeout, counted from the pod's start and from
+/// when heartbeats began to be collected.
+fn lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool {
+    policy.heartbeat.as_ref().is_some_and(|hb| {
+        let heard = pod.heartbeat.map(|h| h.at);
+        let last = [heard, pod.started, Some(seen.heartbeats_since)]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(seen.heartbeats_since);
+        pod.started.is_some() && now.since(last) >= hb.timeout
+    })
+}
+
+/// The pods after the decision is carried out, before the workload acts on `replicas`.
+fn applied(seen: &Observation, d: &Decision, now: Time) -> Vec<Instance> {
+    let started: BTreeSet<&str> = d.plan.start.iter().map(String::as_str).collect();
+    let cancelled: BTreeSet<&str> = d.plan.cancel.iter().map(String::as_str).collect();
+    let marked: BTreeSet<&str> = d.plan.mark_removable.iter().map(String::as_str).collect();
+    let removed: BTreeSet<&str> = d.plan.remove.iter().map(|r| r.pod.as_str()).collect();
+    seen.instances
+        .iter()
+        .filter(|p| !p.terminating)
+        .map(|p| {
+            let mut p = p.clone();
+            // A victim removed at once never carries a mark, but its drain began now.
+            let chosen_and_removed =
+                removed.contains(p.name.as_str()) && p.draining_since.is_none();
+            if started.contains(p.name.as_str()) || chosen_and_removed {
+                p.draining_since = Some(now);
+            }
+            if cancelled.contains(p.name.as_str()) {
+                p.draining_since = None;
+            }
+            if marked.contains(p.name.as_str()) {
+                p.deletion_cost = REMOVABLE_DELETION_COST;
+            }
+            p
+        })
+        .collect()
+}
+
+/// The ReplicaSet's ranking up to the deletion cost; pods equal here go in any order.
+fn rank(p: &Instance) -> (bool, Phase, bool, i32) {
+    (p.scheduled, p.phase, p.ready, p.deletion_cost)
+}
+
+/// Every pod the workload might delete once `replicas` is written.
+fn deletable(kind: TargetKind, pods: &[Instance], replicas: u32) -> Vec<&Instance> {
+    match kind {
+        TargetKind::StatefulSet => pods
+            .iter()
+            .filter(|p| p.ordinal.unwrap_or(u32::MAX) >= replicas)
+            .collect(),
+        TargetKind::Deployment => {
+            let excess = pods.len().saturating_sub(replicas as usize);
+            pods.iter()
+                .filter(|p| pods.iter().filter(|q| rank(q) < rank(p)).count() < excess)
+                .collect()
+        }
+    }
+}
+
+fn check_safety(policy: &Policy, seen: &Observation, d: &Decision) -> Result<(), String> {
+    let now = NOW;
+    let pods: BTreeMap<&str, &Instance> = seen
+        .instances
+        .iter()
+        .filter(|p| !p.terminating)
+        .map(|p| (p.name.as_str(), p))
+        .collect();
+    let after = applied(seen, d, now);
+    let after_by_name: BTreeMap<&str, &Instance> =
+        after.iter().map(|p| (p.name.as_str(), p)).collect();
+    let judge = |name: &str, what: &str| -> Result<(), String> {
+        if !policy.drains() {
+            // The HPA's scale-in: the policy asked for no drain at all.
+            return Ok(());
+        }
+        let p = after_by_name
+            .get(name)
+            .ok_or_else(|| format!("{what} names {name}, which is not a live pod"))?;
+        let since = p
+            .draining_since
+            .ok_or_else(|| format!("{what} names {name}, which is not draining"))?;
+        if may_go(policy, seen, p, since, now) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} names {name}, which may still hold sessions: {p:?}"
+            ))
+        }
+    };
+    for r in &d.plan.remove {
+        judge(&r.pod, "plan.remove")?;
+    }
+    for name in &d.plan.mark_removable {
+        judge(name, "plan.mark_removable")?;
+    }
+    for name in &d.plan.replace {
+        let p = pods
+            .get(name.as_str())
+            .ok_or(format!("replace names unknown {name}"))?;
+        let replaces = policy
+            .heartbeat
+            .as_ref()
+            .is_some_and(|h| h.on_lost == OnLost::Replace);
+        if !replaces || p.draining_since.is_some() || !lost(policy, seen, p, now) {
+            return Err(format!(
+                "replaces {name}, which is not a serving lost pod: {p:?}"
+            ));
+        }
+    }
+    if policy.drains() && d.mode != Mode::Paused {
+        for p in deletable(policy.target.kind, &after, d.replicas) {
+            judge(&p.name, &format!("writing replicas {}", d.replicas))?;
+        }
+    }
+    Ok(())
+}
+
+/// 512 cases keep the suite fast; `PROPTEST_CASES=100000` searches harder.
+fn config() -> Config {
+    let base = Config::default();
+    let deep = std::env::var_os("PROPTEST_CASES").is_some();
+    Config {
+        cases: if deep { base.cases } else { 512 },
+        failure_persistence: None,
+        ..base
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Invariant 2.
+    #[test]
+    fn counts_stay_within_min_and_max_plus_draining_pods(
+        policy in arb_policy(), seen in arb_observation(), history in arb_history()
+    ) {
+        let d = decide(&policy, &seen, &history, NOW);
+        let (min, max) = (policy.min_replicas, policy.max_replicas);
+        if policy.paused {
+            prop_assert_eq!(d.desired, d.current);
+            prop_assert_eq!(d.replicas, seen.replicas);
+            return Ok(());
+        }
+        let (low, high) = if d.current > max {
+            (max, d.current)
+        } else if d.current < min {
+            (d.current, min)
+        } else {
+            (min, max)
+        };
+        prop_assert!(
+            (low..=high).contains(&d.desired),
+            "desired {} outside [{}, {}] from {}", d.desired, low, high, d.current
+        );
+        // Draining after the plan, including StatefulSet slots that the count keeps.
+        let after = applied(&seen, &d, NOW);
+        let removed: BTreeSet<&str> = d.plan.remove.iter().map(|r| r.pod.as_str()).collect();
+        let draining = after
+            .iter()
+            .filter(|p| p.draining_since.is_some() && !removed.contains(p.name.as_str()))
+            .count();
+        let missing = seen.replicas as usize - after.len().min(seen.replicas as usize);
+        let slack = u32::try_from(draining + missing).unwrap_or(u32::MAX);
+        prop_assert!(d.replicas >= d.desired, "replicas {} below desired {}", d.replicas, d.desired);
+        prop_assert!(
+            d.replicas <= d.desired + slack,
+            "replicas {} above desired {} plus {} draining or missing", d.replicas, d.desired, slack
+        );
+    }
+
+    /// Invariant 1, for every list in the plan and for what the workload deletes.
+    #[test]
+    fn no_pod_that_may_hold_sessions_is_removed_before_its_drain_ends(
+        policy in arb_policy(), seen in arb_observation(), history in arb_history()
+    ) {
+        let d = decide(&policy, &seen, &history, NOW);
+        if let Err(why) = check_safety(&policy, &seen, &d) {
+            return Err(proptest::test_runner::TestCaseError::fail(format!("{why}\n{d:#?}")));
+        }
+    }
+
+    /// Invariant 3.
+    #[test]
+    fn failing_metrics_never_lower_the_serving_count_except_through_the_fallback(
+        policy in arb_policy(), seen in arb_observation(), history in arb_history()
+    ) {
+        let d = decide(&policy, &seen, &history, NOW);
+        if !d.metrics_failed || policy.paused {
+            return Ok(());
+        }
+        let (min, max) = (policy.min_replicas, policy.max_replicas);
+        let in_range = (min..=max).contains(&d.current);
+        match (d.fallback_active, policy.fallback) {
+            (true, Some(f)) if in_range => prop_assert_eq!(d.desired, f.replicas),
+            (true, _) => prop_assert!(d.current > max || d.desired >= d.current),
+            (false, _) => {
+                prop_assert!(d.current > max || d.desired >= d.current,
+                    "desired {} below current {}", d.desired, d.current);
+                if d.desired >= d.current {
+                    prop_assert!(d.plan.start.is_empty(), "drains started: {:?}", d.plan.start);
+                }
+            }
+        }
+    }
+
+    /// (d) Same observation, own history: the same decision, where no scale event was
+    /// recorded (a recorded event belongs with an observation in which it happened).
+    #[test]
+    fn a_decision_over_its_own_history_is_the_same_decision(
+        policy in arb_policy(), seen in arb_observation(), history in arb_history()
+    ) {
+        let first = decide(&policy, &seen, &history, NOW);
+        if first.metrics_failed || (first.mode == Mode::Act && first.desired != first.current) {
+            return Ok(());
+        }
+        let next = next_history(&policy, &history, &first, NOW);
+        let again = decide(&policy, &seen, &next, NOW);
+        prop_assert_eq!(again.desired, first.desired);
+        prop_assert_eq!(again.replicas, first.replicas);
+        prop_assert_eq!(&again.plan, &first.plan);
+    }
+
+    /// (d) The decision carried out (drains started and cancelled, removed pods gone, new
+    /// pods created) and decided again at once: no reversal, no new drains or cancellations.
+    #[test]
+    fn a_carried_out_decision_does_not_flap(
+        policy in arb_policy(), seen in arb_observation(), history in arb_history()
+    ) {
+        let average_only = policy.metrics.iter().all(|m| {
+            matches!(m.source, Source::Prometheus { .. })
+                && matches!(m.target, MetricTarget::AverageValue(_))
+        });
+        let first = decide(&policy, &seen, &history, NOW);
+        let in_range = (policy.min_replicas..=policy.max_replicas).contains(&first.current);
+        if !average_only
+            || first.metrics_failed
+            || first.mode != Mode::Act
+            || !in_range
+            || policy.target.kind != TargetKind::Deployment
+        {
+            return Ok(());
+        }
+        let next = next_history(&policy, &history, &first, NOW);
+        let carried = carry_out(&seen, &first, NOW);
+        let again = decide(&policy, &carried, &next, NOW);
+        prop_assert_eq!(again.current, first.desired);
+        prop_assert_eq!(again.desired, first.desired);
+        prop_assert!(again.plan.start.is_empty(), "new drains: {:?}", again.plan.start);
+        prop_assert!(again.plan.cancel.is_empty(), "cancelled: {:?}", again.plan.cancel);
+    }
+}
+
+/// The observation after the controller carried out `d` and the ReplicaSet caught up.
+fn carry_out(seen: &Observation, d: &Decision, now: Time) -> Observation {
+    let removed: BTreeSet<&str> = d.plan.remove.iter().map(|r| r.pod.as_str()).collect();
+    let replaced: BTreeSet<&str> = d.plan.replace.iter().map(String::as_str).collect();
+    let mut instances: Vec<Instance> = applied(seen, d, now)
+        .into_iter()
+        .filter(|p| !removed.contains(p.name.as_str()) && !replaced.contains(p.name.as_str()))
+        .collect();
+    let missing = (d.replicas as usize).saturating_sub(instances.len());
+    instances.extend((0..missing).map(|i| Instance {
+        name: format!("new-{i}"),
+        created: now,
+        scheduled: true,
+        phase: Phase::Running,
+        ready: true,
+        started: Some(now),
+        ..Instance::default()
+    }));
+    Observation {
+        replicas: d.replicas,
+        readings: seen.readings.clone(),
+        instances,
+        heartbeats_since: seen.heartbeats_since,
+    }
+}
+
+#[test]
+fn the_reference_rule_agrees_with_the_engine_on_a_known_case() {
+    // Guards the test's own restatement of the rule against drifting into vacuity.
+    let policy = crate::testing::policy().heartbeat(secs(30)).build();
+    let seen = crate::testing::observation().build();
+    let pod = crate::testing::pod("d").sessions(3).build();
+    assert!(!may_go(&policy, &seen, &pod, ago(60), NOW));
+    let pod = crate::testing::pod("d").sessions(0).build();
+    assert!(may_go(&policy, &seen, &pod, ago(60), NOW));
+}

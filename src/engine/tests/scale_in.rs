@@ -1,0 +1,754 @@
+//! Scale-in as a plan over instances: victims, cancellation, the removable rule, the
+//! ReplicaSet-order guard, StatefulSets, lost instances and their replacement, and the
+//! reasons reported along the way.
+
+use crate::api::{OnLost, OnTimeout};
+use crate::engine::drain::REMOVABLE_DELETION_COST;
+use crate::engine::tests::{condition, events, run};
+use crate::engine::{ConditionType, Decision, EventReason, Removal, RemovalCause};
+use crate::testing::{
+    ObservationBuilder, PodBuilder, PolicyBuilder, ago, history, observation, pod, policy, rules,
+    secs,
+};
+
+/// Pushed heartbeats with a 30s timeout, a 30m drain, one rps metric at 100 per replica and
+/// no stabilization, so that `rps` alone sets the desired serving count.
+fn sessions() -> PolicyBuilder {
+    policy()
+        .max(20)
+        .average("rps", 100.0)
+        .heartbeat(secs(30))
+        .scale_up(rules().percent(1000, 15))
+        .scale_down(rules().percent(100, 15))
+}
+
+/// The observation with pods and an rps reading that asks for `serving` replicas.
+fn wanting(serving: u32, pods: impl IntoIterator<Item = PodBuilder>) -> ObservationBuilder {
+    observation()
+        .reading("rps", f64::from(serving) * 100.0)
+        .pods(pods)
+}
+
+fn names(list: &[String]) -> Vec<&str> {
+    list.iter().map(String::as_str).collect()
+}
+
+fn removed(d: &Decision) -> Vec<(&str, RemovalCause)> {
+    d.plan
+        .remove
+        .iter()
+        .map(|r| (r.pod.as_str(), r.cause))
+        .collect()
+}
+
+fn mixed_pods() -> Vec<PodBuilder> {
+    vec![
+        pod("a").ready().sessions(5),
+        pod("b").ready().sessions(1),
+        pod("c").not_ready().sessions(9),
+        pod("d").ready().sessions(7).heartbeat_at(ago(60)), // Lost
+        pod("e").ready().sessions(0),
+    ]
+}
+
+#[test]
+fn victims_are_lost_or_not_ready_pods_first_then_those_with_fewest_sessions() {
+    // (serving wanted, pods drained)
+    let cases: [(u32, &[&str]); 4] = [
+        (4, &["d"]),
+        (3, &["d", "c"]),
+        (2, &["d", "c", "e"]),
+        (1, &["d", "c", "e", "b"]),
+    ];
+    for (serving, drained) in cases {
+        let d = run(sessions(), wanting(serving, mixed_pods()), history());
+        let mut started = names(&d.plan.start);
+        started.sort_unstable();
+        let mut expected = drained.to_vec();
+        expected.sort_unstable();
+        assert_eq!(started, expected, "scaling in to {serving}");
+    }
+}
+
+#[test]
+fn pods_that_have_not_reported_count_as_holding_the_most_sessions() {
+    let d = run(
+        sessions(),
+        wanting(
+            1,
+            [
+                pod("quiet").ready().started(ago(10)), // no heartbeat yet: unknown
+                pod("busy").ready().sessions(500),
+            ],
+        ),
+        history(),
+    );
+    assert_eq!(names(&d.plan.start), ["busy"]);
+}
+
+#[test]
+fn victims_with_equal_sessions_follow_the_replica_set_order() {
+    let d = run(
+        sessions(),
+        wanting(
+            2,
+            [
+                pod("old").ready().sessions(2).started(ago(3000)),
+                pod("new").ready().sessions(2).started(ago(100)),
+                pod("mid").ready().sessions(2).started(ago(2000)),
+            ],
+        ),
+        history(),
+    );
+    assert_eq!(names(&d.plan.start), ["new"], "the newest goes first");
+
+    let d = run(
+        sessions(),
+        wanting(
+            2,
+            [
+                pod("old").ready().sessions(2).started(ago(3000)).cost(-5),
+                pod("new").ready().sessions(2).started(ago(100)),
+                pod("mid").ready().sessions(2).started(ago(2000)),
+            ],
+        ),
+        history(),
+    );
+    assert_eq!(
+        names(&d.plan.start),
+        ["old"],
+        "the lowest deletion cost goes first"
+    );
+}
+
+#[test]
+fn drain_started_events_say_which_pod_and_why() {
+    let d = run(
+        sessions(),
+        wanting(
+            2,
+            [
+                pod("a").ready().sessions(4),
+                pod("b").ready().sessions(1),
+                pod("c").ready().sessions(9),
+            ],
+        ),
+        history(),
+    );
+    assert_eq!(
+        events(&d, EventReason::DrainStarted),
+        ["draining pod b (1 sessions) to scale in to 2 serving replicas"]
+    );
+    assert_eq!(d.replicas, 3, "the count falls only once b is removable");
+    assert!(d.plan.remove.is_empty());
+}
+
+#[test]
+fn load_coming_back_cancels_drains_with_the_most_sessions_first() {
+    let pods = || {
+        vec![
+            pod("s1").ready().sessions(20),
+            pod("s2").ready().sessions(20),
+            pod("few").ready().sessions(1).draining_since(ago(60)),
+            pod("many").ready().sessions(8).draining_since(ago(60)),
+            // Has not reported yet: counts as holding the most.
+            pod("unknown")
+                .ready()
+                .started(ago(100))
+                .draining_since(ago(60)),
+        ]
+    };
+    let p = sessions().heartbeat(secs(120));
+    let d = run(p.clone(), wanting(3, pods()), history());
+    assert_eq!(names(&d.plan.cancel), ["unknown"]);
+    assert_eq!(d.replicas, 5, "no scale-up while a drain can be cancelled");
+
+    let d = run(p.clone(), wanting(4, pods()), history());
+    assert_eq!(names(&d.plan.cancel), ["unknown", "many"]);
+    assert_eq!(
+        events(&d, EventReason::DrainCancelled),
+        [
+            "load is back: pod unknown serves again",
+            "load is back: pod many serves again"
+        ]
+    );
+    assert_eq!(d.replicas, 5);
+
+    let d = run(p, wanting(7, pods()), history());
+    assert_eq!(d.plan.cancel.len(), 3, "every drain is cancelled first");
+    assert_eq!(d.replicas, 7, "then the count rises");
+    assert!(d.plan.start.is_empty());
+}
+
+#[test]
+fn lost_draining_pods_are_not_put_back_into_service() {
+    let d = run(
+        sessions(),
+        wanting(
+            2,
+            [
+                pod("s").ready().sessions(20),
+                pod("gone")
+                    .ready()
+                    .sessions(3)
+                    .heartbeat_at(ago(100))
+                    .draining_since(ago(60)),
+            ],
+        ),
+        history(),
+    );
+    assert!(d.plan.cancel.is_empty());
+    assert_eq!(d.replicas, 3, "a new pod serves beside the lost one");
+    assert!(
+        d.plan.remove.is_empty(),
+        "nothing is removed while the count rises"
+    );
+}
+
+#[test]
+fn statefulsets_cancel_the_lowest_ordinals_first() {
+    let pods = (0..6).map(|i| {
+        let p = pod(&format!("web-{i}"))
+            .ordinal(i)
+            .ready()
+            .sessions(u64::from(10 - i));
+        if i >= 3 { p.draining_since(ago(60)) } else { p }
+    });
+    let d = run(sessions().statefulset(), wanting(4, pods), history());
+    assert_eq!(names(&d.plan.cancel), ["web-3"]);
+    assert_eq!(d.replicas, 6);
+}
+
+#[test]
+fn statefulsets_drain_the_highest_ordinals_whatever_their_sessions() {
+    let pods = (0..5).map(|i| {
+        pod(&format!("web-{i}"))
+            .ordinal(i)
+            .ready()
+            .sessions(u64::from(i) * 10)
+    });
+    let d = run(sessions().statefulset(), wanting(3, pods), history());
+    assert_eq!(names(&d.plan.start), ["web-4", "web-3"]);
+}
+
+#[test]
+fn statefulsets_remove_a_drained_pod_only_once_every_higher_ordinal_may_go() {
+    let pods = |four_done: bool| {
+        (0..5).map(move |i| {
+            let p = pod(&format!("web-{i}")).ordinal(i).ready();
+            match i {
+                3 => p.sessions(0).draining_since(ago(60)),
+                4 if four_done => p.sessions(0).draining_since(ago(60)),
+                4 => p.sessions(6).draining_since(ago(60)),
+                _ => p.sessions(10),
+            }
+        })
+    };
+    let d = run(sessions().statefulset(), wanting(3, pods(false)), history());
+    assert!(d.plan.remove.is_empty(), "web-3 waits behind web-4");
+    assert_eq!(d.replicas, 5);
+
+    let d = run(sessions().statefulset(), wanting(3, pods(true)), history());
+    assert_eq!(
+        removed(&d),
+        [
+            ("web-4", RemovalCause::Drained),
+            ("web-3", RemovalCause::Drained)
+        ]
+    );
+    assert_eq!(d.replicas, 3);
+}
+
+/// One draining pod `d` described by `draining`, at the front of the deletion order (it is
+/// the only pod that is not ready), beside two serving pods; the load wants two.
+fn one_draining(draining: PodBuilder) -> ObservationBuilder {
+    wanting(
+        2,
+        [
+            pod("s1").ready().sessions(10),
+            pod("s2").ready().sessions(10),
+            draining.not_ready(),
+        ],
+    )
+}
+
+#[test]
+fn a_draining_pod_is_removable_once_it_reports_zero_sessions_after_the_drain_began() {
+    // (the draining pod, removal)
+    let p = sessions().heartbeat(secs(120));
+    let cases = [
+        (
+            pod("d").sessions(0).heartbeat_at(ago(10)),
+            Some(RemovalCause::Drained),
+        ),
+        (pod("d").sessions(3).heartbeat_at(ago(10)), None),
+        (pod("d").sessions(0).heartbeat_at(ago(70)), None), // reported before the drain
+        (pod("d").sessions(0).heartbeat_at(ago(60)), None), // reported as it began
+        (pod("d").pending(), Some(RemovalCause::Drained)),  // never ran: holds nothing
+    ];
+    for (draining, expected) in cases {
+        let what = format!("{draining:?}");
+        let d = run(
+            p.clone(),
+            one_draining(draining.draining_since(ago(60))),
+            history(),
+        );
+        let expected: Vec<(&str, RemovalCause)> = expected.map(|c| ("d", c)).into_iter().collect();
+        assert_eq!(removed(&d), expected, "{what}");
+        assert_eq!(
+            d.replicas,
+            if expected.is_empty() { 3 } else { 2 },
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_lost_draining_pod_is_removable() {
+    let d = run(
+        sessions(),
+        one_draining(
+            pod("d")
+                .sessions(5)
+                .heartbeat_at(ago(45))
+                .draining_since(ago(60)),
+        ),
+        history(),
+    );
+    assert_eq!(removed(&d), [("d", RemovalCause::Lost)]);
+    assert_eq!(
+        events(&d, EventReason::InstanceLost),
+        ["pod d sent no heartbeat while draining; removing it"]
+    );
+}
+
+#[test]
+fn a_timed_out_drain_removes_the_pod_only_with_on_timeout_remove() {
+    let draining = || {
+        one_draining(
+            pod("d")
+                .sessions(3)
+                .heartbeat_at(ago(5))
+                .draining_since(ago(31 * 60)),
+        )
+    };
+    let d = run(sessions(), draining(), history());
+    assert_eq!(removed(&d), [("d", RemovalCause::TimedOut)]);
+    assert_eq!(
+        events(&d, EventReason::DrainTimedOut),
+        ["pod d still held 3 sessions after the drain timeout; removing it (onTimeout: Remove)"]
+    );
+
+    let keep = sessions().drain(secs(30 * 60), OnTimeout::Keep);
+    let d = run(keep.clone(), draining(), history());
+    assert!(
+        d.plan.remove.is_empty(),
+        "onTimeout: Keep never removes a pod with sessions"
+    );
+    assert_eq!(d.replicas, 3);
+
+    let d = run(
+        keep,
+        one_draining(
+            pod("d")
+                .sessions(3)
+                .heartbeat_at(ago(5))
+                .draining_since(ago(86_400)),
+        ),
+        history(),
+    );
+    assert!(d.plan.remove.is_empty(), "not even a day later");
+}
+
+#[test]
+fn without_heartbeats_a_draining_pod_is_removable_when_the_drain_times_out() {
+    let p = || {
+        policy()
+            .max(20)
+            .average("rps", 100.0)
+            .scale_down(rules().percent(100, 15))
+            .drain(secs(300), OnTimeout::Keep)
+    };
+    let d = run(
+        p(),
+        one_draining(pod("d").draining_since(ago(299))),
+        history(),
+    );
+    assert!(d.plan.remove.is_empty());
+    let d = run(
+        p(),
+        one_draining(pod("d").draining_since(ago(300))),
+        history(),
+    );
+    assert_eq!(removed(&d), [("d", RemovalCause::Drained)]);
+    assert_eq!(d.replicas, 2);
+}
+
+#[test]
+fn a_zero_drain_timeout_without_heartbeats_scales_in_like_the_hpa() {
+    let p = policy()
+        .max(20)
+        .average("rps", 100.0)
+        .scale_down(rules().percent(100, 15))
+        .drain(secs(0), OnTimeout::Keep);
+    let d = run(
+        p,
+        wanting(2, (0..5).map(|i| pod(&format!("p{i}")).ready())),
+        history(),
+    );
+    assert_eq!(d.replicas, 2, "the count falls at once");
+    assert!(d.plan.start.is_empty(), "no drain marks");
+    assert!(d.plan.mark_removable.is_empty());
+    assert_eq!(d.plan.remove.len(), 3);
+    assert!(
+        d.plan
+            .remove
+            .iter()
+            .all(|r| r.cause == RemovalCause::Undrained)
+    );
+    assert!(events(&d, EventReason::DrainStarted).is_empty());
+    assert_eq!(
+        events(&d, EventReason::ScaledDown),
+        [
+            "scaled down from 5 to 2 replicas without draining (no heartbeat source and drain.timeout 0s)"
+        ]
+    );
+}
+
+#[test]
+fn a_removable_pod_behind_a_serving_one_waits_and_is_marked_for_deletion() {
+    // `s` is not ready, so the ReplicaSet would delete it before `d`.
+    let d = run(
+        sessions(),
+        wanting(
+            2,
+            [
+                pod("s").not_ready().sessions(4),
+                pod("t").ready().sessions(4),
+                pod("d").ready().sessions(0).draining_since(ago(60)),
+            ],
+        ),
+        history(),
+    );
+    assert!(d.plan.remove.is_empty());
+    assert!(d.plan.blocked);
+    assert_eq!(names(&d.plan.mark_removable), ["d"]);
+    assert_eq!(d.replicas, 3);
+    let c = condition(&d, ConditionType::Draining);
+    assert_eq!((c.status, c.reason), (true, "WaitingForRemovalOrder"));
+}
+
+#[test]
+fn a_removable_pod_tied_with_a_serving_one_waits_for_its_deletion_cost() {
+    // Same ReplicaSet rank up to the deletion cost: the ReplicaSet may pick either.
+    let pods = |cost: i32| {
+        [
+            pod("s").ready().sessions(4),
+            pod("d")
+                .ready()
+                .sessions(0)
+                .draining_since(ago(60))
+                .cost(cost),
+        ]
+    };
+    let d = run(sessions(), wanting(1, pods(0)), history());
+    assert!(d.plan.remove.is_empty());
+    assert_eq!(names(&d.plan.mark_removable), ["d"]);
+
+    // Once marked it ranks first, and the count falls.
+    let d = run(
+        sessions(),
+        wanting(1, pods(REMOVABLE_DELETION_COST)),
+        history(),
+    );
+    assert_eq!(
+        d.plan.remove,
+        [Removal {
+            pod: "d".to_owned(),
+            cause: RemovalCause::Drained
+        }]
+    );
+    assert!(d.plan.mark_removable.is_empty());
+    assert!(!d.plan.blocked);
+    assert_eq!(d.replicas, 1);
+    assert_eq!(
+        events(&d, EventReason::DrainCompleted),
+        ["pod d drained; removing it"]
+    );
+}
+
+#[test]
+fn the_count_falls_only_by_the_removable_pods_at_the_front_of_the_deletion_order() {
+    let d = run(
+        sessions(),
+        wanting(
+            1,
+            [
+                pod("s").ready().sessions(9),
+                pod("d1")
+                    .ready()
+                    .sessions(0)
+                    .draining_since(ago(60))
+                    .cost(-10),
+                pod("d2")
+                    .ready()
+                    .sessions(2)
+                    .draining_since(ago(60))
+                    .cost(-5),
+                pod("d3")
+                    .ready()
+                    .sessions(0)
+                    .draining_since(ago(60))
+                    .cost(0),
+            ],
+        ),
+        history(),
+    );
+    assert_eq!(removed(&d), [("d1", RemovalCause::Drained)]);
+    assert_eq!(names(&d.plan.mark_removable), ["d3"]);
+    assert!(d.plan.blocked);
+    assert_eq!(d.replicas, 3);
+}
+
+#[test]
+fn lost_is_declared_only_one_timeout_after_heartbeats_began_to_be_collected() {
+    let seen = |since: u64| {
+        observation()
+            .reading("rps", 200.0)
+            .heartbeats_since(ago(since))
+            .pods([
+                pod("a").ready().sessions(3),
+                pod("b").ready().sessions(3).heartbeat_at(ago(600)),
+            ])
+    };
+    let d = run(sessions(), seen(10), history());
+    assert_eq!(d.instances.lost, 0, "a new leader waits");
+    assert!(d.plan.replace.is_empty());
+    let d = run(sessions(), seen(30), history());
+    assert_eq!(d.instances.lost, 1);
+}
+
+#[test]
+fn pods_that_never_started_are_never_lost() {
+    let d = run(
+        sessions(),
+        observation().reading("rps", 200.0).pods([
+            pod("a").ready().sessions(3),
+            pod("b").pending().created(ago(3600)),
+            pod("c").unscheduled().created(ago(3600)),
+        ]),
+        history(),
+    );
+    assert_eq!(d.instances.lost, 0);
+}
+
+#[test]
+fn a_started_pod_that_never_reports_is_lost_one_timeout_after_it_started() {
+    let seen = |started: u64| {
+        observation().reading("rps", 200.0).pods([
+            pod("a").ready().sessions(3),
+            pod("b").ready().started(ago(started)),
+        ])
+    };
+    assert_eq!(run(sessions(), seen(29), history()).instances.lost, 0);
+    assert_eq!(run(sessions(), seen(30), history()).instances.lost, 1);
+}
+
+#[test]
+fn lost_pods_are_replaced_while_other_instances_heartbeat() {
+    let d = run(
+        sessions(),
+        wanting(
+            2,
+            [
+                pod("ok").ready().sessions(3),
+                pod("gone").ready().sessions(3).heartbeat_at(ago(40)),
+            ],
+        ),
+        history(),
+    );
+    assert_eq!(names(&d.plan.replace), ["gone"]);
+    assert_eq!(
+        events(&d, EventReason::InstanceLost),
+        ["pod gone sent no heartbeat for 30s; replacing it"]
+    );
+    assert_eq!(d.replicas, 2, "replacing keeps the count");
+}
+
+#[test]
+fn lost_pods_are_not_replaced_when_no_instance_heartbeats() {
+    let d = run(
+        sessions(),
+        wanting(
+            2,
+            [
+                pod("a").ready().sessions(3).heartbeat_at(ago(40)),
+                pod("b").ready().sessions(3).heartbeat_at(ago(40)),
+            ],
+        ),
+        history(),
+    );
+    assert!(d.plan.replace.is_empty());
+    assert_eq!(
+        events(&d, EventReason::InstanceLost),
+        [
+            "pod a sent no heartbeat for 30s; not replacing it while no instance reports",
+            "pod b sent no heartbeat for 30s; not replacing it while no instance reports"
+        ]
+    );
+}
+
+#[test]
+fn replacements_are_bounded_by_max_concurrent_replacements_less_terminating_pods() {
+    let lost = |name: &str| pod(name).ready().sessions(1).heartbeat_at(ago(40));
+    let seen = |terminating: usize| {
+        wanting(
+            4,
+            [
+                pod("ok").ready().sessions(3),
+                lost("l1"),
+                lost("l2"),
+                lost("l3"),
+            ],
+        )
+        .pods((0..terminating).map(|i| pod(&format!("t{i}")).ready().terminating()))
+    };
+    let p = sessions().max_replacements(2);
+    assert_eq!(
+        names(&run(p.clone(), seen(0), history()).plan.replace),
+        ["l1", "l2"]
+    );
+    let d = run(p.clone(), seen(1), history());
+    assert_eq!(names(&d.plan.replace), ["l1"]);
+    assert_eq!(
+        events(&d, EventReason::InstanceLost)[1..],
+        [
+            "pod l2 sent no heartbeat for 30s; waiting to replace it",
+            "pod l3 sent no heartbeat for 30s; waiting to replace it"
+        ]
+    );
+    assert!(run(p, seen(2), history()).plan.replace.is_empty());
+}
+
+#[test]
+fn on_lost_keep_reports_lost_pods_and_leaves_them() {
+    let d = run(
+        sessions().on_lost(OnLost::Keep),
+        wanting(
+            2,
+            [
+                pod("ok").ready().sessions(3),
+                pod("gone").ready().sessions(3).heartbeat_at(ago(40)),
+            ],
+        ),
+        history(),
+    );
+    assert!(d.plan.replace.is_empty());
+    assert_eq!(d.instances.lost, 1);
+    assert_eq!(
+        events(&d, EventReason::InstanceLost),
+        ["pod gone sent no heartbeat for 30s; keeping it (onLost: Keep)"]
+    );
+}
+
+#[test]
+fn scaled_up_and_scaled_down_events_say_from_what_to_what_and_why() {
+    let d = run(
+        sessions().scale_up(rules().pods(2, 60)),
+        wanting(
+            9,
+            [pod("a").ready().sessions(3), pod("b").ready().sessions(3)],
+        ),
+        history(),
+    );
+    assert_eq!(
+        events(&d, EventReason::ScaledUp),
+        [
+            "scaled up from 2 to 4 replicas: the desired replica count is increasing faster than the maximum scale rate (9 wanted, 4 allowed)"
+        ]
+    );
+    let d = run(
+        sessions(),
+        wanting(
+            1,
+            [
+                pod("a").ready().sessions(3),
+                pod("b").not_ready().sessions(0).draining_since(ago(60)),
+            ],
+        ),
+        history(),
+    );
+    assert_eq!(
+        events(&d, EventReason::ScaledDown),
+        ["scaled down from 2 to 1 replicas after draining"]
+    );
+}
+
+#[test]
+fn the_draining_condition_counts_drains_in_progress() {
+    let d = run(
+        sessions(),
+        wanting(
+            1,
+            [
+                pod("a").ready().sessions(3),
+                pod("b").ready().sessions(2).draining_since(ago(60)),
+            ],
+        ),
+        history(),
+    );
+    let c = condition(&d, ConditionType::Draining);
+    assert_eq!(
+        (c.status, c.reason, c.message.as_str()),
+        (true, "DrainInProgress", "1 instances draining")
+    );
+    assert_eq!(d.draining.len(), 1);
+    assert_eq!(d.draining[0].sessions, Some(2));
+
+    let d = run(
+        sessions(),
+        wanting(1, [pod("a").ready().sessions(3)]),
+        history(),
+    );
+    let c = condition(&d, ConditionType::Draining);
+    assert_eq!((c.status, c.reason), (false, "NoDrains"));
+}
+
+#[test]
+fn a_statefulset_with_a_missing_ordinal_never_deletes_a_pod_that_is_still_draining() {
+    // web-2 is being replaced: the StatefulSet keeps ordinals below spec.replicas, so
+    // lowering the count by pods rather than ordinals would delete web-3 or web-4.
+    let pods = [0, 1, 3, 4].map(|i| pod(&format!("web-{i}")).ordinal(i).ready().sessions(10));
+    let d = run(
+        sessions().statefulset(),
+        wanting(3, pods.clone()).replicas(5),
+        history(),
+    );
+    assert_eq!(names(&d.plan.start), ["web-4", "web-3"]);
+    assert_eq!(d.replicas, 5, "both drains still hold sessions");
+
+    let draining = [0, 1, 3, 4].map(|i| {
+        let p = pod(&format!("web-{i}")).ordinal(i).ready().sessions(10);
+        if i == 4 { p.draining_since(ago(60)) } else { p }
+    });
+    let d = run(
+        sessions().statefulset(),
+        wanting(4, draining).replicas(5),
+        history(),
+    );
+    assert!(d.plan.cancel.is_empty(), "web-2 will be back: four serve");
+    assert_eq!(d.replicas, 5);
+}
+
+#[test]
+fn a_statefulset_drops_missing_top_ordinals_without_draining_anyone() {
+    let pods = (0..3).map(|i| pod(&format!("web-{i}")).ordinal(i).ready().sessions(10));
+    let d = run(
+        sessions().statefulset(),
+        wanting(3, pods).replicas(5),
+        history(),
+    );
+    assert!(d.plan.start.is_empty());
+    assert!(d.plan.remove.is_empty(), "nothing real is removed");
+    assert_eq!(d.replicas, 3);
+}
