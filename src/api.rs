@@ -419,9 +419,11 @@ impl JsonSchema for Quantity {
         true
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // maxLength bounds the CEL cost estimate; without it the API server rejects the CRD.
         json_schema!({
             "x-kubernetes-int-or-string": true,
             "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "maxLength": 64,
             "x-kubernetes-validations": [{
                 "rule": "type(self) == int || isQuantity(self)",
                 "message": "must be a Kubernetes quantity, such as 100, 0.5 or 250m"

@@ -242,6 +242,35 @@ pub async fn patch(
     .map_err(|source| Error::PatchStatus { source })
 }
 
+/// Every status field, so that a merge patch clears the ones the new status leaves out.
+const STATUS_FIELDS: [&str; 11] = [
+    "observedGeneration",
+    "currentReplicas",
+    "desiredReplicas",
+    "lastScaleTime",
+    "metrics",
+    "instances",
+    "draining",
+    "recommendations",
+    "scaleEvents",
+    "consecutiveFailures",
+    "conditions",
+];
+
+/// The merge patch that makes the status exactly `status`: lists are replaced whole and fields
+/// it omits are cleared.
+pub fn patch_body(status: &ScalingPolicyStatus) -> serde_json::Value {
+    let mut body = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
+    if let Some(fields) = body.as_object_mut() {
+        for key in STATUS_FIELDS {
+            fields
+                .entry(key.to_owned())
+                .or_insert(serde_json::Value::Null);
+        }
+    }
+    json!({ "status": body })
+}
+
 #[cfg(test)]
 mod tests {
     use crate::api::{ScalingPolicySpec, ScalingPolicyStatus};
@@ -249,7 +278,7 @@ mod tests {
     use crate::names::ShellReason;
     use crate::policy::{Policy, validate};
 
-    use super::{Ready, history, render, render_blocked};
+    use super::{Ready, history, patch_body, render, render_blocked};
 
     fn policy() -> Policy {
         let spec: ScalingPolicySpec = serde_saphyr::from_str(
@@ -420,5 +449,33 @@ heartbeat: {source: Push, timeout: 30s}
         assert_eq!(blocked.observed_generation, Some(4));
         assert_eq!(blocked.desired_replicas, first.desired_replicas);
         assert_eq!(blocked.conditions.len(), first.conditions.len());
+    }
+
+    #[test]
+    fn the_status_patch_clears_what_the_new_status_leaves_out() {
+        let st = rendered(None, Reading::Value(150.0), Time::from_secs(1000));
+        let body = patch_body(&st);
+        assert!(body["status"]["draining"].is_null());
+        assert!(body["status"]["consecutiveFailures"].is_null());
+        assert_eq!(body["status"]["desiredReplicas"], 2);
+        let all: ScalingPolicyStatus = serde_json::from_value(serde_json::json!({
+            "observedGeneration": 1, "currentReplicas": 1, "desiredReplicas": 1,
+            "lastScaleTime": "2026-01-01T00:00:00Z",
+            "metrics": [{"name": "x"}],
+            "instances": {"ready": 1, "draining": 0, "lost": 0, "sessions": 0},
+            "draining": [{"pod": "a", "since": "2026-01-01T00:00:00Z"}],
+            "recommendations": [{"time": "2026-01-01T00:00:00Z", "replicas": 1}],
+            "scaleEvents": [{"time": "2026-01-01T00:00:00Z", "from": 1, "to": 2}],
+            "consecutiveFailures": 1,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "R", "message": "",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        }))
+        .expect("status parses");
+        let keys = serde_json::to_value(&all).expect("serializes");
+        assert_eq!(
+            keys.as_object().map(|o| o.len()),
+            Some(super::STATUS_FIELDS.len()),
+            "STATUS_FIELDS lists every status field"
+        );
     }
 }
