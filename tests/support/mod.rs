@@ -150,8 +150,16 @@ impl Controller {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let addr = format!("127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("drainscaler-{ns}.log"));
+        Controller::start_on(ns, &format!("127.0.0.1:{port}"), extra)
+    }
+
+    /// Starts on a given address, such as a stopped controller's.
+    pub fn start_on(ns: &str, addr: &str, extra: &[&str]) -> Controller {
+        let addr = addr.to_owned();
+        let log = std::env::temp_dir().join(format!(
+            "drainscaler-{ns}-{}.log",
+            addr.replace([':', '.'], "-")
+        ));
         let file = std::fs::File::create(&log).expect("controller log");
         let mut args = vec![
             "run".to_owned(),
@@ -398,4 +406,26 @@ pub fn traffic(ns: &str, service: &str, args: &[&str]) -> Child {
 pub fn traffic_summary(child: Child) -> Value {
     let out = child.wait_with_output().expect("traffic output");
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// The local process running `pod`'s first container (the local node's container IDs are
+/// `localnode://PID`).
+pub fn container_pid(ns: &str, pod: &str) -> Option<u32> {
+    let p = kubectl_json(&["-n", ns, "get", "pod", pod]);
+    p["status"]["containerStatuses"][0]["containerID"]
+        .as_str()?
+        .strip_prefix("localnode://")?
+        .parse()
+        .ok()
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+/// Whether a pod of that name exists (terminating or not).
+pub fn pod_exists(ns: &str, pod: &str) -> bool {
+    kubectl_result(&["-n", ns, "get", "pod", pod], None).0
 }
