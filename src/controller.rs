@@ -39,11 +39,37 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Each policy's pod selector by namespace, so that pod changes trigger their policy.
     selectors: RwLock<HashMap<String, HashMap<ObjectRef<ScalingPolicy>, Selector>>>,
+    /// The last Prometheus readings per policy and when they were taken: reconciles triggered
+    /// by pod changes between two intervals reuse them, so Prometheus is read (and failures
+    /// counted towards the fallback) once per interval.
+    readings: RwLock<HashMap<ObjectRef<ScalingPolicy>, (Time, Readings)>>,
     /// Consecutive failures per policy, for the backoff.
     failures: RwLock<HashMap<ObjectRef<ScalingPolicy>, u32>>,
 }
 
+type Readings = std::collections::BTreeMap<String, engine::Reading>;
+
 impl Context {
+    /// Readings still fresh enough to reuse at `now`.
+    fn fresh_readings(
+        &self,
+        sp: &ScalingPolicy,
+        interval: Duration,
+        now: Time,
+    ) -> Option<(Time, Readings)> {
+        let map = self.readings.read().unwrap_or_else(PoisonError::into_inner);
+        let (at, readings) = map.get(&ObjectRef::from_obj(sp))?;
+        // A little slack so that the interval's own requeue reads afresh.
+        (now.since(*at) < interval.mul_f64(0.8)).then(|| (*at, readings.clone()))
+    }
+
+    fn keep_readings(&self, sp: &ScalingPolicy, readings: Readings, now: Time) {
+        self.readings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(ObjectRef::from_obj(sp), (now, readings));
+    }
+
     fn remember_selector(&self, sp: &ScalingPolicy, namespace: &str, selector: Option<Selector>) {
         let mut map = self
             .selectors
@@ -147,7 +173,19 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
         return blocked(&ctx, &sp, &namespace, b, now).await;
     }
     ctx.remember_selector(&sp, &namespace, Some(target.selector.clone()));
-    let seen = observe::observe(&ctx.sources, &namespace, &policy, &target, now).await;
+    let reuse = ctx.fresh_readings(&sp, policy.interval, now);
+    let seen = observe::observe(
+        &ctx.sources,
+        &namespace,
+        &policy,
+        &target,
+        reuse.as_ref().map(|(_, r)| r),
+        now,
+    )
+    .await;
+    if reuse.is_none() {
+        ctx.keep_readings(&sp, seen.readings.clone(), now);
+    }
     let history = status::history(sp.status.as_ref());
 
     // decide (pure)
@@ -170,7 +208,12 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
     }
 
     // report (needs a client)
-    let next = engine::next_history(&policy, &history, &decision, now);
+    let mut next = engine::next_history(&policy, &history, &decision, now);
+    if reuse.is_some() {
+        // Nothing was read: this decision neither counts as a failure nor recommends anew.
+        next.consecutive_failures = history.consecutive_failures;
+        next.recommendations = history.recommendations.clone();
+    }
     let ready = Ready {
         status: true,
         reason: ShellReason::Reconciled,
@@ -197,7 +240,15 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
     ctx.metrics
         .observe_decision(&namespace, &sp.name_any(), &decision);
     ctx.succeeded(&sp);
-    Ok(Action::requeue(policy.interval))
+    // Next read one interval after the last one, whatever triggered this reconcile.
+    let next_read = match &reuse {
+        Some((at, _)) => policy
+            .interval
+            .saturating_sub(now.since(*at))
+            .max(Duration::from_secs(1)),
+        None => policy.interval,
+    };
+    Ok(Action::requeue(next_read))
 }
 
 async fn blocked(
@@ -346,6 +397,7 @@ pub async fn run(
         recorder,
         metrics,
         selectors: RwLock::new(HashMap::new()),
+        readings: RwLock::new(HashMap::new()),
         failures: RwLock::new(HashMap::new()),
     });
     let mapper = Arc::clone(&ctx);

@@ -2,7 +2,6 @@
 //! token), `/metrics`, `/healthz`, `/readyz`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -80,18 +79,6 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/readyz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES * 4))
         .with_state(state)
-}
-
-pub async fn serve(
-    listen: SocketAddr,
-    state: Arc<ServerState>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "serving heartbeats and metrics");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// A heartbeat as sent: `{"sessions": 12}`, plus `"pod": "ns/name"` in development mode.

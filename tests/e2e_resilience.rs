@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    Controller, Namespace, apply, condition, container_pid, dropped_sessions, enabled,
-    event_reasons, install_crd, pod_exists, pods, ready_replicas, session_app, signal,
+    Controller, Namespace, active_sessions, apply, condition, container_pid, dropped_sessions,
+    enabled, event_reasons, install_crd, pod_exists, pods, ready_replicas, session_app, signal,
     spec_replicas, traffic, traffic_summary, wait_for,
 };
 
@@ -48,10 +48,12 @@ fn has_event(ns: &str, reason: &str) -> bool {
     event_reasons(ns, "chat").iter().any(|(_, r)| r == reason)
 }
 
-/// Three pods holding ~20 long sessions under a policy that wants two: one drains.
+/// Three pods holding at most `sessions` long sessions under a policy that wants
+/// `ceil(sessions / 10)` of them: at least one drains.
 fn start_draining(
     ns: &Namespace,
     controller: &Controller,
+    sessions: u32,
     session_secs: u32,
 ) -> std::process::Child {
     apply(&session_app(
@@ -68,15 +70,21 @@ fn start_draining(
         "chat",
         &[
             "-shape",
-            "constant:2",
+            "constant:4",
             "-duration",
             "10s",
+            "-max-sessions",
+            &sessions.to_string(),
             "-fixed-length",
             &format!("{session_secs}s"),
             "-seed",
             "2",
         ],
     );
+    // The policy decides on the whole load, not on part of it still arriving.
+    wait_for(Duration::from_secs(30), "every session to open", || {
+        active_sessions(&ns.0, "chat") >= u64::from(sessions)
+    });
     apply(&policy(&ns.0, "chat", SESSIONS));
     wait_for(Duration::from_secs(60), "a drain", || {
         !draining(&ns.0).is_empty()
@@ -92,7 +100,7 @@ fn load_returning_mid_drain_cancels_the_drain_before_adding_pods() {
     install_crd();
     let ns = Namespace::new("cancel-drain");
     let controller = Controller::start(&ns.0, &[]);
-    let first = start_draining(&ns, &controller, 60);
+    let first = start_draining(&ns, &controller, 18, 60);
     let drained = draining(&ns.0);
 
     let second = traffic(
@@ -137,7 +145,7 @@ fn a_restarted_controller_keeps_the_drain_and_removes_the_pod_only_once_empty() 
     install_crd();
     let ns = Namespace::new("restart-mid-drain");
     let mut controller = Controller::start(&ns.0, &[]);
-    let load = start_draining(&ns, &controller, 25);
+    let load = start_draining(&ns, &controller, 12, 25);
     let drained = draining(&ns.0);
     controller.stop();
     // The drain lives on the pod, not in the controller.

@@ -150,12 +150,14 @@ pub fn kind_name(kind: TargetKind) -> &'static str {
     }
 }
 
-/// The target's pods, its metrics and heartbeats at `now`.
+/// The target's pods, its metrics and heartbeats at `now`. With `reuse`, Prometheus is not
+/// queried and those readings stand (a reconcile between two intervals).
 pub async fn observe(
     sources: &Sources,
     namespace: &str,
     policy: &Policy,
     target: &Target,
+    reuse: Option<&BTreeMap<String, Reading>>,
     now: Time,
 ) -> Observation {
     let pods: Vec<std::sync::Arc<Pod>> = sources.pods.state_filter(|p| {
@@ -172,7 +174,7 @@ pub async fn observe(
             policy.heartbeat.as_ref().map(|h| &h.source),
             Some(HeartbeatSource::Prometheus { .. })
         );
-    let server = if wants_prometheus {
+    let server = if wants_prometheus && reuse.is_none() {
         Some(
             Prometheus::for_policy(
                 &sources.client,
@@ -190,13 +192,16 @@ pub async fn observe(
     let mut readings = BTreeMap::new();
     for m in &policy.metrics {
         if let Source::Prometheus { query } = &m.source {
-            let reading = match &server {
-                Some(Ok(p)) => p.reading(query).await,
-                Some(Err(why)) => Reading::Unavailable {
-                    reason: why.clone(),
-                },
-                None => Reading::Unavailable {
-                    reason: "no Prometheus server".to_owned(),
+            let reading = match (&server, reuse.and_then(|r| r.get(&m.name))) {
+                (_, Some(kept)) => kept.clone(),
+                (server, None) => match server {
+                    Some(Ok(p)) => p.reading(query).await,
+                    Some(Err(why)) => Reading::Unavailable {
+                        reason: why.clone(),
+                    },
+                    None => Reading::Unavailable {
+                        reason: "no Prometheus server".to_owned(),
+                    },
                 },
             };
             readings.insert(m.name.clone(), reading);

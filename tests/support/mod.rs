@@ -157,8 +157,12 @@ impl Controller {
     pub fn start_on(ns: &str, addr: &str, extra: &[&str]) -> Controller {
         let addr = addr.to_owned();
         let log = std::env::temp_dir().join(format!(
-            "drainscaler-{ns}-{}.log",
-            addr.replace([':', '.'], "-")
+            "drainscaler-{ns}-{}-{}.log",
+            addr.replace([':', '.'], "-"),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
         ));
         let file = std::fs::File::create(&log).expect("controller log");
         let mut args = vec![
@@ -428,4 +432,25 @@ pub fn signal(pid: u32, sig: &str) {
 /// Whether a pod of that name exists (terminating or not).
 pub fn pod_exists(ns: &str, pod: &str) -> bool {
     kubectl_result(&["-n", ns, "get", "pod", pod], None).0
+}
+
+/// Sessions open on the app's pods now, asked of each pod (`GET /sessions`).
+pub fn active_sessions(ns: &str, app: &str) -> u64 {
+    let list = kubectl_json(&["-n", ns, "get", "pods", "-l", &format!("app={app}")]);
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|p| p["status"]["podIP"].as_str())
+                .map(|ip| {
+                    let (_, body) = http("GET", &format!("{ip}:8080"), "/sessions", &[], "");
+                    serde_json::from_str::<Value>(&body)
+                        .ok()
+                        .and_then(|v| v["active"].as_u64())
+                        .unwrap_or(0)
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
