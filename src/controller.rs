@@ -13,7 +13,7 @@ use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::act;
@@ -372,12 +372,18 @@ pub async fn run(
     tracing::info!(pods = pod_store.state().len(), "pod cache ready");
     on_ready(pod_store.clone());
 
-    let controller = Controller::new(policies_api, watcher::Config::default().any_semantic())
-        .with_config(
-            ControllerConfig::default()
-                .concurrency(config.concurrency)
-                .debounce(Duration::from_millis(500)),
-        );
+    // Only spec changes (a new generation) trigger a policy: its own status writes do not.
+    let (policy_store, policy_writer) = reflector::store::<ScalingPolicy>();
+    let policy_stream = watcher(policies_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(policy_writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let controller = Controller::for_stream(policy_stream, policy_store).with_config(
+        ControllerConfig::default()
+            .concurrency(config.concurrency)
+            .debounce(Duration::from_millis(500)),
+    );
     let recorder = Recorder::new(
         client.clone(),
         Reporter {

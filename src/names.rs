@@ -39,8 +39,6 @@ pub enum ShellReason {
     InvalidPolicy,
     TargetNotFound,
     Conflict,
-    /// Observing or acting failed; retried with backoff.
-    ReconcileFailed,
 }
 
 impl ShellReason {
@@ -50,7 +48,6 @@ impl ShellReason {
             ShellReason::InvalidPolicy => "InvalidPolicy",
             ShellReason::TargetNotFound => "TargetNotFound",
             ShellReason::Conflict => "Conflict",
-            ShellReason::ReconcileFailed => "ReconcileFailed",
         }
     }
 }

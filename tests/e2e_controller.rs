@@ -262,3 +262,61 @@ fn load_scales_up_and_scale_in_drains_then_removes_only_drained_pods_without_dro
         );
     }
 }
+
+#[test]
+fn a_second_policy_or_an_hpa_on_the_same_target_is_a_conflict() {
+    if !enabled("a_second_policy_or_an_hpa_on_the_same_target_is_a_conflict") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("conflict");
+    let controller = Controller::start(&ns.0, &[]);
+    apply(&session_app(
+        &ns.0,
+        "chat",
+        1,
+        &format!("http://{}", controller.addr),
+    ));
+    apply(&policy(&ns.0, "chat", SESSIONS_POLICY));
+    wait_for(
+        Duration::from_secs(30),
+        "the first policy to be Ready",
+        || condition(&ns.0, "chat", "Ready").is_some_and(|(s, _, _)| s == "True"),
+    );
+    let second = policy(&ns.0, "chat", SESSIONS_POLICY)
+        .replace("name: chat, namespace", "name: chat-two, namespace");
+    apply(&second);
+    wait_for(
+        Duration::from_secs(30),
+        "the second policy to conflict",
+        || {
+            condition(&ns.0, "chat-two", "Ready").is_some_and(|(s, r, m)| {
+                s == "False" && r == "Conflict" && m.contains("ScalingPolicy chat")
+            })
+        },
+    );
+    assert!(
+        condition(&ns.0, "chat", "Ready").is_some_and(|(s, _, _)| s == "True"),
+        "the older policy keeps its target"
+    );
+    kubectl(&["-n", &ns.0, "delete", "scalingpolicy", "chat-two"]);
+    kubectl(&[
+        "-n",
+        &ns.0,
+        "autoscale",
+        "deployment",
+        "chat",
+        "--min=1",
+        "--max=3",
+    ]);
+    wait_for(Duration::from_secs(60), "the HPA conflict", || {
+        condition(&ns.0, "chat", "Ready").is_some_and(|(s, r, m)| {
+            s == "False" && r == "Conflict" && m.contains("HorizontalPodAutoscaler")
+        })
+    });
+    assert!(
+        event_reasons(&ns.0, "chat")
+            .iter()
+            .any(|(t, r)| t == "Warning" && r == "Conflict")
+    );
+}

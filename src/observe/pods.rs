@@ -1,8 +1,6 @@
 //! The target's pods: pruning cached pods to the fields decisions use, label selectors as the
 //! scale subresource writes them, and pod -> `engine::Instance`. No I/O.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodSpec, PodStatus,
 };
@@ -225,11 +223,6 @@ fn parse_requirement(part: &str) -> Option<Expression> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
     valid.then(|| Expression::Exists(part.to_owned()))
-}
-
-/// The labels of a pod, for matching against a selector.
-pub fn labels(pod: &Pod) -> BTreeMap<String, String> {
-    pod.metadata.labels.clone().unwrap_or_default()
 }
 
 #[cfg(test)]
