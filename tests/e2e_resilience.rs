@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use support::{
     Controller, Namespace, active_sessions, apply, condition, container_pid, dropped_sessions,
-    enabled, event_reasons, install_crd, pod_exists, pods, ready_replicas, session_app, signal,
-    spec_replicas, traffic, traffic_summary, wait_for,
+    enabled, event_reasons, install_crd, kubectl_json, pod_exists, pods, ready_replicas,
+    session_app, signal, spec_replicas, traffic, traffic_summary, wait_for,
 };
 
 fn policy(ns: &str, target: &str, spec: &str) -> String {
@@ -286,6 +286,14 @@ fn a_prometheus_metric_scales_the_target() {
     assert_eq!(status, "True", "{message}");
 }
 
+fn leader_label(ns: &str, pod: &str) -> String {
+    let p = kubectl_json(&["-n", ns, "get", "pod", pod]);
+    p["metadata"]["labels"]["drainscaler.io/leader"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[test]
 fn a_second_replica_takes_over_when_the_leader_stops() {
     if !enabled("a_second_replica_takes_over_when_the_leader_stops") {
@@ -293,11 +301,22 @@ fn a_second_replica_takes_over_when_the_leader_stops() {
     }
     install_crd();
     let ns = Namespace::new("leader-handover");
-    let mut first = Controller::start(&ns.0, &[]);
-    wait_for(Duration::from_secs(30), "the first to lead", || {
-        first.logs().contains("leading")
+    // Two pods stand in for the controller's own, which it labels as leader.
+    apply(&session_app(&ns.0, "standin", 2, "http://127.0.0.1:9"));
+    wait_for(Duration::from_secs(90), "two stand-in pods", || {
+        pods(&ns.0, "standin").len() == 2
     });
-    let second = Controller::start(&ns.0, &[]);
+    let standins: Vec<String> = pods(&ns.0, "standin").into_iter().map(|(n, _)| n).collect();
+    let (one, two) = (&standins[0], &standins[1]);
+
+    let mut first = Controller::start(&ns.0, &[&format!("--pod-name={one}")]);
+    wait_for(Duration::from_secs(30), "the first to lead", || {
+        first.logs().contains("leading") && leader_label(&ns.0, one) == "true"
+    });
+    let second = Controller::start(&ns.0, &[&format!("--pod-name={two}")]);
+    wait_for(Duration::from_secs(30), "the second to wait", || {
+        second.logs().contains("waiting for the lease") && leader_label(&ns.0, two) == "false"
+    });
     apply(&session_app(
         &ns.0,
         "chat",
@@ -305,14 +324,59 @@ fn a_second_replica_takes_over_when_the_leader_stops() {
         &format!("http://{}", second.addr),
     ));
     assert!(!second.logs().contains("leading"), "two leaders");
+
     first.stop();
+    assert_eq!(
+        leader_label(&ns.0, one),
+        "false",
+        "a stopped leader keeps its label"
+    );
     wait_for(Duration::from_secs(30), "the second to lead", || {
-        second.logs().contains("leading")
+        second.logs().contains("leading") && leader_label(&ns.0, two) == "true"
     });
     apply(&policy(&ns.0, "chat", SESSIONS));
     wait_for(
         Duration::from_secs(60),
         "the new leader to reconcile",
         || condition(&ns.0, "chat", "Ready").is_some_and(|(s, _, _)| s == "True"),
+    );
+}
+
+#[test]
+fn a_dry_run_reports_what_it_would_do_and_changes_nothing() {
+    if !enabled("a_dry_run_reports_what_it_would_do_and_changes_nothing") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("dry-run");
+    let controller = Controller::start(&ns.0, &[]);
+    apply(&session_app(
+        &ns.0,
+        "chat",
+        1,
+        &format!("http://{}", controller.addr),
+    ));
+    apply(&policy(
+        &ns.0,
+        "chat",
+        r#"  minReplicas: 1
+  maxReplicas: 5
+  interval: 2s
+  dryRun: true
+  metrics:
+  - name: rps
+    prometheus: {query: "vector(35)"}
+    target: {type: AverageValue, averageValue: "10"}
+"#,
+    ));
+    wait_for(Duration::from_secs(60), "the dry-run decision", || {
+        condition(&ns.0, "chat", "ScalingActive").is_some_and(|(_, r, _)| r == "DryRun")
+    });
+    let sp = kubectl_json(&["-n", &ns.0, "get", "scalingpolicy", "chat"]);
+    assert_eq!(sp["status"]["desiredReplicas"], 4, "{}", sp["status"]);
+    assert_eq!(
+        spec_replicas(&ns.0, "chat"),
+        1,
+        "a dry run scaled the target"
     );
 }
