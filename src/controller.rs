@@ -210,8 +210,9 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
     // report (needs a client)
     let mut next = engine::next_history(&policy, &history, &decision, now);
     if reuse.is_some() {
-        // Nothing was read: this decision neither counts as a failure nor recommends anew.
-        next.consecutive_failures = history.consecutive_failures;
+        // Nothing was read: this decision does not count another failure (a success, such
+        // as heartbeats arriving, still resets the count) and does not recommend anew.
+        next.consecutive_failures = next.consecutive_failures.min(history.consecutive_failures);
         next.recommendations = history.recommendations.clone();
     }
     let ready = Ready {

@@ -380,3 +380,54 @@ fn a_dry_run_reports_what_it_would_do_and_changes_nothing() {
         "a dry run scaled the target"
     );
 }
+
+#[test]
+fn prometheus_heartbeats_drive_the_drain() {
+    if !enabled("prometheus_heartbeats_drive_the_drain")
+        || std::env::var_os("PROMETHEUS_URL").is_none()
+    {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("prometheus-heartbeats");
+    let _controller = Controller::start(&ns.0, &[]);
+    // Nothing listens there: sessions are known from Prometheus only.
+    apply(&session_app(&ns.0, "chat", 2, "http://127.0.0.1:9"));
+    wait_for(Duration::from_secs(90), "two ready pods", || {
+        ready_replicas(&ns.0, "chat") == 2
+    });
+    apply(&policy(
+        &ns.0,
+        "chat",
+        &format!(
+            r#"  minReplicas: 1
+  maxReplicas: 2
+  interval: 2s
+  metrics:
+  - name: sessions
+    sessions: {{}}
+    target: {{type: AverageValue, averageValue: "10"}}
+  heartbeat:
+    source: Prometheus
+    query: sum by (pod) (app_active_sessions{{namespace="{}"}})
+    timeout: 60s
+  drain: {{timeout: 5m, onTimeout: Keep}}
+  behavior:
+    scaleDown: {{stabilizationWindowSeconds: 2}}
+"#,
+            ns.0
+        ),
+    ));
+    let mut drained = Vec::new();
+    wait_for(Duration::from_secs(120), "the scale-in to one pod", || {
+        for (name, draining) in pods(&ns.0, "chat") {
+            if draining && !drained.contains(&name) {
+                drained.push(name);
+            }
+        }
+        spec_replicas(&ns.0, "chat") == 1 && pods(&ns.0, "chat").len() == 1
+    });
+    let left = &pods(&ns.0, "chat")[0].0;
+    assert!(!drained.contains(left), "the drained pod stayed: {left}");
+    assert!(has_event(&ns.0, "DrainCompleted"));
+}
