@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::core::{Selector, SelectorExt};
+use kube::core::Selector;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -20,6 +20,7 @@ use crate::act;
 use crate::api::ScalingPolicy;
 use crate::engine::{self, Decision, Mode, Time};
 use crate::error::Error;
+use crate::index::{ReadingCache, SelectorIndex};
 use crate::metrics::Metrics;
 use crate::names::{CONTROLLER_NAME, ShellReason};
 use crate::observe::{self, Blocked, Sources, pods};
@@ -37,70 +38,17 @@ pub struct Context {
     pub policies: Store<ScalingPolicy>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    /// Each policy's pod selector by namespace, so that pod changes trigger their policy.
-    selectors: RwLock<HashMap<String, HashMap<ObjectRef<ScalingPolicy>, Selector>>>,
-    /// The last Prometheus readings per policy and when they were taken: reconciles triggered
-    /// by pod changes between two intervals reuse them, so Prometheus is read (and failures
-    /// counted towards the fallback) once per interval.
-    readings: RwLock<HashMap<ObjectRef<ScalingPolicy>, (Time, Readings)>>,
+    /// Each policy's pod selector, so that pod changes trigger their policy.
+    selectors: SelectorIndex,
+    /// The last Prometheus readings, reused between intervals.
+    readings: ReadingCache,
     /// Consecutive failures per policy, for the backoff.
     failures: RwLock<HashMap<ObjectRef<ScalingPolicy>, u32>>,
 }
 
-type Readings = std::collections::BTreeMap<String, engine::Reading>;
-
 impl Context {
-    /// Readings still fresh enough to reuse at `now`.
-    fn fresh_readings(
-        &self,
-        sp: &ScalingPolicy,
-        interval: Duration,
-        now: Time,
-    ) -> Option<(Time, Readings)> {
-        let map = self.readings.read().unwrap_or_else(PoisonError::into_inner);
-        let (at, readings) = map.get(&ObjectRef::from_obj(sp))?;
-        // A little slack so that the interval's own requeue reads afresh.
-        (now.since(*at) < interval.mul_f64(0.8)).then(|| (*at, readings.clone()))
-    }
-
-    fn keep_readings(&self, sp: &ScalingPolicy, readings: Readings, now: Time) {
-        self.readings
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(ObjectRef::from_obj(sp), (now, readings));
-    }
-
-    fn remember_selector(&self, sp: &ScalingPolicy, namespace: &str, selector: Option<Selector>) {
-        let mut map = self
-            .selectors
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let by_ns = map.entry(namespace.to_owned()).or_default();
-        let key = ObjectRef::from_obj(sp);
-        match selector {
-            Some(s) => {
-                by_ns.insert(key, s);
-            }
-            None => {
-                by_ns.remove(&key);
-            }
-        }
-    }
-
-    /// The policies whose target selects `pod`.
-    fn policies_for(&self, pod: &Pod) -> Vec<ObjectRef<ScalingPolicy>> {
-        let map = self
-            .selectors
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Some(by_ns) = pod.metadata.namespace.as_ref().and_then(|ns| map.get(ns)) else {
-            return Vec::new();
-        };
-        by_ns
-            .iter()
-            .filter(|(_, s)| s.matches(pod.labels()))
-            .map(|(k, _)| k.clone())
-            .collect()
+    fn remember_selector(&self, sp: &ScalingPolicy, selector: Option<Selector>) {
+        self.selectors.set(ObjectRef::from_obj(sp), selector);
     }
 
     fn succeeded(&self, sp: &ScalingPolicy) {
@@ -172,8 +120,11 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
     if let Some(b) = observe::conflicts(client, &ctx.policies, &sp, &namespace).await? {
         return blocked(&ctx, &sp, &namespace, b, now).await;
     }
-    ctx.remember_selector(&sp, &namespace, Some(target.selector.clone()));
-    let reuse = ctx.fresh_readings(&sp, policy.interval, now);
+    ctx.remember_selector(&sp, Some(target.selector.clone()));
+    let generation = sp.meta().generation;
+    let reuse = ctx
+        .readings
+        .fresh(&ObjectRef::from_obj(&*sp), generation, policy.interval, now);
     let seen = observe::observe(
         &ctx.sources,
         &namespace,
@@ -184,7 +135,12 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
     )
     .await;
     if reuse.is_none() {
-        ctx.keep_readings(&sp, seen.readings.clone(), now);
+        ctx.readings.keep(
+            ObjectRef::from_obj(&*sp),
+            generation,
+            seen.readings.clone(),
+            now,
+        );
     }
     let history = status::history(sp.status.as_ref());
 
@@ -288,7 +244,7 @@ async fn block(
     message: String,
     now: Time,
 ) -> Result<(), Error> {
-    ctx.remember_selector(sp, namespace, None);
+    ctx.remember_selector(sp, None);
     tracing::warn!(
         namespace,
         policy = sp.name_any(),
@@ -403,8 +359,8 @@ pub async fn run(
         policies: controller.store(),
         recorder,
         metrics,
-        selectors: RwLock::new(HashMap::new()),
-        readings: RwLock::new(HashMap::new()),
+        selectors: SelectorIndex::default(),
+        readings: ReadingCache::default(),
         failures: RwLock::new(HashMap::new()),
     });
     let mapper = Arc::clone(&ctx);
@@ -417,7 +373,9 @@ pub async fn run(
         }
     });
     controller
-        .watches_shared_stream(subscriber, move |pod: Arc<Pod>| mapper.policies_for(&pod))
+        .watches_shared_stream(subscriber, move |pod: Arc<Pod>| {
+            mapper.selectors.policies_for(&pod)
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
