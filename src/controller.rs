@@ -189,7 +189,8 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
     for e in &decision.events {
         let note = match decision.mode {
             Mode::Act => e.message.clone(),
-            Mode::DryRun | Mode::Paused => format!("dry run, nothing changed: {}", e.message),
+            Mode::DryRun => format!("dry run, nothing changed: {}", e.message),
+            Mode::Paused => format!("paused, nothing changed: {}", e.message),
         };
         ctx.publish(&sp, e.reason.is_warning(), e.reason.as_str(), note)
             .await;
