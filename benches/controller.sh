@@ -11,6 +11,11 @@
 # and the numbers measure observing, deciding and reporting. Reports the time until every policy
 # has a status, then over SECONDS of steady state: reconciles per second, mean reconcile time,
 # the controller's CPU seconds and peak memory.
+#
+# 2026-11-23, local plane on 2 shared cores, dev (unoptimised) build, 1,000 x 10, 15s interval:
+# all 1,000 reported 56s after their creation began (creating them took ~17s of that); steady
+# 63.4 reconciles/s (66.7 expected), mean reconcile 0.19s, 1.08 cores, peak RSS 97 MiB,
+# 0 errors. 200 x 10: 12.5 reconciles/s, 0.14s, 0.08 cores, 60 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
