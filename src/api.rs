@@ -419,6 +419,7 @@ impl JsonSchema for Quantity {
         true
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // maxLength bounds the CEL cost estimate; without it the API server rejects the CRD.
         json_schema!({
             "x-kubernetes-int-or-string": true,
             "anyOf": [{"type": "integer"}, {"type": "string"}],

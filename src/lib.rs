@@ -1,8 +1,18 @@
 //! drainscaler: a Kubernetes autoscaler that drains session-holding instances before removing them.
 
+pub mod act;
 pub mod api;
 pub mod check;
+pub mod controller;
 pub mod engine;
+pub mod error;
+pub mod index;
+pub mod leader;
+pub mod metrics;
+pub mod names;
+pub mod observe;
 pub mod policy;
+pub mod server;
 pub mod simulate;
+pub mod status;
 pub mod testing;

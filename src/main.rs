@@ -1,8 +1,10 @@
-//! The command line: `crd`, `check`, `simulate` (and `run` as it lands). The only anyhow.
+//! The command line: `run`, `crd`, `check`, `simulate`. The only anyhow.
 
 use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,7 +13,14 @@ use kube::CustomResourceExt;
 
 use drainscaler::api::ScalingPolicy;
 use drainscaler::check;
+use drainscaler::controller::{self, RunConfig};
+use drainscaler::leader::Elector;
+use drainscaler::metrics::Metrics;
+use drainscaler::names::{FIELD_MANAGER, LEADER_LABEL};
+use drainscaler::observe::heartbeats::Heartbeats;
+use drainscaler::observe::prometheus::Prometheus;
 use drainscaler::policy::parse_duration;
+use drainscaler::server::{self, ServerState};
 use drainscaler::simulate::plot::{self, Format};
 use drainscaler::simulate::trace::Trace;
 use drainscaler::simulate::{self, Options};
@@ -26,6 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller: reconcile ScalingPolicies and take heartbeats.
+    Run(RunArgs),
     /// Print the ScalingPolicy CustomResourceDefinition as YAML.
     Crd,
     /// Validate ScalingPolicy files offline and explain what is wrong.
@@ -84,6 +95,43 @@ fn duration(raw: &str) -> Result<Duration, String> {
     parse_duration(raw)
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Prometheus for policies without spec.prometheus, such as http://prometheus.monitoring:9090.
+    #[arg(long, env = "DRAINSCALER_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
+    /// Address for heartbeats, /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Watch ScalingPolicies and pods in this namespace only.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The Lease that elects the leader.
+    #[arg(long, default_value = "drainscaler")]
+    lease_name: String,
+    /// The Lease's namespace (default: this pod's namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's pod, labelled as leader so that the heartbeat Service selects it.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Policies reconciled at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
+    /// Accept unauthenticated heartbeats that name their pod ({"pod": "ns/name"}). Development only.
+    #[arg(long)]
+    insecure_dev_heartbeats: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
@@ -97,6 +145,14 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(daemon(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Crd => {
             print!("{}", crd_yaml()?);
             Ok(ExitCode::SUCCESS)
@@ -180,4 +236,167 @@ fn check_files(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn terminated() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// `drainscaler run`: serve, win the lease, reconcile until terminated or the lease is lost.
+async fn daemon(args: RunArgs) -> anyhow::Result<()> {
+    init_logs(args.log_format);
+    // kube and the Prometheus client share rustls; ring is the one provider compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let prometheus = args
+        .prometheus_url
+        .as_deref()
+        .map(Prometheus::plain)
+        .transpose()
+        .context("--prometheus-url")?;
+    let metrics = Arc::new(Metrics::default());
+    let heartbeats = Heartbeats::default();
+    let state = Arc::new(ServerState::new(
+        client.clone(),
+        heartbeats.clone(),
+        Arc::clone(&metrics),
+        args.insecure_dev_heartbeats,
+    ));
+    if args.insecure_dev_heartbeats {
+        tracing::warn!("accepting unauthenticated heartbeats (--insecure-dev-heartbeats)");
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "serving heartbeats and metrics");
+    let server_task = tokio::spawn(
+        axum::serve(listener, server::router(Arc::clone(&state)))
+            .with_graceful_shutdown(stopped())
+            .into_future(),
+    );
+    tokio::spawn(async move {
+        terminated().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    let identity = args.pod_name.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "drainscaler".to_owned()),
+            std::process::id()
+        )
+    });
+    let own_pod = args
+        .pod_name
+        .as_ref()
+        .map(|name| (lease_namespace.clone(), name.clone()));
+    label_leader(&client, own_pod.as_ref(), false).await;
+    let elector = Elector::new(
+        client.clone(),
+        &lease_namespace,
+        &args.lease_name,
+        &identity,
+    );
+    tracing::info!(identity, lease = args.lease_name, "waiting for the lease");
+    tokio::select! {
+        _ = elector.acquire() => {},
+        _ = stopped() => {
+            let _ = server_task.await;
+            return Ok(());
+        }
+    }
+    tracing::info!(identity, "leading");
+    label_leader(&client, own_pod.as_ref(), true).await;
+
+    let config = RunConfig {
+        namespace: args.namespace.clone(),
+        concurrency: args.concurrency,
+        prometheus,
+        reporter_instance: args.pod_name.clone(),
+    };
+    let lead_state = Arc::clone(&state);
+    let lost = tokio::select! {
+        result = controller::run(
+            client.clone(),
+            config,
+            heartbeats,
+            metrics,
+            move |pods| lead_state.lead(pods),
+            stopped(),
+        ) => {
+            result.map_err(|e| anyhow::anyhow!(e))?;
+            false
+        }
+        _ = elector.hold() => true,
+    };
+    label_leader(&client, own_pod.as_ref(), false).await;
+    if lost {
+        anyhow::bail!("lost the lease; exiting so that a fresh replica takes part again");
+    }
+    elector.release().await;
+    let _ = server_task.await;
+    Ok(())
+}
+
+/// Sets this replica's leader label, so that the heartbeat Service routes to the leader only.
+async fn label_leader(client: &kube::Client, pod: Option<&(String, String)>, leading: bool) {
+    let Some((namespace, name)) = pod else {
+        return;
+    };
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: leading.to_string()}}});
+    let params = kube::api::PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..kube::api::PatchParams::default()
+    };
+    if let Err(e) = pods
+        .patch(name, &params, &kube::api::Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!(error = %e, pod = name, "could not set the leader label");
+    }
 }

@@ -20,4 +20,11 @@ fn checked_in_crd_matches_the_rust_types() {
         generated == checked_in,
         "crds/scalingpolicy.yaml is stale: regenerate it with `cargo run -- crd > crds/scalingpolicy.yaml`"
     );
+    // kustomize loads files from inside its directory only, so the base carries a copy.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/base/crd.yaml");
+    let in_manifests = std::fs::read_to_string(path).expect("read manifests/base/crd.yaml");
+    assert!(
+        generated == in_manifests,
+        "manifests/base/crd.yaml is stale: regenerate it with `cargo run -- crd > manifests/base/crd.yaml`"
+    );
 }

@@ -1,0 +1,20 @@
+# drainscaler: a static binary on an empty image.
+#   docker build -t drainscaler/drainscaler:dev .
+FROM rust:1-alpine AS build
+RUN apk add --no-cache musl-dev ca-certificates
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src src
+COPY benches benches
+COPY tests tests
+COPY crds crds
+RUN cargo build --release --locked --bin drainscaler \
+ && cp target/release/drainscaler /drainscaler
+
+FROM scratch
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=build /drainscaler /drainscaler
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/drainscaler"]
+CMD ["run"]

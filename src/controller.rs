@@ -1,0 +1,392 @@
+//! kube-rs `Controller` wiring: the pod cache shared by reconciles and the heartbeat server,
+//! reconcile as the pipeline `validate -> observe -> decide -> act -> report`, the error
+//! policy, and the leader's life cycle.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::core::Selector;
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::act;
+use crate::api::ScalingPolicy;
+use crate::engine::{self, Decision, Mode, Time};
+use crate::error::Error;
+use crate::index::{ReadingCache, SelectorIndex};
+use crate::metrics::Metrics;
+use crate::names::{CONTROLLER_NAME, ShellReason};
+use crate::observe::{self, Blocked, Sources, pods};
+use crate::policy::{self, Policy};
+use crate::status::{self, Ready};
+
+/// How often a policy that cannot act is looked at again (spec changes trigger at once).
+const BLOCKED_REQUEUE: Duration = Duration::from_secs(30);
+const INVALID_REQUEUE: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Everything a reconcile needs.
+pub struct Context {
+    pub sources: Sources,
+    pub policies: Store<ScalingPolicy>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Each policy's pod selector, so that pod changes trigger their policy.
+    selectors: SelectorIndex,
+    /// The last Prometheus readings, reused between intervals.
+    readings: ReadingCache,
+    /// Consecutive failures per policy, for the backoff.
+    failures: RwLock<HashMap<ObjectRef<ScalingPolicy>, u32>>,
+}
+
+impl Context {
+    fn remember_selector(&self, sp: &ScalingPolicy, selector: Option<Selector>) {
+        self.selectors.set(ObjectRef::from_obj(sp), selector);
+    }
+
+    fn succeeded(&self, sp: &ScalingPolicy) {
+        self.failures
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&ObjectRef::from_obj(sp));
+    }
+
+    fn failed(&self, sp: &ScalingPolicy) -> u32 {
+        let mut map = self
+            .failures
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(ObjectRef::from_obj(sp)).or_default();
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    async fn publish(&self, sp: &ScalingPolicy, warning: bool, reason: &str, note: String) {
+        let event = KubeEvent {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &sp.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish an event");
+        }
+    }
+}
+
+/// One policy, once: `validate -> observe -> decide -> act -> report`.
+pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.inc();
+    let _timer = ctx.metrics.timer(Instant::now());
+    let namespace = sp.namespace().ok_or(Error::NoNamespace)?;
+    let now = pods::time(Timestamp::now());
+    let client = &ctx.sources.client;
+
+    // validate (pure)
+    let policy = match policy::validate(&sp.spec) {
+        Ok(p) => p,
+        Err(why) => {
+            let message = format!("the policy is invalid: {why}");
+            return block(
+                &ctx,
+                &sp,
+                &namespace,
+                ShellReason::InvalidPolicy,
+                message,
+                now,
+            )
+            .await
+            .map(|()| Action::requeue(INVALID_REQUEUE));
+        }
+    };
+
+    // observe (needs a client)
+    let target = match observe::target(client, &namespace, &policy).await? {
+        Ok(target) => target,
+        Err(b) => return blocked(&ctx, &sp, &namespace, b, now).await,
+    };
+    if let Some(b) = observe::conflicts(client, &ctx.policies, &sp, &namespace).await? {
+        return blocked(&ctx, &sp, &namespace, b, now).await;
+    }
+    ctx.remember_selector(&sp, Some(target.selector.clone()));
+    let generation = sp.meta().generation;
+    let reuse = ctx
+        .readings
+        .fresh(&ObjectRef::from_obj(&*sp), generation, policy.interval, now);
+    let seen = observe::observe(
+        &ctx.sources,
+        &namespace,
+        &policy,
+        &target,
+        reuse.as_ref().map(|(_, r)| r),
+        now,
+    )
+    .await;
+    if reuse.is_none() {
+        ctx.readings.keep(
+            ObjectRef::from_obj(&*sp),
+            generation,
+            seen.readings.clone(),
+            now,
+        );
+    }
+    let history = status::history(sp.status.as_ref());
+
+    // decide (pure)
+    let decision = engine::decide(&policy, &seen, &history, now);
+
+    // act (needs a client)
+    let applied = act::act(client, &namespace, &policy, &seen, &decision, now).await?;
+    if applied != act::Applied::default() {
+        tracing::info!(
+            namespace,
+            policy = sp.name_any(),
+            from = seen.replicas,
+            to = decision.replicas,
+            drains = decision.plan.start.len(),
+            cancelled = decision.plan.cancel.len(),
+            replaced = decision.plan.replace.len(),
+            reason = decision.limit.message,
+            "acted"
+        );
+    }
+
+    // report (needs a client)
+    let mut next = engine::next_history(&policy, &history, &decision, now);
+    if reuse.is_some() {
+        // Nothing was read: this decision does not count another failure (a success, such
+        // as heartbeats arriving, still resets the count) and does not recommend anew.
+        next.consecutive_failures = next.consecutive_failures.min(history.consecutive_failures);
+        next.recommendations = history.recommendations.clone();
+    }
+    let ready = Ready {
+        status: true,
+        reason: ShellReason::Reconciled,
+        message: ready_message(&policy, &decision),
+    };
+    let new_status = status::render(
+        sp.status.as_ref(),
+        sp.meta().generation,
+        seen.replicas,
+        &decision,
+        &next,
+        &ready,
+        now,
+    );
+    status::patch(client, &sp, &new_status).await?;
+    for e in &decision.events {
+        let note = match decision.mode {
+            Mode::Act => e.message.clone(),
+            Mode::DryRun => format!("dry run, nothing changed: {}", e.message),
+            Mode::Paused => format!("paused, nothing changed: {}", e.message),
+        };
+        ctx.publish(&sp, e.reason.is_warning(), e.reason.as_str(), note)
+            .await;
+    }
+    ctx.metrics
+        .observe_decision(&namespace, &sp.name_any(), &decision);
+    ctx.succeeded(&sp);
+    // Next read one interval after the last one, whatever triggered this reconcile.
+    let next_read = match &reuse {
+        Some((at, _)) => policy
+            .interval
+            .saturating_sub(now.since(*at))
+            .max(Duration::from_secs(1)),
+        None => policy.interval,
+    };
+    Ok(Action::requeue(next_read))
+}
+
+async fn blocked(
+    ctx: &Context,
+    sp: &ScalingPolicy,
+    namespace: &str,
+    why: Blocked,
+    now: Time,
+) -> Result<Action, Error> {
+    let (reason, message) = match why {
+        Blocked::TargetNotFound(m) => (ShellReason::TargetNotFound, m),
+        Blocked::Conflict(m) => (ShellReason::Conflict, m),
+    };
+    block(ctx, sp, namespace, reason, message, now)
+        .await
+        .map(|()| Action::requeue(BLOCKED_REQUEUE))
+}
+
+fn ready_message(policy: &Policy, decision: &Decision) -> String {
+    match decision.mode {
+        Mode::Act => policy.summary(),
+        Mode::DryRun => format!(
+            "spec.dryRun: deciding and reporting only; {}",
+            policy.summary()
+        ),
+        Mode::Paused => "spec.paused: reporting only".to_owned(),
+    }
+}
+
+/// Reports why a policy does not act, changes nothing else.
+async fn block(
+    ctx: &Context,
+    sp: &ScalingPolicy,
+    namespace: &str,
+    reason: ShellReason,
+    message: String,
+    now: Time,
+) -> Result<(), Error> {
+    ctx.remember_selector(sp, None);
+    tracing::warn!(
+        namespace,
+        policy = sp.name_any(),
+        reason = reason.as_str(),
+        message,
+        "not acting"
+    );
+    let ready = Ready {
+        status: false,
+        reason,
+        message: message.clone(),
+    };
+    let new_status = status::render_blocked(sp.status.as_ref(), sp.meta().generation, &ready, now);
+    let changed = status::patch(&ctx.sources.client, sp, &new_status).await?;
+    if changed {
+        ctx.publish(sp, true, reason.as_str(), message).await;
+    }
+    ctx.succeeded(sp);
+    Ok(())
+}
+
+/// Retries a failed reconcile with exponential backoff.
+pub fn error_policy(sp: Arc<ScalingPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(error.label());
+    let n = ctx.failed(&sp);
+    let backoff = Duration::from_secs(1u64 << n.min(9)).min(MAX_BACKOFF);
+    tracing::warn!(
+        namespace = sp.namespace(),
+        policy = sp.name_any(),
+        step = error.label(),
+        %error,
+        retry_in_secs = backoff.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(backoff)
+}
+
+/// What `run` is started with.
+pub struct RunConfig {
+    /// Watch one namespace only.
+    pub namespace: Option<String>,
+    pub concurrency: u16,
+    pub prometheus: Option<observe::prometheus::Prometheus>,
+    pub reporter_instance: Option<String>,
+}
+
+/// Runs the controller as leader until `shutdown` resolves. `on_ready` receives the pod cache
+/// once it is filled, for the heartbeat server.
+pub async fn run(
+    client: Client,
+    config: RunConfig,
+    heartbeats: observe::heartbeats::Heartbeats,
+    metrics: Arc<Metrics>,
+    on_ready: impl FnOnce(Store<Pod>),
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), String> {
+    let heartbeats_since = pods::time(Timestamp::now());
+    let (pod_store, writer) = reflector::store_shared::<Pod>(4096);
+    let subscriber = writer.subscribe().ok_or("the pod cache cannot be shared")?;
+    let (pods_api, policies_api): (Api<Pod>, Api<ScalingPolicy>) = match &config.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let pod_stream = watcher(pods_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(pods::prune)
+        .reflect_shared(writer)
+        .for_each(|event| {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "pod watch failed");
+            }
+            std::future::ready(())
+        });
+    let pods_task = tokio::spawn(pod_stream);
+    pod_store
+        .wait_until_ready()
+        .await
+        .map_err(|e| format!("pod cache: {e}"))?;
+    tracing::info!(pods = pod_store.state().len(), "pod cache ready");
+    on_ready(pod_store.clone());
+
+    // Only spec changes (a new generation) trigger a policy: its own status writes do not.
+    let (policy_store, policy_writer) = reflector::store::<ScalingPolicy>();
+    let policy_stream = watcher(policies_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(policy_writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let controller = Controller::for_stream(policy_stream, policy_store).with_config(
+        ControllerConfig::default()
+            .concurrency(config.concurrency)
+            .debounce(Duration::from_millis(500)),
+    );
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: CONTROLLER_NAME.to_owned(),
+            instance: config.reporter_instance.clone(),
+        },
+    );
+    let ctx = Arc::new(Context {
+        sources: Sources {
+            client: client.clone(),
+            pods: pod_store,
+            heartbeats: heartbeats.clone(),
+            prometheus: config.prometheus,
+            heartbeats_since,
+        },
+        policies: controller.store(),
+        recorder,
+        metrics,
+        selectors: SelectorIndex::default(),
+        readings: ReadingCache::default(),
+        failures: RwLock::new(HashMap::new()),
+    });
+    let mapper = Arc::clone(&ctx);
+    let pruner = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let hour_ago = pods::time(Timestamp::now()).minus(Duration::from_secs(3600));
+            heartbeats.forget_before(hour_ago);
+        }
+    });
+    controller
+        .watches_shared_stream(subscriber, move |pod: Arc<Pod>| {
+            mapper.selectors.policies_for(&pod)
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile not run");
+            }
+            std::future::ready(())
+        })
+        .await;
+    pods_task.abort();
+    pruner.abort();
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! Reconcile errors, one variant per step that can fail, with a stable label for metrics.
+
+/// A reconcile step that failed; retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading the target's scale subresource: {source}")]
+    ReadScale {
+        #[source]
+        source: kube::Error,
+    },
+    #[error("listing HorizontalPodAutoscalers: {source}")]
+    ListAutoscalers {
+        #[source]
+        source: kube::Error,
+    },
+    #[error("patching pod {pod}: {source}")]
+    PatchPod {
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("patching the target's scale subresource: {source}")]
+    PatchScale {
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deleting lost pod {pod}: {source}")]
+    DeletePod {
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("patching the policy status: {source}")]
+    PatchStatus {
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the policy has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// The step that failed, as a metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::ReadScale { .. } => "read_scale",
+            Error::ListAutoscalers { .. } => "list_autoscalers",
+            Error::PatchPod { .. } => "patch_pod",
+            Error::PatchScale { .. } => "patch_scale",
+            Error::DeletePod { .. } => "delete_pod",
+            Error::PatchStatus { .. } => "patch_status",
+            Error::NoNamespace => "no_namespace",
+        }
+    }
+}

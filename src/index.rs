@@ -1,0 +1,174 @@
+//! In-memory indexes the controller keeps between reconciles, changed synchronously and tested
+//! by applying objects: which policy selects which pods, and the last Prometheus readings of
+//! each policy. Neither matters across restarts. No I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::reflector::ObjectRef;
+
+use crate::api::ScalingPolicy;
+use crate::engine::{Reading, Time};
+
+/// Each policy's pod selector by namespace, so that a pod change triggers its policies.
+#[derive(Default)]
+pub struct SelectorIndex {
+    by_namespace: RwLock<HashMap<String, HashMap<ObjectRef<ScalingPolicy>, Selector>>>,
+}
+
+impl SelectorIndex {
+    /// Records the selector of `policy`'s target, or forgets it (`None`: the policy does not act).
+    pub fn set(&self, policy: ObjectRef<ScalingPolicy>, selector: Option<Selector>) {
+        let namespace = policy.namespace.clone().unwrap_or_default();
+        let mut map = self
+            .by_namespace
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let by_ns = map.entry(namespace).or_default();
+        match selector {
+            Some(s) => {
+                by_ns.insert(policy, s);
+            }
+            None => {
+                by_ns.remove(&policy);
+            }
+        }
+    }
+
+    /// The policies whose target selects `pod`.
+    pub fn policies_for(&self, pod: &Pod) -> Vec<ObjectRef<ScalingPolicy>> {
+        let map = self
+            .by_namespace
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(by_ns) = pod.metadata.namespace.as_ref().and_then(|ns| map.get(ns)) else {
+            return Vec::new();
+        };
+        by_ns
+            .iter()
+            .filter(|(_, s)| s.matches(pod.labels()))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+pub type Readings = BTreeMap<String, Reading>;
+
+struct Kept {
+    generation: Option<i64>,
+    at: Time,
+    readings: Readings,
+}
+
+/// The last Prometheus readings of each policy and when they were taken. Reconciles triggered
+/// by pod changes between two intervals reuse them, so Prometheus is read (and failures count
+/// towards the fallback) once per interval.
+#[derive(Default)]
+pub struct ReadingCache {
+    kept: RwLock<HashMap<ObjectRef<ScalingPolicy>, Kept>>,
+}
+
+impl ReadingCache {
+    /// Readings of the same spec generation young enough to reuse at `now`, with their time.
+    pub fn fresh(
+        &self,
+        policy: &ObjectRef<ScalingPolicy>,
+        generation: Option<i64>,
+        interval: Duration,
+        now: Time,
+    ) -> Option<(Time, Readings)> {
+        let map = self.kept.read().unwrap_or_else(PoisonError::into_inner);
+        let kept = map.get(policy)?;
+        // A little slack so that the interval's own requeue reads afresh.
+        let young = now.since(kept.at) < interval.mul_f64(0.8);
+        (young && kept.generation == generation).then(|| (kept.at, kept.readings.clone()))
+    }
+
+    pub fn keep(
+        &self,
+        policy: ObjectRef<ScalingPolicy>,
+        generation: Option<i64>,
+        readings: Readings,
+        now: Time,
+    ) {
+        self.kept
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                policy,
+                Kept {
+                    generation,
+                    at: now,
+                    readings,
+                },
+            );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::reflector::ObjectRef;
+
+    use super::{ReadingCache, Readings, SelectorIndex};
+    use crate::api::ScalingPolicy;
+    use crate::engine::{Reading, Time};
+    use crate::observe::pods::parse_selector;
+
+    fn policy(ns: &str, name: &str) -> ObjectRef<ScalingPolicy> {
+        ObjectRef::new(name).within(ns)
+    }
+
+    fn pod(ns: &str, app: &str) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.namespace = Some(ns.to_owned());
+        p.metadata.labels = Some(BTreeMap::from([("app".to_owned(), app.to_owned())]));
+        p
+    }
+
+    #[test]
+    fn a_pod_triggers_the_policies_that_select_it_in_its_namespace() {
+        let index = SelectorIndex::default();
+        index.set(policy("a", "chat"), parse_selector("app=chat").ok());
+        index.set(policy("a", "game"), parse_selector("app=game").ok());
+        index.set(policy("b", "chat"), parse_selector("app=chat").ok());
+        assert_eq!(index.policies_for(&pod("a", "chat")), [policy("a", "chat")]);
+        assert!(index.policies_for(&pod("c", "chat")).is_empty());
+        index.set(policy("a", "chat"), None);
+        assert!(index.policies_for(&pod("a", "chat")).is_empty());
+    }
+
+    fn readings(v: f64) -> Readings {
+        BTreeMap::from([("rps".to_owned(), Reading::Value(v))])
+    }
+
+    #[test]
+    fn readings_are_reused_within_an_interval_of_the_same_spec() {
+        let cache = ReadingCache::default();
+        let p = policy("a", "chat");
+        let interval = Duration::from_secs(15);
+        assert_eq!(cache.fresh(&p, Some(1), interval, Time::from_secs(0)), None);
+        cache.keep(p.clone(), Some(1), readings(3.0), Time::from_secs(100));
+        assert_eq!(
+            cache.fresh(&p, Some(1), interval, Time::from_secs(105)),
+            Some((Time::from_secs(100), readings(3.0)))
+        );
+        // The interval's own requeue reads afresh.
+        assert_eq!(
+            cache.fresh(&p, Some(1), interval, Time::from_secs(113)),
+            None
+        );
+        // An edited spec may query something else.
+        assert_eq!(
+            cache.fresh(&p, Some(2), interval, Time::from_secs(105)),
+            None
+        );
+    }
+}

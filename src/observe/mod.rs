@@ -1,0 +1,247 @@
+//! Gathering an `Observation` for one policy: the target's scale subresource, its pods from the
+//! shared cache, Prometheus readings and heartbeats. Needs a client.
+
+pub mod heartbeats;
+pub mod pods;
+pub mod prometheus;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, ResourceExt};
+
+use crate::api::{ScalingPolicy, TargetKind};
+use crate::engine::{Heartbeat, Observation, Reading, Time};
+use crate::error::Error;
+use crate::observe::heartbeats::{Heartbeats, PodKey};
+use crate::observe::prometheus::Prometheus;
+use crate::policy::{HeartbeatSource, Policy, Source};
+
+/// What observing reads from.
+#[derive(Clone)]
+pub struct Sources {
+    pub client: Client,
+    pub pods: Store<Pod>,
+    pub heartbeats: Heartbeats,
+    /// The controller-wide `--prometheus-url`.
+    pub prometheus: Option<Prometheus>,
+    /// When this controller began collecting heartbeats (it became leader).
+    pub heartbeats_since: Time,
+}
+
+/// The target as its scale subresource shows it.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub replicas: u32,
+    pub selector: Selector,
+}
+
+/// Why a policy must not act, found while observing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    TargetNotFound(String),
+    Conflict(String),
+}
+
+/// Reads the target's scale subresource; `Blocked` when it does not exist or has no usable
+/// selector.
+pub async fn target(
+    client: &Client,
+    namespace: &str,
+    policy: &Policy,
+) -> Result<Result<Target, Blocked>, Error> {
+    let name = &policy.target.name;
+    let scale = match policy.target.kind {
+        TargetKind::Deployment => {
+            Api::<Deployment>::namespaced(client.clone(), namespace)
+                .get_scale(name)
+                .await
+        }
+        TargetKind::StatefulSet => {
+            Api::<StatefulSet>::namespaced(client.clone(), namespace)
+                .get_scale(name)
+                .await
+        }
+    };
+    let kind = kind_name(policy.target.kind);
+    let scale = match scale {
+        Ok(s) => s,
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            return Ok(Err(Blocked::TargetNotFound(format!(
+                "{kind} {namespace}/{name} does not exist: create it or fix spec.targetRef"
+            ))));
+        }
+        Err(source) => return Err(Error::ReadScale { source }),
+    };
+    let raw = scale
+        .status
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default();
+    let selector = match pods::parse_selector(&raw) {
+        Ok(s) => s,
+        Err(why) => {
+            return Ok(Err(Blocked::TargetNotFound(format!(
+                "{kind} {namespace}/{name} has no usable pod selector yet: {why}"
+            ))));
+        }
+    };
+    let replicas = scale
+        .spec
+        .and_then(|s| s.replicas)
+        .map_or(0, |r| u32::try_from(r).unwrap_or(0));
+    Ok(Ok(Target { replicas, selector }))
+}
+
+/// Another policy or a HorizontalPodAutoscaler that scales the same target. Of two policies the
+/// older one keeps it.
+pub async fn conflicts(
+    client: &Client,
+    policies: &Store<ScalingPolicy>,
+    sp: &ScalingPolicy,
+    namespace: &str,
+) -> Result<Option<Blocked>, Error> {
+    let target = &sp.spec.target_ref;
+    let mine = (sp.creation_timestamp(), sp.name_any());
+    let older = policies.state().into_iter().find(|other| {
+        other.namespace().as_deref() == Some(namespace)
+            && other.spec.target_ref.kind == target.kind
+            && other.spec.target_ref.name == target.name
+            && (other.creation_timestamp(), other.name_any()) < mine
+    });
+    if let Some(other) = older {
+        return Ok(Some(Blocked::Conflict(format!(
+            "ScalingPolicy {} already scales {} {}: delete one of the two policies",
+            other.name_any(),
+            kind_name(target.kind),
+            target.name
+        ))));
+    }
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
+    let list = hpas
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::ListAutoscalers { source })?;
+    let hpa = list.items.into_iter().find(|h| {
+        h.spec.as_ref().is_some_and(|s| {
+            s.scale_target_ref.kind == kind_name(target.kind)
+                && s.scale_target_ref.name == target.name
+        })
+    });
+    Ok(hpa.map(|h| {
+        Blocked::Conflict(format!(
+            "HorizontalPodAutoscaler {} also scales {} {}: delete it, drainscaler replaces it",
+            h.name_any(),
+            kind_name(target.kind),
+            target.name
+        ))
+    }))
+}
+
+pub fn kind_name(kind: TargetKind) -> &'static str {
+    match kind {
+        TargetKind::Deployment => "Deployment",
+        TargetKind::StatefulSet => "StatefulSet",
+    }
+}
+
+/// The target's pods, its metrics and heartbeats at `now`. With `reuse`, Prometheus is not
+/// queried and those readings stand (a reconcile between two intervals).
+pub async fn observe(
+    sources: &Sources,
+    namespace: &str,
+    policy: &Policy,
+    target: &Target,
+    reuse: Option<&BTreeMap<String, Reading>>,
+    now: Time,
+) -> Observation {
+    let pods: Vec<std::sync::Arc<Pod>> = sources.pods.state_filter(|p| {
+        p.metadata.namespace.as_deref() == Some(namespace)
+            && pods::is_active(p)
+            && target.selector.matches(p.labels())
+    });
+
+    let wants_prometheus = policy
+        .metrics
+        .iter()
+        .any(|m| matches!(m.source, Source::Prometheus { .. }))
+        || matches!(
+            policy.heartbeat.as_ref().map(|h| &h.source),
+            Some(HeartbeatSource::Prometheus { .. })
+        );
+    let server = if wants_prometheus && reuse.is_none() {
+        Some(
+            Prometheus::for_policy(
+                &sources.client,
+                namespace,
+                policy.prometheus.as_ref(),
+                sources.prometheus.as_ref(),
+            )
+            .await
+            .map_err(|e| e.to_string()),
+        )
+    } else {
+        None
+    };
+
+    let mut readings = BTreeMap::new();
+    for m in &policy.metrics {
+        if let Source::Prometheus { query } = &m.source {
+            let reading = match (&server, reuse.and_then(|r| r.get(&m.name))) {
+                (_, Some(kept)) => kept.clone(),
+                (server, None) => match server {
+                    Some(Ok(p)) => p.reading(query).await,
+                    Some(Err(why)) => Reading::Unavailable {
+                        reason: why.clone(),
+                    },
+                    None => Reading::Unavailable {
+                        reason: "no Prometheus server".to_owned(),
+                    },
+                },
+            };
+            readings.insert(m.name.clone(), reading);
+        }
+    }
+
+    if let (Some(HeartbeatSource::Prometheus { query }), Some(Ok(p))) =
+        (policy.heartbeat.as_ref().map(|h| &h.source), &server)
+    {
+        match p.per_pod(query).await {
+            Ok(by_pod) => {
+                for (pod, sessions) in by_pod {
+                    sources.heartbeats.record(
+                        PodKey::new(namespace, &pod),
+                        None,
+                        Heartbeat {
+                            at: now,
+                            sessions: sessions.round() as u64,
+                        },
+                    );
+                }
+            }
+            // Pods simply miss their heartbeat; after the timeout they are Lost, but only while
+            // others still report, so a broken query does not replace everything.
+            Err(why) => tracing::warn!(namespace, query, %why, "heartbeat query failed"),
+        }
+    }
+
+    let instances = pods
+        .iter()
+        .map(|p| {
+            let key = PodKey::new(namespace, &p.name_any());
+            let heartbeat = sources.heartbeats.latest(&key, p.metadata.uid.as_deref());
+            pods::instance(p, heartbeat, now)
+        })
+        .collect();
+    Observation {
+        replicas: target.replicas,
+        readings,
+        instances,
+        heartbeats_since: sources.heartbeats_since,
+    }
+}

@@ -1,0 +1,387 @@
+//! The target's pods: pruning cached pods to the fields decisions use, label selectors as the
+//! scale subresource writes them, and pod -> `engine::Instance`. No I/O.
+
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodSpec, PodStatus,
+};
+use k8s_openapi::jiff::Timestamp;
+use kube::core::{Expression, Selector};
+
+use crate::engine::{Heartbeat, Instance, Phase, Time};
+use crate::names::{
+    DELETION_COST_ANNOTATION, DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, POD_INDEX_LABEL,
+};
+
+/// Annotations the controller reads; all others are dropped from the cache.
+const KEPT_ANNOTATIONS: [&str; 3] = [
+    DRAINING_ANNOTATION,
+    DRAINING_SINCE_ANNOTATION,
+    DELETION_COST_ANNOTATION,
+];
+
+/// Strips a watched pod to what `instance` reads, so that 10,000 cached pods stay small.
+pub fn prune(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| KEPT_ANNOTATIONS.contains(&k.as_str()));
+    }
+    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    pod.spec = Some(PodSpec {
+        node_name,
+        ..PodSpec::default()
+    });
+    if let Some(status) = pod.status.take() {
+        pod.status = Some(PodStatus {
+            phase: status.phase,
+            conditions: status.conditions,
+            start_time: status.start_time,
+            container_statuses: status.container_statuses.map(|cs| {
+                cs.into_iter()
+                    .map(|c| ContainerStatus {
+                        name: c.name,
+                        restart_count: c.restart_count,
+                        ready: c.ready,
+                        state: c.state.map(|s| ContainerState {
+                            running: s.running.map(|r| ContainerStateRunning {
+                                started_at: r.started_at,
+                            }),
+                            ..ContainerState::default()
+                        }),
+                        ..ContainerStatus::default()
+                    })
+                    .collect()
+            }),
+            ..PodStatus::default()
+        });
+    }
+}
+
+/// Whether the workload still counts the pod: Succeeded and Failed pods are replaced by it.
+pub fn is_active(pod: &Pod) -> bool {
+    !matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// A pod as the engine sees it. `now` stands in for a draining pod whose since-annotation is
+/// missing or unreadable, so that its drain starts over rather than times out at once.
+pub fn instance(pod: &Pod, heartbeat: Option<Heartbeat>, now: Time) -> Instance {
+    let meta = &pod.metadata;
+    let name = meta.name.clone().unwrap_or_default();
+    let annotations = meta.annotations.as_ref();
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    let status = pod.status.as_ref();
+    let phase = match status.and_then(|s| s.phase.as_deref()) {
+        Some("Running") => Phase::Running,
+        Some("Pending") | None => Phase::Pending,
+        Some(_) => Phase::Unknown,
+    };
+    let conditions = status.and_then(|s| s.conditions.as_ref());
+    let condition = |type_: &str| {
+        conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == type_)
+            .is_some_and(|c| c.status == "True")
+    };
+    let containers = status.and_then(|s| s.container_statuses.as_ref());
+    // The latest container start: heartbeats are expected once every container runs.
+    let started = if phase == Phase::Running {
+        containers
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+            .map(|t| time(t.0))
+            .max()
+            .or_else(|| {
+                status
+                    .and_then(|s| s.start_time.as_ref())
+                    .map(|t| time(t.0))
+            })
+    } else {
+        None
+    };
+    let restarts = containers
+        .into_iter()
+        .flatten()
+        .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
+        .sum();
+    let draining_since = (annotation(DRAINING_ANNOTATION) == Some("true")).then(|| {
+        annotation(DRAINING_SINCE_ANNOTATION)
+            .and_then(|s| s.parse::<Timestamp>().ok())
+            .map_or(now, time)
+    });
+    Instance {
+        ordinal: ordinal(pod),
+        created: meta
+            .creation_timestamp
+            .as_ref()
+            .map_or(Time(0), |t| time(t.0)),
+        scheduled: pod.spec.as_ref().is_some_and(|s| s.node_name.is_some())
+            || condition("PodScheduled"),
+        phase,
+        ready: condition("Ready"),
+        started,
+        restarts,
+        terminating: meta.deletion_timestamp.is_some(),
+        deletion_cost: annotation(DELETION_COST_ANNOTATION)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        draining_since,
+        heartbeat,
+        name,
+    }
+}
+
+/// The StatefulSet ordinal: its pod-index label, or the name's numeric suffix.
+fn ordinal(pod: &Pod) -> Option<u32> {
+    let labels = pod.metadata.labels.as_ref();
+    labels
+        .and_then(|l| l.get(POD_INDEX_LABEL))
+        .and_then(|i| i.parse().ok())
+        .or_else(|| {
+            let name = pod.metadata.name.as_deref()?;
+            name.rsplit_once('-')?.1.parse().ok()
+        })
+}
+
+pub fn time(t: Timestamp) -> Time {
+    Time(t.as_millisecond())
+}
+
+pub fn timestamp(t: Time) -> Timestamp {
+    Timestamp::from_millisecond(t.0).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Parses a label selector as the scale subresource writes it (`status.selector`):
+/// `a=b,c!=d,e in (f,g),h notin (i),j,!k`.
+pub fn parse_selector(raw: &str) -> Result<Selector, String> {
+    let mut exprs = Vec::new();
+    for part in split_top_level(raw) {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        exprs.push(parse_requirement(part).ok_or_else(|| {
+            format!("cannot read label selector requirement {part:?} in {raw:?}")
+        })?);
+    }
+    if exprs.is_empty() {
+        return Err("the target's selector is empty: it would select every pod".to_owned());
+    }
+    Ok(exprs.into_iter().collect())
+}
+
+fn split_top_level(raw: &str) -> Vec<&str> {
+    let (mut parts, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, ch) in raw.char_indices() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&raw[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&raw[start..]);
+    parts
+}
+
+fn parse_requirement(part: &str) -> Option<Expression> {
+    let set = |values: &str| -> Option<std::collections::BTreeSet<String>> {
+        let inner = values.trim().strip_prefix('(')?.strip_suffix(')')?;
+        Some(inner.split(',').map(|v| v.trim().to_owned()).collect())
+    };
+    if let Some((key, values)) = part.split_once(" notin ") {
+        return Some(Expression::NotIn(key.trim().to_owned(), set(values)?));
+    }
+    if let Some((key, values)) = part.split_once(" in ") {
+        return Some(Expression::In(key.trim().to_owned(), set(values)?));
+    }
+    if let Some((key, value)) = part.split_once("!=") {
+        return Some(Expression::NotEqual(
+            key.trim().to_owned(),
+            value.trim().to_owned(),
+        ));
+    }
+    if let Some((key, value)) = part.split_once("==").or_else(|| part.split_once('=')) {
+        return Some(Expression::Equal(
+            key.trim().to_owned(),
+            value.trim().to_owned(),
+        ));
+    }
+    if let Some(key) = part.strip_prefix('!') {
+        return Some(Expression::DoesNotExist(key.trim().to_owned()));
+    }
+    let valid = part
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    valid.then(|| Expression::Exists(part.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::{ContainerStateRunning, Pod, PodCondition};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time as KubeTime};
+    use kube::core::SelectorExt;
+
+    use super::{instance, parse_selector, prune, time, timestamp};
+    use crate::engine::{Heartbeat, Phase, Time};
+    use crate::names::{DELETION_COST_ANNOTATION, DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION};
+
+    struct PodBuilder(Pod);
+
+    fn pod(name: &str) -> PodBuilder {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.to_owned());
+        p.metadata.namespace = Some("demo".to_owned());
+        p.metadata.creation_timestamp = Some(KubeTime(timestamp(Time::from_secs(100))));
+        PodBuilder(p)
+    }
+
+    impl PodBuilder {
+        fn running_since(mut self, secs: i64) -> Self {
+            let status = self.0.status.get_or_insert_with(Default::default);
+            status.phase = Some("Running".to_owned());
+            status.container_statuses = Some(vec![k8s_openapi::api::core::v1::ContainerStatus {
+                name: "app".to_owned(),
+                restart_count: 2,
+                state: Some(k8s_openapi::api::core::v1::ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(KubeTime(timestamp(Time::from_secs(secs)))),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]);
+            self.0.spec.get_or_insert_with(Default::default).node_name = Some("node-1".to_owned());
+            self
+        }
+        fn ready(mut self) -> Self {
+            let status = self.0.status.get_or_insert_with(Default::default);
+            status
+                .conditions
+                .get_or_insert_with(Vec::new)
+                .push(PodCondition {
+                    type_: "Ready".to_owned(),
+                    status: "True".to_owned(),
+                    ..Default::default()
+                });
+            self
+        }
+        fn annotation(mut self, k: &str, v: &str) -> Self {
+            self.0
+                .metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(k.to_owned(), v.to_owned());
+            self
+        }
+        fn build(self) -> Pod {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_running_ready_pod_becomes_a_scheduled_started_instance() {
+        let p = pod("chat-abc").running_since(200).ready().build();
+        let hb = Heartbeat {
+            at: Time::from_secs(210),
+            sessions: 4,
+        };
+        let i = instance(&p, Some(hb), Time::from_secs(300));
+        assert_eq!(i.name, "chat-abc");
+        assert!(i.scheduled && i.ready);
+        assert_eq!(i.phase, Phase::Running);
+        assert_eq!(i.started, Some(Time::from_secs(200)));
+        assert_eq!(i.restarts, 2);
+        assert_eq!(i.created, Time::from_secs(100));
+        assert_eq!(i.heartbeat, Some(hb));
+        assert_eq!(i.draining_since, None);
+        assert!(!i.terminating);
+    }
+
+    #[test]
+    fn a_pending_pod_has_not_started_and_holds_no_sessions() {
+        let i = instance(&pod("chat-new").build(), None, Time::from_secs(300));
+        assert_eq!(i.phase, Phase::Pending);
+        assert!(!i.scheduled);
+        assert_eq!(i.started, None);
+        assert_eq!(i.sessions(), Some(0));
+    }
+
+    #[test]
+    fn drain_annotations_and_deletion_cost_are_read() {
+        let since = timestamp(Time::from_secs(250)).to_string();
+        let p = pod("chat-0")
+            .running_since(200)
+            .annotation(DRAINING_ANNOTATION, "true")
+            .annotation(DRAINING_SINCE_ANNOTATION, &since)
+            .annotation(DELETION_COST_ANNOTATION, "-2147483648")
+            .build();
+        let i = instance(&p, None, Time::from_secs(300));
+        assert_eq!(i.draining_since, Some(Time::from_secs(250)));
+        assert_eq!(i.deletion_cost, i32::MIN);
+        assert_eq!(i.ordinal, Some(0));
+    }
+
+    #[test]
+    fn a_draining_pod_without_a_readable_since_drains_from_now() {
+        let p = pod("chat-x")
+            .annotation(DRAINING_ANNOTATION, "true")
+            .annotation(DRAINING_SINCE_ANNOTATION, "yesterday")
+            .build();
+        let i = instance(&p, None, Time::from_secs(300));
+        assert_eq!(i.draining_since, Some(Time::from_secs(300)));
+    }
+
+    #[test]
+    fn pruning_keeps_what_instances_read_and_drops_the_rest() {
+        let mut p = pod("chat-abc")
+            .running_since(200)
+            .ready()
+            .annotation(DRAINING_ANNOTATION, "true")
+            .annotation("kubectl.kubernetes.io/last-applied-configuration", "{...}")
+            .build();
+        p.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        let before = instance(&p, None, Time::from_secs(300));
+        prune(&mut p);
+        assert_eq!(p.metadata.managed_fields, None);
+        assert_eq!(p.metadata.annotations.as_ref().map(|a| a.len()), Some(1));
+        assert_eq!(instance(&p, None, Time::from_secs(300)), before);
+    }
+
+    #[test]
+    fn selectors_from_the_scale_subresource_are_parsed() {
+        let s = parse_selector("app=chat,tier in (a, b),!legacy,track!=canary").expect("parses");
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert!(s.matches(&labels(&[("app", "chat"), ("tier", "b")])));
+        assert!(!s.matches(&labels(&[("app", "chat"), ("tier", "c")])));
+        assert!(!s.matches(&labels(&[("app", "chat"), ("tier", "a"), ("legacy", "")])));
+        assert!(!s.matches(&labels(&[
+            ("app", "chat"),
+            ("tier", "a"),
+            ("track", "canary")
+        ])));
+        assert!(parse_selector("").is_err());
+    }
+
+    #[test]
+    fn times_round_trip_through_timestamps() {
+        let t = Time(1_700_000_000_123);
+        assert_eq!(time(timestamp(t)), t);
+    }
+}

@@ -1,0 +1,487 @@
+//! HTTP: `POST /v1/heartbeats` (TokenReview-authenticated, the sender's pod taken from its
+//! token), `/metrics`, `/healthz`, `/readyz`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::engine::Heartbeat;
+use crate::metrics::Metrics;
+use crate::names::{DRAINING_ANNOTATION, POD_NAME_EXTRA, POD_UID_EXTRA, TOKEN_AUDIENCE};
+use crate::observe::heartbeats::{Heartbeats, PodKey};
+use crate::observe::pods::time;
+
+/// Heartbeat bodies larger than this are refused.
+pub const MAX_BODY_BYTES: usize = 4096;
+const TOKEN_TTL: Duration = Duration::from_secs(60);
+const REJECTED_TOKEN_TTL: Duration = Duration::from_secs(10);
+const MAX_CACHED_TOKENS: usize = 50_000;
+
+/// Shared with the controller: the server answers heartbeats only while `pods` is set, that is
+/// while this replica leads.
+pub struct ServerState {
+    pub client: Client,
+    pub heartbeats: Heartbeats,
+    pub metrics: Arc<Metrics>,
+    pub pods: RwLock<Option<Store<Pod>>>,
+    pub insecure_dev_heartbeats: bool,
+    tokens: Mutex<HashMap<TokenHash, CachedReview>>,
+}
+
+/// SHA-256 of a token: the cache never holds tokens themselves.
+type TokenHash = [u8; 32];
+/// A review's outcome and until when it may be reused.
+type CachedReview = (Result<PodIdentity, ApiError>, Instant);
+
+impl ServerState {
+    pub fn new(
+        client: Client,
+        heartbeats: Heartbeats,
+        metrics: Arc<Metrics>,
+        insecure_dev_heartbeats: bool,
+    ) -> ServerState {
+        ServerState {
+            client,
+            heartbeats,
+            metrics,
+            pods: RwLock::new(None),
+            insecure_dev_heartbeats,
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts answering heartbeats from `pods` (on becoming leader).
+    pub fn lead(&self, pods: Store<Pod>) {
+        *self.pods.write().unwrap_or_else(PoisonError::into_inner) = Some(pods);
+    }
+}
+
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/v1/heartbeats", post(heartbeat))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES * 4))
+        .with_state(state)
+}
+
+/// A heartbeat as sent: `{"sessions": 12}`, plus `"pod": "ns/name"` in development mode.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub sessions: u64,
+    #[serde(default)]
+    pub pod: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HeartbeatReply {
+    pub drain: bool,
+}
+
+/// The pod a heartbeat speaks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodIdentity {
+    pub key: PodKey,
+    pub uid: Option<String>,
+}
+
+/// A 4xx/5xx answer with a JSON body `{"error": ...}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// The metric label.
+    pub result: &'static str,
+}
+
+fn api_error(status: StatusCode, result: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        result,
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(serde_json::json!({"error": self.message})),
+        )
+            .into_response()
+    }
+}
+
+/// Parses and checks a heartbeat body.
+pub fn parse_request(body: &[u8]) -> Result<HeartbeatRequest, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(api_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "expected a JSON body like {{\"sessions\": 12}} with sessions a non-negative integer: {e}"
+            ),
+        )
+    })
+}
+
+/// `ns/name` as development heartbeats name their pod.
+pub fn parse_pod_ref(raw: &str) -> Result<PodKey, ApiError> {
+    let bad = || {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("pod must be \"namespace/name\", got {raw:?}"),
+        )
+    };
+    let (ns, name) = raw.split_once('/').ok_or_else(bad)?;
+    let dns = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    };
+    if dns(ns) && dns(name) {
+        Ok(PodKey::new(ns, name))
+    } else {
+        Err(bad())
+    }
+}
+
+/// The pod a reviewed token is bound to.
+pub fn identity_from_review(status: &TokenReviewStatus) -> Result<PodIdentity, ApiError> {
+    let denied = |why: String| api_error(StatusCode::UNAUTHORIZED, "unauthenticated", why);
+    if status.authenticated != Some(true) {
+        return Err(denied(format!(
+            "the token was not accepted{}",
+            status
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        )));
+    }
+    if !status
+        .audiences
+        .as_ref()
+        .is_some_and(|a| a.iter().any(|a| a == TOKEN_AUDIENCE))
+    {
+        return Err(denied(format!(
+            "the token is not for audience {TOKEN_AUDIENCE}: mount a projected ServiceAccount token with audience {TOKEN_AUDIENCE}"
+        )));
+    }
+    let user = status.user.as_ref();
+    let username = user.and_then(|u| u.username.as_deref()).unwrap_or_default();
+    let namespace = username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(ns, _)| ns)
+        .ok_or_else(|| denied(format!("{username:?} is not a ServiceAccount")))?;
+    let extra = |key: &str| {
+        user.and_then(|u| u.extra.as_ref())
+            .and_then(|e| e.get(key))
+            .and_then(|v| v.first())
+            .cloned()
+    };
+    let name = extra(POD_NAME_EXTRA).ok_or_else(|| {
+        denied("the token is not bound to a pod: use a projected ServiceAccount token".to_owned())
+    })?;
+    Ok(PodIdentity {
+        key: PodKey::new(namespace, &name),
+        uid: extra(POD_UID_EXTRA),
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+async fn review(state: &ServerState, token: &str) -> Result<PodIdentity, ApiError> {
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let now = Instant::now();
+    if let Some((cached, until)) = state
+        .tokens
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&hash)
+        && *until > now
+    {
+        return cached.clone();
+    }
+    let review = TokenReview {
+        metadata: ObjectMeta::default(),
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            audiences: Some(vec![TOKEN_AUDIENCE.to_owned()]),
+        },
+        status: None,
+    };
+    let api: Api<TokenReview> = Api::all(state.client.clone());
+    let result = match api.create(&PostParams::default(), &review).await {
+        Ok(r) => identity_from_review(&r.status.unwrap_or_default()),
+        Err(e) => {
+            // Not cached: the API server may be back in a moment.
+            tracing::warn!(error = %e, "TokenReview failed");
+            return Err(api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "review_failed",
+                "could not review the token; retry",
+            ));
+        }
+    };
+    let ttl = if result.is_ok() {
+        TOKEN_TTL
+    } else {
+        REJECTED_TOKEN_TTL
+    };
+    let mut tokens = state.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+    if tokens.len() >= MAX_CACHED_TOKENS {
+        tokens.retain(|_, (_, until)| *until > now);
+        if tokens.len() >= MAX_CACHED_TOKENS {
+            tokens.clear();
+        }
+    }
+    tokens.insert(hash, (result.clone(), now + ttl));
+    result
+}
+
+async fn heartbeat(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match handle_heartbeat(&state, &headers, &body).await {
+        Ok(reply) => {
+            state.metrics.heartbeat("accepted");
+            axum::Json(reply).into_response()
+        }
+        Err(e) => {
+            state.metrics.heartbeat(e.result);
+            e.into_response()
+        }
+    }
+}
+
+async fn handle_heartbeat(
+    state: &ServerState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<HeartbeatReply, ApiError> {
+    let Some(pods) = state
+        .pods
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+    else {
+        return Err(api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_leader",
+            "this replica is not the leader; retry through the heartbeat Service",
+        ));
+    };
+    let request = parse_request(body)?;
+    let identity = match (bearer(headers), &request.pod, state.insecure_dev_heartbeats) {
+        (_, Some(pod), true) => PodIdentity {
+            key: parse_pod_ref(pod)?,
+            uid: None,
+        },
+        (Some(token), claimed, _) => {
+            let identity = review(state, token).await?;
+            if let Some(claimed) = claimed
+                && parse_pod_ref(claimed)? != identity.key
+            {
+                return Err(api_error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "a heartbeat speaks only for its sender: the token belongs to {}/{}",
+                        identity.key.namespace, identity.key.name
+                    ),
+                ));
+            }
+            identity
+        }
+        (None, _, _) => {
+            return Err(api_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "send the pod's projected ServiceAccount token (audience drainscaler) as Authorization: Bearer",
+            ));
+        }
+    };
+    let pod = pods
+        .get(&ObjectRef::new(&identity.key.name).within(&identity.key.namespace))
+        .ok_or_else(|| {
+            api_error(
+                StatusCode::NOT_FOUND,
+                "unknown_pod",
+                format!(
+                    "pod {}/{} is not known to drainscaler",
+                    identity.key.namespace, identity.key.name
+                ),
+            )
+        })?;
+    if let (Some(claimed), Some(actual)) = (&identity.uid, &pod.metadata.uid)
+        && claimed != actual
+    {
+        return Err(api_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the token belongs to an earlier pod of the same name",
+        ));
+    }
+    let uid = identity.uid.clone().or_else(|| pod.metadata.uid.clone());
+    state.heartbeats.record(
+        identity.key,
+        uid,
+        Heartbeat {
+            at: time(Timestamp::now()),
+            sessions: request.sessions,
+        },
+    );
+    let drain = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DRAINING_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    Ok(HeartbeatReply { drain })
+}
+
+async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
+    match state.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use axum::http::StatusCode;
+    use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
+
+    use super::{identity_from_review, parse_pod_ref, parse_request};
+    use crate::observe::heartbeats::PodKey;
+
+    #[test]
+    fn a_heartbeat_body_carries_a_session_count() {
+        let r = parse_request(br#"{"sessions": 12}"#).expect("parses");
+        assert_eq!((r.sessions, r.pod), (12, None));
+        let r = parse_request(br#"{"sessions": 0, "pod": "demo/chat-a"}"#).expect("parses");
+        assert_eq!(r.pod.as_deref(), Some("demo/chat-a"));
+    }
+
+    #[test]
+    fn malformed_heartbeats_are_bad_requests_that_say_what_is_expected() {
+        for body in [
+            &br#"{"sessions": -1}"#[..],
+            br#"{"sessions": "x"}"#,
+            br#"{}"#,
+            br#"{"sessions": 1, "extra": true}"#,
+            b"not json",
+        ] {
+            let e = parse_request(body).expect_err("rejected");
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains("sessions"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn oversized_heartbeats_are_refused() {
+        let big = format!(r#"{{"sessions": 1, "pod": "{}"}}"#, "a".repeat(5000));
+        let e = parse_request(big.as_bytes()).expect_err("too large");
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn development_heartbeats_name_their_pod_as_namespace_slash_name() {
+        assert_eq!(
+            parse_pod_ref("demo/chat-a"),
+            Ok(PodKey::new("demo", "chat-a"))
+        );
+        assert!(parse_pod_ref("chat-a").is_err());
+        assert!(parse_pod_ref("demo/").is_err());
+        assert!(parse_pod_ref("Demo/x y").is_err());
+    }
+
+    fn reviewed(authenticated: bool, audience: &str, pod: Option<&str>) -> TokenReviewStatus {
+        let mut extra = BTreeMap::new();
+        if let Some(pod) = pod {
+            extra.insert(
+                "authentication.kubernetes.io/pod-name".to_owned(),
+                vec![pod.to_owned()],
+            );
+            extra.insert(
+                "authentication.kubernetes.io/pod-uid".to_owned(),
+                vec!["uid-1".to_owned()],
+            );
+        }
+        TokenReviewStatus {
+            authenticated: Some(authenticated),
+            audiences: Some(vec![audience.to_owned()]),
+            user: Some(UserInfo {
+                username: Some("system:serviceaccount:demo:chat".to_owned()),
+                extra: Some(extra),
+                ..UserInfo::default()
+            }),
+            ..TokenReviewStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_bound_token_identifies_its_pod() {
+        let id = identity_from_review(&reviewed(true, "drainscaler", Some("chat-a"))).expect("ok");
+        assert_eq!(id.key, PodKey::new("demo", "chat-a"));
+        assert_eq!(id.uid.as_deref(), Some("uid-1"));
+    }
+
+    #[test]
+    fn unauthenticated_unbound_or_wrong_audience_tokens_are_refused() {
+        for status in [
+            reviewed(false, "drainscaler", Some("chat-a")),
+            reviewed(true, "https://kubernetes.default.svc", Some("chat-a")),
+            reviewed(true, "drainscaler", None),
+        ] {
+            let e = identity_from_review(&status).expect_err("refused");
+            assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! `drainscaler run` against the local control plane: validation, heartbeat authentication,
+//! scaling up on load and draining down without dropping a session. Run with
+//! `DRAINSCALER_E2E=1` after `scripts/cluster up` and `eval "$(scripts/cluster env)"`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use support::{
+    Controller, Namespace, apply, condition, dropped_sessions, enabled, event_reasons, http,
+    install_crd, kubectl, kubectl_result, pods, ready_replicas, session_app, spec_replicas,
+    traffic, traffic_summary, wait_for,
+};
+
+fn policy(ns: &str, target: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: drainscaler.io/v1alpha1
+kind: ScalingPolicy
+metadata: {{name: {target}, namespace: {ns}}}
+spec:
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: {target}}}
+{extra}"#
+    )
+}
+
+const SESSIONS_POLICY: &str = r#"  minReplicas: 1
+  maxReplicas: 4
+  interval: 2s
+  metrics:
+  - name: sessions
+    sessions: {}
+    target: {type: AverageValue, averageValue: "10"}
+  heartbeat: {source: Push, timeout: 20s}
+  drain: {timeout: 5m, onTimeout: Keep}
+  behavior:
+    scaleDown: {stabilizationWindowSeconds: 4}
+"#;
+
+#[test]
+fn an_invalid_policy_is_rejected_by_the_api_server_with_the_reason() {
+    if !enabled("an_invalid_policy_is_rejected_by_the_api_server_with_the_reason") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("invalid-policy");
+    let bad = policy(
+        &ns.0,
+        "chat",
+        r#"  minReplicas: 5
+  maxReplicas: 2
+  metrics:
+  - name: rps
+    prometheus: {query: "vector(1)"}
+    target: {type: AverageValue, averageValue: "10"}
+"#,
+    );
+    let (ok, _, err) = kubectl_result(&["apply", "-f", "-"], Some(&bad));
+    assert!(!ok, "an invalid policy was accepted");
+    assert!(
+        err.contains("minReplicas must be less than or equal to maxReplicas"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_policy_for_a_missing_target_is_not_ready_says_why_and_changes_nothing() {
+    if !enabled("a_policy_for_a_missing_target_is_not_ready_says_why_and_changes_nothing") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("missing-target");
+    let _controller = Controller::start(&ns.0, &["--insecure-dev-heartbeats"]);
+    apply(&policy(&ns.0, "absent", SESSIONS_POLICY));
+    wait_for(
+        Duration::from_secs(30),
+        "Ready=False TargetNotFound",
+        || {
+            condition(&ns.0, "absent", "Ready")
+                .is_some_and(|(s, r, _)| s == "False" && r == "TargetNotFound")
+        },
+    );
+    let (_, _, message) = condition(&ns.0, "absent", "Ready").expect("Ready");
+    assert!(message.contains("does not exist"), "{message}");
+    wait_for(Duration::from_secs(30), "a TargetNotFound warning", || {
+        event_reasons(&ns.0, "absent")
+            .iter()
+            .any(|(t, r)| t == "Warning" && r == "TargetNotFound")
+    });
+
+    let table = kubectl(&["-n", &ns.0, "get", "scalingpolicies"]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "TARGET", "MIN", "MAX", "CURRENT", "DESIRED", "SESSIONS", "DRAINING", "READY",
+            "AGE"
+        ]
+    );
+    assert!(table.contains("False"), "{table}");
+    let described = kubectl(&["-n", &ns.0, "describe", "scalingpolicy", "absent"]);
+    for want in ["TargetNotFound", "Ready", "Events:", "does not exist"] {
+        assert!(
+            described.contains(want),
+            "describe lacks {want}:\n{described}"
+        );
+    }
+}
+
+#[test]
+fn a_heartbeat_cannot_speak_for_another_pod() {
+    if !enabled("a_heartbeat_cannot_speak_for_another_pod") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("forged-heartbeat");
+    let controller = Controller::start(&ns.0, &[]);
+    apply(&session_app(
+        &ns.0,
+        "chat",
+        2,
+        &format!("http://{}", controller.addr),
+    ));
+    wait_for(Duration::from_secs(90), "two ready pods", || {
+        ready_replicas(&ns.0, "chat") == 2
+    });
+    let names: Vec<String> = pods(&ns.0, "chat").into_iter().map(|(n, _)| n).collect();
+    let (a, b) = (&names[0], &names[1]);
+    let token = kubectl(&[
+        "-n",
+        &ns.0,
+        "create",
+        "token",
+        "default",
+        "--audience=drainscaler",
+        "--bound-object-kind=Pod",
+        &format!("--bound-object-name={a}"),
+    ]);
+    let bearer = format!("Bearer {}", token.trim());
+    let post = |headers: &[(&str, &str)], body: &str| {
+        http("POST", &controller.addr, "/v1/heartbeats", headers, body)
+    };
+
+    let (status, body) = post(&[("Authorization", &bearer)], r#"{"sessions": 1}"#);
+    assert_eq!((status, body.as_str()), (200, r#"{"drain":false}"#));
+    let (status, body) = post(
+        &[("Authorization", &bearer)],
+        &format!(r#"{{"sessions": 1, "pod": "{}/{b}"}}"#, ns.0),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = post(&[], &format!(r#"{{"sessions": 1, "pod": "{}/{b}"}}"#, ns.0));
+    assert_eq!(status, 401, "{body}");
+    let wrong_audience = kubectl(&[
+        "-n",
+        &ns.0,
+        "create",
+        "token",
+        "default",
+        "--bound-object-kind=Pod",
+        &format!("--bound-object-name={a}"),
+    ]);
+    let (status, body) = post(
+        &[(
+            "Authorization",
+            &format!("Bearer {}", wrong_audience.trim()),
+        )],
+        r#"{"sessions": 1}"#,
+    );
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = post(&[("Authorization", &bearer)], r#"{"sessions": -1}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("error"), "{body}");
+}
+
+#[test]
+fn load_scales_up_and_scale_in_drains_then_removes_only_drained_pods_without_dropping_sessions() {
+    if !enabled("load_scales_up_and_scale_in_drains_then_removes_only_drained_pods") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("scale-up-down");
+    let controller = Controller::start(&ns.0, &[]);
+    apply(&session_app(
+        &ns.0,
+        "chat",
+        1,
+        &format!("http://{}", controller.addr),
+    ));
+    wait_for(Duration::from_secs(90), "one ready pod", || {
+        ready_replicas(&ns.0, "chat") == 1
+    });
+    apply(&policy(&ns.0, "chat", SESSIONS_POLICY));
+
+    // About 3 sessions a second for 20s, each 15s long: ~45 sessions at the peak.
+    let load = traffic(
+        &ns.0,
+        "chat",
+        &[
+            "-shape",
+            "constant:3",
+            "-duration",
+            "20s",
+            "-fixed-length",
+            "15s",
+            "-seed",
+            "1",
+        ],
+    );
+    wait_for(Duration::from_secs(60), "a scale-up", || {
+        spec_replicas(&ns.0, "chat") >= 3
+    });
+
+    // Every pod that goes away must have been draining first.
+    let mut drained = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    wait_for(
+        Duration::from_secs(180),
+        "the scale-in back to one pod",
+        || {
+            let now = pods(&ns.0, "chat");
+            for (name, draining) in &now {
+                seen.insert(name.clone());
+                if *draining {
+                    drained.insert(name.clone());
+                }
+            }
+            now.len() == 1 && spec_replicas(&ns.0, "chat") == 1
+        },
+    );
+    let remaining: BTreeSet<String> = pods(&ns.0, "chat").into_iter().map(|(n, _)| n).collect();
+    let removed: BTreeSet<String> = seen.difference(&remaining).cloned().collect();
+    assert!(!removed.is_empty(), "nothing was removed");
+    assert!(
+        removed.is_subset(&drained),
+        "removed {removed:?} but only {drained:?} were drained\n{}",
+        controller.logs()
+    );
+    let summary = traffic_summary(load);
+    assert_eq!(
+        summary["dropped"], 0,
+        "the traffic generator saw drops: {summary}"
+    );
+    assert_eq!(
+        dropped_sessions(&ns.0),
+        0,
+        "the local node dropped sessions"
+    );
+    assert!(summary["opened"].as_u64().unwrap_or(0) > 20, "{summary}");
+    let reasons: Vec<String> = event_reasons(&ns.0, "chat")
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    for want in ["ScaledUp", "DrainStarted", "DrainCompleted", "ScaledDown"] {
+        assert!(
+            reasons.iter().any(|r| r == want),
+            "no {want} event in {reasons:?}"
+        );
+    }
+}
+
+#[test]
+fn a_second_policy_or_an_hpa_on_the_same_target_is_a_conflict() {
+    if !enabled("a_second_policy_or_an_hpa_on_the_same_target_is_a_conflict") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("conflict");
+    let controller = Controller::start(&ns.0, &[]);
+    apply(&session_app(
+        &ns.0,
+        "chat",
+        1,
+        &format!("http://{}", controller.addr),
+    ));
+    apply(&policy(&ns.0, "chat", SESSIONS_POLICY));
+    wait_for(
+        Duration::from_secs(30),
+        "the first policy to be Ready",
+        || condition(&ns.0, "chat", "Ready").is_some_and(|(s, _, _)| s == "True"),
+    );
+    let second = policy(&ns.0, "chat", SESSIONS_POLICY)
+        .replace("name: chat, namespace", "name: chat-two, namespace");
+    apply(&second);
+    wait_for(
+        Duration::from_secs(30),
+        "the second policy to conflict",
+        || {
+            condition(&ns.0, "chat-two", "Ready").is_some_and(|(s, r, m)| {
+                s == "False" && r == "Conflict" && m.contains("ScalingPolicy chat")
+            })
+        },
+    );
+    assert!(
+        condition(&ns.0, "chat", "Ready").is_some_and(|(s, _, _)| s == "True"),
+        "the older policy keeps its target"
+    );
+    kubectl(&["-n", &ns.0, "delete", "scalingpolicy", "chat-two"]);
+    kubectl(&[
+        "-n",
+        &ns.0,
+        "autoscale",
+        "deployment",
+        "chat",
+        "--min=1",
+        "--max=3",
+    ]);
+    wait_for(Duration::from_secs(60), "the HPA conflict", || {
+        condition(&ns.0, "chat", "Ready").is_some_and(|(s, r, m)| {
+            s == "False" && r == "Conflict" && m.contains("HorizontalPodAutoscaler")
+        })
+    });
+    assert!(
+        event_reasons(&ns.0, "chat")
+            .iter()
+            .any(|(t, r)| t == "Warning" && r == "Conflict")
+    );
+}

@@ -1,0 +1,433 @@
+//! `drainscaler run` when things go wrong or change: load returning mid-drain, lost instances,
+//! Prometheus unreachable, controller restarts and leader handover. Run with
+//! `DRAINSCALER_E2E=1` after `scripts/cluster up` and `eval "$(scripts/cluster env)"`.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{
+    Controller, Namespace, active_sessions, apply, condition, container_pid, dropped_sessions,
+    enabled, event_reasons, install_crd, kubectl_json, pod_exists, pods, ready_replicas,
+    session_app, signal, spec_replicas, traffic, traffic_summary, wait_for,
+};
+
+fn policy(ns: &str, target: &str, spec: &str) -> String {
+    format!(
+        r#"apiVersion: drainscaler.io/v1alpha1
+kind: ScalingPolicy
+metadata: {{name: {target}, namespace: {ns}}}
+spec:
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: {target}}}
+{spec}"#
+    )
+}
+
+const SESSIONS: &str = r#"  minReplicas: 1
+  maxReplicas: 4
+  interval: 2s
+  metrics:
+  - name: sessions
+    sessions: {}
+    target: {type: AverageValue, averageValue: "10"}
+  heartbeat: {source: Push, timeout: 20s}
+  drain: {timeout: 5m, onTimeout: Keep}
+  behavior:
+    scaleDown: {stabilizationWindowSeconds: 2}
+"#;
+
+fn draining(ns: &str) -> Vec<String> {
+    pods(ns, "chat")
+        .into_iter()
+        .filter(|(_, d)| *d)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+fn has_event(ns: &str, reason: &str) -> bool {
+    event_reasons(ns, "chat").iter().any(|(_, r)| r == reason)
+}
+
+/// Three pods holding at most `sessions` long sessions under a policy that wants
+/// `ceil(sessions / 10)` of them: at least one drains.
+fn start_draining(
+    ns: &Namespace,
+    controller: &Controller,
+    sessions: u32,
+    session_secs: u32,
+) -> std::process::Child {
+    apply(&session_app(
+        &ns.0,
+        "chat",
+        3,
+        &format!("http://{}", controller.addr),
+    ));
+    wait_for(Duration::from_secs(90), "three ready pods", || {
+        ready_replicas(&ns.0, "chat") == 3
+    });
+    let load = traffic(
+        &ns.0,
+        "chat",
+        &[
+            "-shape",
+            "constant:4",
+            "-duration",
+            "10s",
+            "-max-sessions",
+            &sessions.to_string(),
+            "-fixed-length",
+            &format!("{session_secs}s"),
+            "-seed",
+            "2",
+        ],
+    );
+    // The policy decides on the whole load, not on part of it still arriving.
+    wait_for(Duration::from_secs(30), "every session to open", || {
+        active_sessions(&ns.0, "chat") >= u64::from(sessions)
+    });
+    apply(&policy(&ns.0, "chat", SESSIONS));
+    wait_for(Duration::from_secs(60), "a drain", || {
+        !draining(&ns.0).is_empty()
+    });
+    load
+}
+
+#[test]
+fn load_returning_mid_drain_cancels_the_drain_before_adding_pods() {
+    if !enabled("load_returning_mid_drain_cancels_the_drain_before_adding_pods") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("cancel-drain");
+    let controller = Controller::start(&ns.0, &[]);
+    let first = start_draining(&ns, &controller, 18, 60);
+    let drained = draining(&ns.0);
+
+    let second = traffic(
+        &ns.0,
+        "chat",
+        &[
+            "-shape",
+            "constant:5",
+            "-duration",
+            "10s",
+            "-fixed-length",
+            "40s",
+            "-seed",
+            "3",
+        ],
+    );
+    wait_for(Duration::from_secs(60), "the drain to be cancelled", || {
+        draining(&ns.0).is_empty() && has_event(&ns.0, "DrainCancelled")
+    });
+    for pod in &drained {
+        assert!(
+            pod_exists(&ns.0, pod),
+            "drained pod {pod} was removed instead of reused"
+        );
+    }
+    wait_for(Duration::from_secs(60), "a scale-up past three", || {
+        spec_replicas(&ns.0, "chat") >= 4
+    });
+    let (a, b) = (traffic_summary(second), traffic_summary(first));
+    assert_eq!(
+        (a["dropped"].as_u64(), b["dropped"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(dropped_sessions(&ns.0), 0);
+}
+
+#[test]
+fn a_restarted_controller_keeps_the_drain_and_removes_the_pod_only_once_empty() {
+    if !enabled("a_restarted_controller_keeps_the_drain_and_removes_the_pod_only_once_empty") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("restart-mid-drain");
+    let mut controller = Controller::start(&ns.0, &[]);
+    let load = start_draining(&ns, &controller, 12, 25);
+    let drained = draining(&ns.0);
+    controller.stop();
+    // The drain lives on the pod, not in the controller.
+    assert_eq!(draining(&ns.0), drained);
+
+    // The instances keep sending heartbeats to the old address: start on the same one.
+    let _again = Controller::start_on(&ns.0, &controller.addr, &[]);
+    wait_for(Duration::from_secs(120), "the drained pods to go", || {
+        drained.iter().all(|p| !pod_exists(&ns.0, p))
+    });
+    let summary = traffic_summary(load);
+    assert_eq!(summary["dropped"].as_u64(), Some(0), "{summary}");
+    assert_eq!(dropped_sessions(&ns.0), 0);
+}
+
+#[test]
+fn a_lost_instance_is_replaced() {
+    if !enabled("a_lost_instance_is_replaced") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("lost-instance");
+    let controller = Controller::start(&ns.0, &[]);
+    apply(&session_app(
+        &ns.0,
+        "chat",
+        2,
+        &format!("http://{}", controller.addr),
+    ));
+    wait_for(Duration::from_secs(90), "two ready pods", || {
+        ready_replicas(&ns.0, "chat") == 2
+    });
+    apply(&policy(
+        &ns.0,
+        "chat",
+        r#"  minReplicas: 2
+  maxReplicas: 2
+  interval: 2s
+  metrics:
+  - name: sessions
+    sessions: {}
+    target: {type: AverageValue, averageValue: "10"}
+  heartbeat: {source: Push, timeout: 5s, onLost: Replace}
+"#,
+    ));
+    let victim = pods(&ns.0, "chat")[0].0.clone();
+    let pid = container_pid(&ns.0, &victim).expect("the victim's process");
+    signal(pid, "STOP");
+    wait_for(
+        Duration::from_secs(60),
+        "the lost pod to be deleted",
+        || !pods(&ns.0, "chat").iter().any(|(n, _)| n == &victim),
+    );
+    signal(pid, "CONT");
+    assert!(has_event(&ns.0, "InstanceLost"));
+    wait_for(Duration::from_secs(90), "a replacement", || {
+        ready_replicas(&ns.0, "chat") == 2
+    });
+}
+
+#[test]
+fn unreachable_prometheus_never_scales_down_and_falls_back_after_the_threshold() {
+    if !enabled("unreachable_prometheus_never_scales_down_and_falls_back_after_the_threshold") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("prometheus-down");
+    let controller = Controller::start(&ns.0, &[]);
+    apply(&session_app(
+        &ns.0,
+        "chat",
+        3,
+        &format!("http://{}", controller.addr),
+    ));
+    apply(&policy(
+        &ns.0,
+        "chat",
+        r#"  minReplicas: 1
+  maxReplicas: 5
+  interval: 2s
+  prometheus: {address: "http://127.0.0.1:9", timeout: 1s}
+  metrics:
+  - name: rps
+    prometheus: {query: "vector(0)"}
+    target: {type: AverageValue, averageValue: "10"}
+  fallback: {failureThreshold: 3, replicas: 4}
+"#,
+    ));
+    wait_for(Duration::from_secs(60), "the fallback", || {
+        let replicas = spec_replicas(&ns.0, "chat");
+        assert!(
+            replicas >= 3,
+            "scaled down to {replicas} on missing metrics"
+        );
+        replicas == 4
+    });
+    let (status, reason, _) = condition(&ns.0, "chat", "Fallback").expect("Fallback");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "FallbackActive")
+    );
+    assert!(has_event(&ns.0, "MetricUnavailable"));
+    assert!(has_event(&ns.0, "FallbackActive"));
+}
+
+#[test]
+fn a_prometheus_metric_scales_the_target() {
+    if !enabled("a_prometheus_metric_scales_the_target")
+        || std::env::var_os("PROMETHEUS_URL").is_none()
+    {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("prometheus-metric");
+    let controller = Controller::start(&ns.0, &[]);
+    apply(&session_app(
+        &ns.0,
+        "chat",
+        1,
+        &format!("http://{}", controller.addr),
+    ));
+    apply(&policy(
+        &ns.0,
+        "chat",
+        r#"  minReplicas: 1
+  maxReplicas: 5
+  interval: 2s
+  metrics:
+  - name: rps
+    prometheus: {query: "vector(35)"}
+    target: {type: AverageValue, averageValue: "10"}
+"#,
+    ));
+    wait_for(Duration::from_secs(60), "four replicas", || {
+        spec_replicas(&ns.0, "chat") == 4
+    });
+    let (status, _, message) = condition(&ns.0, "chat", "ScalingActive").expect("ScalingActive");
+    assert_eq!(status, "True", "{message}");
+}
+
+fn leader_label(ns: &str, pod: &str) -> String {
+    let p = kubectl_json(&["-n", ns, "get", "pod", pod]);
+    p["metadata"]["labels"]["drainscaler.io/leader"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_second_replica_takes_over_when_the_leader_stops() {
+    if !enabled("a_second_replica_takes_over_when_the_leader_stops") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("leader-handover");
+    // Two pods stand in for the controller's own, which it labels as leader.
+    apply(&session_app(&ns.0, "standin", 2, "http://127.0.0.1:9"));
+    wait_for(Duration::from_secs(90), "two stand-in pods", || {
+        pods(&ns.0, "standin").len() == 2
+    });
+    let standins: Vec<String> = pods(&ns.0, "standin").into_iter().map(|(n, _)| n).collect();
+    let (one, two) = (&standins[0], &standins[1]);
+
+    let mut first = Controller::start(&ns.0, &[&format!("--pod-name={one}")]);
+    wait_for(Duration::from_secs(30), "the first to lead", || {
+        first.logs().contains("leading") && leader_label(&ns.0, one) == "true"
+    });
+    let second = Controller::start(&ns.0, &[&format!("--pod-name={two}")]);
+    wait_for(Duration::from_secs(30), "the second to wait", || {
+        second.logs().contains("waiting for the lease") && leader_label(&ns.0, two) == "false"
+    });
+    apply(&session_app(
+        &ns.0,
+        "chat",
+        1,
+        &format!("http://{}", second.addr),
+    ));
+    assert!(!second.logs().contains("leading"), "two leaders");
+
+    first.stop();
+    assert_eq!(
+        leader_label(&ns.0, one),
+        "false",
+        "a stopped leader keeps its label"
+    );
+    wait_for(Duration::from_secs(30), "the second to lead", || {
+        second.logs().contains("leading") && leader_label(&ns.0, two) == "true"
+    });
+    apply(&policy(&ns.0, "chat", SESSIONS));
+    wait_for(
+        Duration::from_secs(60),
+        "the new leader to reconcile",
+        || condition(&ns.0, "chat", "Ready").is_some_and(|(s, _, _)| s == "True"),
+    );
+}
+
+#[test]
+fn a_dry_run_reports_what_it_would_do_and_changes_nothing() {
+    if !enabled("a_dry_run_reports_what_it_would_do_and_changes_nothing") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("dry-run");
+    let controller = Controller::start(&ns.0, &[]);
+    apply(&session_app(
+        &ns.0,
+        "chat",
+        1,
+        &format!("http://{}", controller.addr),
+    ));
+    apply(&policy(
+        &ns.0,
+        "chat",
+        r#"  minReplicas: 1
+  maxReplicas: 5
+  interval: 2s
+  dryRun: true
+  metrics:
+  - name: rps
+    prometheus: {query: "vector(35)"}
+    target: {type: AverageValue, averageValue: "10"}
+"#,
+    ));
+    wait_for(Duration::from_secs(60), "the dry-run decision", || {
+        condition(&ns.0, "chat", "ScalingActive").is_some_and(|(_, r, _)| r == "DryRun")
+    });
+    let sp = kubectl_json(&["-n", &ns.0, "get", "scalingpolicy", "chat"]);
+    assert_eq!(sp["status"]["desiredReplicas"], 4, "{}", sp["status"]);
+    assert_eq!(
+        spec_replicas(&ns.0, "chat"),
+        1,
+        "a dry run scaled the target"
+    );
+}
+
+#[test]
+fn prometheus_heartbeats_drive_the_drain() {
+    if !enabled("prometheus_heartbeats_drive_the_drain")
+        || std::env::var_os("PROMETHEUS_URL").is_none()
+    {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("prometheus-heartbeats");
+    let _controller = Controller::start(&ns.0, &[]);
+    // Nothing listens there: sessions are known from Prometheus only.
+    apply(&session_app(&ns.0, "chat", 2, "http://127.0.0.1:9"));
+    wait_for(Duration::from_secs(90), "two ready pods", || {
+        ready_replicas(&ns.0, "chat") == 2
+    });
+    apply(&policy(
+        &ns.0,
+        "chat",
+        &format!(
+            r#"  minReplicas: 1
+  maxReplicas: 2
+  interval: 2s
+  metrics:
+  - name: sessions
+    sessions: {{}}
+    target: {{type: AverageValue, averageValue: "10"}}
+  heartbeat:
+    source: Prometheus
+    query: sum by (pod) (app_active_sessions{{namespace="{}"}})
+    timeout: 60s
+  drain: {{timeout: 5m, onTimeout: Keep}}
+  behavior:
+    scaleDown: {{stabilizationWindowSeconds: 2}}
+"#,
+            ns.0
+        ),
+    ));
+    let mut drained = Vec::new();
+    wait_for(Duration::from_secs(120), "the scale-in to one pod", || {
+        for (name, draining) in pods(&ns.0, "chat") {
+            if draining && !drained.contains(&name) {
+                drained.push(name);
+            }
+        }
+        spec_replicas(&ns.0, "chat") == 1 && pods(&ns.0, "chat").len() == 1
+    });
+    let left = &pods(&ns.0, "chat")[0].0;
+    assert!(!drained.contains(left), "the drained pod stayed: {left}");
+    assert!(has_event(&ns.0, "DrainCompleted"));
+}

@@ -1,0 +1,456 @@
+//! Helpers for end-to-end tests on the local control plane (`scripts/cluster up`, then
+//! `eval "$(scripts/cluster env)"`). Tests run only when `DRAINSCALER_E2E` is set.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Whether e2e tests should run; says why not when they should not.
+pub fn enabled(test: &str) -> bool {
+    if std::env::var_os("DRAINSCALER_E2E").is_some() {
+        return true;
+    }
+    eprintln!(
+        "skipping {test}: set DRAINSCALER_E2E=1 after `scripts/cluster up` and `eval \"$(scripts/cluster env)\"`"
+    );
+    false
+}
+
+fn kubectl_bin() -> String {
+    std::env::var("DRAINSCALER_KUBECTL").unwrap_or_else(|_| "kubectl".to_owned())
+}
+
+/// Runs kubectl; returns (success, stdout, stderr).
+pub fn kubectl_result(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut cmd = Command::new(kubectl_bin());
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run kubectl");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write kubectl stdin");
+    }
+    let out = child.wait_with_output().expect("kubectl output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs kubectl and fails the test if it fails.
+pub fn kubectl(args: &[&str]) -> String {
+    let (ok, out, err) = kubectl_result(args, None);
+    assert!(ok, "kubectl {}: {err}", args.join(" "));
+    out
+}
+
+pub fn kubectl_json(args: &[&str]) -> Value {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&kubectl(&all)).expect("kubectl JSON")
+}
+
+pub fn apply(yaml: &str) {
+    let (ok, _, err) = kubectl_result(&["apply", "-f", "-"], Some(yaml));
+    assert!(ok, "kubectl apply: {err}\n{yaml}");
+}
+
+/// Polls `check` until it holds or `timeout` passes; the pause is between polls of a real
+/// condition.
+pub fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {}s waiting for {what}",
+            timeout.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Installs the checked-in CRD (idempotent).
+pub fn install_crd() {
+    let path = repo().join("crds/scalingpolicy.yaml");
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=drainscaler-e2e",
+        "-f",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/scalingpolicies.drainscaler.io",
+        "--timeout=30s",
+    ]);
+}
+
+/// A namespace for one test, deleted afterwards.
+pub struct Namespace(pub String);
+
+impl Namespace {
+    pub fn new(test: &str) -> Namespace {
+        let suffix = std::process::id() ^ (Instant::now().elapsed().subsec_nanos());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "e2e-{}-{:x}",
+            test.replace('_', "-").chars().take(40).collect::<String>(),
+            (suffix ^ nanos) & 0xffff
+        );
+        kubectl(&["create", "namespace", &name]);
+        Namespace(name)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        if std::env::var_os("DRAINSCALER_E2E_KEEP").is_none() {
+            let _ = kubectl_result(&["delete", "namespace", &self.0, "--wait=false"], None);
+        }
+    }
+}
+
+/// `drainscaler run` scoped to one namespace, stopped on drop.
+pub struct Controller {
+    child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl Controller {
+    pub fn start(ns: &str, extra: &[&str]) -> Controller {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        Controller::start_on(ns, &format!("127.0.0.1:{port}"), extra)
+    }
+
+    /// Starts on a given address, such as a stopped controller's.
+    pub fn start_on(ns: &str, addr: &str, extra: &[&str]) -> Controller {
+        let addr = addr.to_owned();
+        let log = std::env::temp_dir().join(format!(
+            "drainscaler-{ns}-{}-{}.log",
+            addr.replace([':', '.'], "-"),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        ));
+        let file = std::fs::File::create(&log).expect("controller log");
+        let mut args = vec![
+            "run".to_owned(),
+            format!("--namespace={ns}"),
+            format!("--lease-namespace={ns}"),
+            format!("--listen={addr}"),
+        ];
+        if let Ok(url) = std::env::var("PROMETHEUS_URL") {
+            args.push(format!("--prometheus-url={url}"));
+        }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let child = Command::new(env!("CARGO_BIN_EXE_drainscaler"))
+            .args(&args)
+            .env("RUST_LOG", "info,kube=warn")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("start drainscaler run");
+        let c = Controller { child, addr, log };
+        wait_for(Duration::from_secs(30), "the controller to listen", || {
+            http("GET", &c.addr, "/healthz", &[], "").0 == 200
+        });
+        c
+    }
+
+    /// Stops the process with SIGTERM, as Kubernetes does, and waits for it.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 request; returns the status and body.
+pub fn http(
+    method: &str,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    if stream.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut raw = String::new();
+    let _ = stream.read_to_string(&mut raw);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The demo session app as a Deployment plus a Service that routes to serving pods only.
+pub fn session_app(ns: &str, name: &str, replicas: u32, heartbeat_url: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata:
+      labels: {{app: {name}, drainscaler.io/serving: "true"}}
+      annotations: {{prometheus.io/scrape: "true", prometheus.io/port: "8080"}}
+    spec:
+      schedulerName: localnode
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: app
+        image: drainscaler/session-app:dev
+        args: ["--max-sessions=100"]
+        env:
+        - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+        - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
+        - {{name: HEARTBEAT_URL, value: "{heartbeat_url}"}}
+        - {{name: HEARTBEAT_INTERVAL, value: "1s"}}
+        ports:
+        - {{name: session, containerPort: 7000}}
+        - {{name: http, containerPort: 8080}}
+        readinessProbe: {{httpGet: {{path: /readyz, port: http}}, periodSeconds: 1, failureThreshold: 1}}
+        volumeMounts:
+        - {{name: drainscaler-token, mountPath: /var/run/secrets/drainscaler.io/serviceaccount, readOnly: true}}
+      volumes:
+      - name: drainscaler-token
+        projected:
+          sources:
+          - serviceAccountToken: {{audience: drainscaler, expirationSeconds: 600, path: token}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  selector: {{app: {name}, drainscaler.io/serving: "true"}}
+  ports:
+  - {{name: session, port: 7000, targetPort: session}}
+"#
+    )
+}
+
+/// Pod names of `app` in `ns` with their drain annotation.
+pub fn pods(ns: &str, app: &str) -> Vec<(String, bool)> {
+    let list = kubectl_json(&["-n", ns, "get", "pods", "-l", &format!("app={app}")]);
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .map(|p| {
+                    (
+                        p["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        p["metadata"]["annotations"]["drainscaler.io/draining"] == "true",
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn ready_replicas(ns: &str, deployment: &str) -> i64 {
+    let d = kubectl_json(&["-n", ns, "get", "deployment", deployment]);
+    d["status"]["readyReplicas"].as_i64().unwrap_or(0)
+}
+
+pub fn spec_replicas(ns: &str, deployment: &str) -> i64 {
+    let d = kubectl_json(&["-n", ns, "get", "deployment", deployment]);
+    d["spec"]["replicas"].as_i64().unwrap_or(0)
+}
+
+/// The policy's condition of `type_`, as (status, reason, message).
+pub fn condition(ns: &str, policy: &str, type_: &str) -> Option<(String, String, String)> {
+    let sp = kubectl_json(&["-n", ns, "get", "scalingpolicy", policy]);
+    sp["status"]["conditions"].as_array()?.iter().find_map(|c| {
+        (c["type"] == type_).then(|| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+                c["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+    })
+}
+
+/// Reasons of the events about `policy`.
+pub fn event_reasons(ns: &str, policy: &str) -> Vec<(String, String)> {
+    let list = kubectl_json(&[
+        "-n",
+        ns,
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={policy},involvedObject.kind=ScalingPolicy"),
+    ]);
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|e| {
+                    (
+                        e["type"].as_str().unwrap_or_default().to_owned(),
+                        e["reason"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sessions the local node dropped in `ns` (killed with the pod that held them).
+pub fn dropped_sessions(ns: &str) -> u64 {
+    let Ok(path) = std::env::var("DRAINSCALER_DROPPED_LOG") else {
+        return 0;
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["namespace"] == ns)
+        .map(|v| v["sessions"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// The traffic generator against `service`, running in the background.
+pub fn traffic(ns: &str, service: &str, args: &[&str]) -> Child {
+    let bin = std::env::var("DRAINSCALER_CLUSTER_STATE")
+        .map(|s| PathBuf::from(s).join("bin/traffic"))
+        .unwrap_or_else(|_| PathBuf::from("traffic"));
+    Command::new(bin)
+        .args(["-n", ns, "-service", service, "-port", "session"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the traffic generator")
+}
+
+/// Waits for the traffic generator and returns its JSON summary.
+pub fn traffic_summary(child: Child) -> Value {
+    let out = child.wait_with_output().expect("traffic output");
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// The local process running `pod`'s first container (the local node's container IDs are
+/// `localnode://PID`).
+pub fn container_pid(ns: &str, pod: &str) -> Option<u32> {
+    let p = kubectl_json(&["-n", ns, "get", "pod", pod]);
+    p["status"]["containerStatuses"][0]["containerID"]
+        .as_str()?
+        .strip_prefix("localnode://")?
+        .parse()
+        .ok()
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+/// Whether a pod of that name exists (terminating or not).
+pub fn pod_exists(ns: &str, pod: &str) -> bool {
+    kubectl_result(&["-n", ns, "get", "pod", pod], None).0
+}
+
+/// Sessions open on the app's pods now, asked of each pod (`GET /sessions`).
+pub fn active_sessions(ns: &str, app: &str) -> u64 {
+    let list = kubectl_json(&["-n", ns, "get", "pods", "-l", &format!("app={app}")]);
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|p| p["status"]["podIP"].as_str())
+                .map(|ip| {
+                    let (_, body) = http("GET", &format!("{ip}:8080"), "/sessions", &[], "");
+                    serde_json::from_str::<Value>(&body)
+                        .ok()
+                        .and_then(|v| v["active"].as_u64())
+                        .unwrap_or(0)
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
