@@ -231,15 +231,12 @@ pub async fn patch(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    // A merge patch replaces lists whole, so stale entries do not linger.
-    api.patch_status(
-        &sp.name_any(),
-        &params,
-        &Patch::Merge(json!({"status": status})),
-    )
-    .await
-    .map(|_| true)
-    .map_err(|source| Error::PatchStatus { source })
+    // A merge patch replaces lists whole, and patch_body clears the fields the new status
+    // omits, so stale entries do not linger.
+    api.patch_status(&sp.name_any(), &params, &Patch::Merge(patch_body(status)))
+        .await
+        .map(|_| true)
+        .map_err(|source| Error::PatchStatus { source })
 }
 
 /// Every status field, so that a merge patch clears the ones the new status leaves out.

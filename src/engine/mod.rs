@@ -389,11 +389,21 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
 
     let replicas = plan.replicas;
     if replicas > seen.replicas {
+        // Say what asked for more, unless a limit or the fallback decided the count.
+        let why = if limit.applied || fallback.is_some() {
+            limit.message.clone()
+        } else {
+            let asks: Vec<String> = metrics
+                .iter()
+                .filter_map(|m| m.replicas.map(|r| format!("{} asks for {r}", m.name)))
+                .collect();
+            asks.join(", ")
+        };
         events.push(Event {
             reason: EventReason::ScaledUp,
             message: format!(
-                "scaled up from {} to {replicas} replicas: {}",
-                seen.replicas, limit.message
+                "scaled up from {} to {replicas} replicas: {why}",
+                seen.replicas
             ),
         });
     } else if replicas < seen.replicas {
