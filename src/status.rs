@@ -25,6 +25,18 @@ pub struct Ready {
     pub message: String,
 }
 
+impl Ready {
+    /// The `Ready` condition as `conditions` takes it.
+    fn wanted(&self) -> (&'static str, bool, &str, String) {
+        (
+            READY_CONDITION,
+            self.status,
+            self.reason.as_str(),
+            self.message.clone(),
+        )
+    }
+}
+
 /// The engine's history as the status last recorded it.
 pub fn history(status: Option<&ScalingPolicyStatus>) -> History {
     let Some(s) = status else {
@@ -89,12 +101,7 @@ pub fn render(
             },
         })
         .collect();
-    let mut wanted = vec![(
-        READY_CONDITION,
-        ready.status,
-        ready.reason.as_str(),
-        ready.message.clone(),
-    )];
+    let mut wanted = vec![ready.wanted()];
     wanted.extend(
         decision
             .conditions
@@ -175,12 +182,7 @@ pub fn render_blocked(
             )
         })
         .collect();
-    let mut wanted = vec![(
-        READY_CONDITION,
-        ready.status,
-        ready.reason.as_str(),
-        ready.message.clone(),
-    )];
+    let mut wanted = vec![ready.wanted()];
     wanted.extend(others);
     let conds = conditions(&status.conditions, &wanted, generation, now);
     status.conditions = conds;

@@ -9,20 +9,9 @@ use std::time::Duration;
 
 use support::{
     Controller, Namespace, apply, condition, dropped_sessions, enabled, event_reasons, http,
-    install_crd, kubectl, kubectl_result, pods, ready_replicas, session_app, spec_replicas,
+    install_crd, kubectl, kubectl_result, pods, policy, ready_replicas, session_app, spec_replicas,
     traffic, traffic_summary, wait_for,
 };
-
-fn policy(ns: &str, target: &str, extra: &str) -> String {
-    format!(
-        r#"apiVersion: drainscaler.io/v1alpha1
-kind: ScalingPolicy
-metadata: {{name: {target}, namespace: {ns}}}
-spec:
-  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: {target}}}
-{extra}"#
-    )
-}
 
 const SESSIONS_POLICY: &str = r#"  minReplicas: 1
   maxReplicas: 4

@@ -8,20 +8,9 @@ use std::time::Duration;
 
 use support::{
     Controller, Namespace, active_sessions, apply, condition, container_pid, dropped_sessions,
-    enabled, event_reasons, install_crd, kubectl_json, pod_exists, pods, ready_replicas,
+    enabled, event_reasons, install_crd, kubectl_json, pod_exists, pods, policy, ready_replicas,
     session_app, signal, spec_replicas, traffic, traffic_summary, wait_for,
 };
-
-fn policy(ns: &str, target: &str, spec: &str) -> String {
-    format!(
-        r#"apiVersion: drainscaler.io/v1alpha1
-kind: ScalingPolicy
-metadata: {{name: {target}, namespace: {ns}}}
-spec:
-  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: {target}}}
-{spec}"#
-    )
-}
 
 const SESSIONS: &str = r#"  minReplicas: 1
   maxReplicas: 4

@@ -11,6 +11,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A ScalingPolicy named after its Deployment `target` in `ns`, with `spec` (the lines after
+/// `targetRef`, indented two spaces).
+pub fn policy(ns: &str, target: &str, spec: &str) -> String {
+    format!(
+        r#"apiVersion: drainscaler.io/v1alpha1
+kind: ScalingPolicy
+metadata: {{name: {target}, namespace: {ns}}}
+spec:
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: {target}}}
+{spec}"#
+    )
+}
+
 /// Whether e2e tests should run; says why not when they should not.
 pub fn enabled(test: &str) -> bool {
     if std::env::var_os("DRAINSCALER_E2E").is_some() {
