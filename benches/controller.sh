@@ -38,11 +38,14 @@ log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 cleanup() {
 	[[ -n ${PID:-} ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
 	"$KUBECTL" delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+	[[ -n ${WINDOW:-} ]] && rm -rf "$WINDOW"
 }
 trap cleanup EXIT
 
 "$KUBECTL" apply --server-side --force-conflicts -f crds/scalingpolicy.yaml >/dev/null
-"$KUBECTL" create namespace "$NS" >/dev/null 2>&1 || true
+# A previous run's namespace may still be terminating.
+"$KUBECTL" wait --for=delete "namespace/$NS" --timeout=300s >/dev/null 2>&1 || true
+"$KUBECTL" create namespace "$NS" >/dev/null
 
 log "creating $POLICIES deployments of $PODS pending pods each"
 objects() {
@@ -101,15 +104,53 @@ done
 first=$(echo "$(date +%s.%N) - $start" | bc)
 log "every policy reported after ${first}s"
 
-metric() { curl -s "127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+scrape() { curl -s "127.0.0.1:$PORT/metrics"; }
+metric() { awk -v m="$2" '$1 == m {print $2}' "$1"; }
+# The q-quantile of the reconcile-duration histogram over the window (interpolated within the
+# bucket, as Prometheus' histogram_quantile does), in milliseconds.
+quantile() {
+	awk -v q="$3" '
+		match($1, /^drainscaler_reconcile_duration_seconds_bucket\{le="[^"]*"\}$/) {
+			le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
+			if (FILENAME == ARGV[1]) before[le] = $2; else { after[le] = $2; order[n++] = le }
+		}
+		END {
+			total = after["+Inf"] - before["+Inf"]
+			if (total <= 0) { print "n/a"; exit }
+			prev_le = 0; prev = 0
+			for (i = 0; i < n; i++) {
+				le = order[i]; c = after[le] - before[le]
+				if (c >= q * total) {
+					if (le == "+Inf") { printf ">%.1f\n", prev_le * 1000; exit }
+					printf "%.1f\n", (prev_le + (le - prev_le) * (q * total - prev) / (c - prev)) * 1000
+					exit
+				}
+				prev_le = le; prev = c
+			}
+		}' "$1" "$2"
+}
 cpu() { awk '{print ($14 + $15) / 100}' "/proc/$PID/stat"; }
-r0=$(metric drainscaler_reconciles_total); s0=$(metric drainscaler_reconcile_duration_seconds_sum)
-c0=$(metric drainscaler_reconcile_duration_seconds_count); cpu0=$(cpu)
+# API requests by verb over the window, per second; a watch counts once, when it is opened.
+api_rates() {
+	awk -v s="$SECONDS_STEADY" '
+		/^drainscaler_api_requests_total\{/ {
+			v = $1; sub(/.*verb="/, "", v); sub(/".*/, "", v)
+			if (FILENAME == ARGV[1]) before[v] = $2; else after[v] = $2
+		}
+		END {
+			for (v in after) { d = after[v] - before[v]; total += d; out = out sprintf(" %s %.1f", v, d / s) }
+			printf "%.1f/s (%s )\n", total / s, out
+		}' "$1" "$2"
+}
+WINDOW=$(mktemp -d)
+scrape >"$WINDOW/before"; cpu0=$(cpu)
 sleep "$SECONDS_STEADY" # the measurement window itself
-r1=$(metric drainscaler_reconciles_total); s1=$(metric drainscaler_reconcile_duration_seconds_sum)
-c1=$(metric drainscaler_reconcile_duration_seconds_count); cpu1=$(cpu)
+scrape >"$WINDOW/after"; cpu1=$(cpu)
 rss=$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$PID/status")
-errors=$(curl -s "127.0.0.1:$PORT/metrics" | awk '/^drainscaler_reconcile_errors_total/ {n += $2} END {print n + 0}')
+errors=$(awk '/^drainscaler_reconcile_errors_total/ {n += $2} END {print n + 0}' "$WINDOW/after")
+r0=$(metric "$WINDOW/before" drainscaler_reconciles_total); r1=$(metric "$WINDOW/after" drainscaler_reconciles_total)
+s0=$(metric "$WINDOW/before" drainscaler_reconcile_duration_seconds_sum); s1=$(metric "$WINDOW/after" drainscaler_reconcile_duration_seconds_sum)
+c0=$(metric "$WINDOW/before" drainscaler_reconcile_duration_seconds_count); c1=$(metric "$WINDOW/after" drainscaler_reconcile_duration_seconds_count)
 
 cat <<REPORT
 policies:                 $POLICIES
@@ -117,7 +158,10 @@ pods:                     $((POLICIES * PODS))
 all reported after:       ${first}s
 reconciles/s (steady):    $(echo "scale=1; ($r1 - $r0) / $SECONDS_STEADY" | bc)
 mean reconcile:           $(echo "scale=4; ($s1 - $s0) / ($c1 - $c0)" | bc)s
+reconcile p50 / p99:      $(quantile "$WINDOW/before" "$WINDOW/after" 0.5) / $(quantile "$WINDOW/before" "$WINDOW/after" 0.99) ms
+API requests (steady):    $(api_rates "$WINDOW/before" "$WINDOW/after")
 controller CPU (steady):  $(echo "scale=2; ($cpu1 - $cpu0) / $SECONDS_STEADY" | bc) cores
 peak RSS:                 ${rss} MiB
+load average:             $(cut -d' ' -f1-3 /proc/loadavg)
 reconcile errors:         $errors
 REPORT
