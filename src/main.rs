@@ -15,7 +15,7 @@ use drainscaler::api::ScalingPolicy;
 use drainscaler::check;
 use drainscaler::controller::{self, RunConfig};
 use drainscaler::leader::Elector;
-use drainscaler::metrics::Metrics;
+use drainscaler::metrics::{Metrics, api_verb};
 use drainscaler::names::{FIELD_MANAGER, LEADER_LABEL};
 use drainscaler::observe::heartbeats::Heartbeats;
 use drainscaler::observe::prometheus::Prometheus;
@@ -275,7 +275,8 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
     init_logs(args.log_format);
     // kube and the Prometheus client share rustls; ring is the one provider compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = kube::Client::try_default()
+    let metrics = Arc::new(Metrics::default());
+    let client = api_client(Arc::clone(&metrics))
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
     let prometheus = args
@@ -284,7 +285,6 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
         .map(Prometheus::plain)
         .transpose()
         .context("--prometheus-url")?;
-    let metrics = Arc::new(Metrics::default());
     let heartbeats = Heartbeats::default();
     let state = Arc::new(ServerState::new(
         client.clone(),
@@ -379,6 +379,20 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
     elector.release().await;
     let _ = server_task.await;
     Ok(())
+}
+
+/// A client for the API server that counts every request it sends on `metrics`.
+async fn api_client(metrics: Arc<Metrics>) -> anyhow::Result<kube::Client> {
+    let config = kube::Config::infer().await?;
+    let count = tower::util::MapRequestLayer::new(
+        move |request: axum::http::Request<kube::client::Body>| {
+            metrics.api_request(api_verb(request.method(), request.uri().query()));
+            request
+        },
+    );
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
 }
 
 /// Sets this replica's leader label, so that the heartbeat Service routes to the leader only.
