@@ -11,7 +11,8 @@ use kube::{Api, Client};
 
 /// How long a lease holds without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
-const RETRY_PERIOD: Duration = Duration::from_secs(2);
+/// How often a replica without the lease tries to take it.
+pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
 
 pub struct Elector {
     api: Api<Lease>,

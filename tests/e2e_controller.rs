@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::{
-    Controller, Namespace, apply, condition, dropped_sessions, enabled, event_reasons, http,
-    install_crd, kubectl, kubectl_result, pods, policy, ready_replicas, session_app, spec_replicas,
-    traffic, traffic_summary, wait_for,
+    Controller, Namespace, POLICY_COLUMNS, apply, condition, dropped_sessions, enabled,
+    event_reasons, http, install_crd, kubectl, kubectl_result, pods, policy, policy_table,
+    ready_replicas, session_app, spec_replicas, traffic, traffic_summary, wait_for,
 };
 
 const SESSIONS_POLICY: &str = r#"  minReplicas: 1
@@ -77,20 +77,8 @@ fn a_policy_for_a_missing_target_is_not_ready_says_why_and_changes_nothing() {
             .any(|(t, r)| t == "Warning" && r == "TargetNotFound")
     });
 
-    let table = kubectl(&["-n", &ns.0, "get", "scalingpolicies"]);
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    assert_eq!(
-        header,
-        [
-            "NAME", "TARGET", "MIN", "MAX", "CURRENT", "DESIRED", "SESSIONS", "DRAINING", "READY",
-            "AGE"
-        ]
-    );
+    let (header, table) = policy_table(&ns.0);
+    assert_eq!(header, POLICY_COLUMNS);
     assert!(table.contains("False"), "{table}");
     let described = kubectl(&["-n", &ns.0, "describe", "scalingpolicy", "absent"]);
     for want in ["TargetNotFound", "Ready", "Events:", "does not exist"] {

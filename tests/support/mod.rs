@@ -394,10 +394,30 @@ pub fn event_reasons(ns: &str, policy: &str) -> Vec<(String, String)> {
 
 /// Sessions the local node dropped in `ns` (killed with the pod that held them).
 pub fn dropped_sessions(ns: &str) -> u64 {
+    dropped_sessions_since(ns, 0)
+}
+
+/// Where the local node's drop records end now, so that a test sharing a namespace name with
+/// earlier runs counts only its own (`dropped_sessions_since`).
+pub fn dropped_log_end() -> u64 {
+    std::env::var("DRAINSCALER_DROPPED_LOG")
+        .ok()
+        .and_then(|path| std::fs::metadata(path).ok())
+        .map_or(0, |m| m.len())
+}
+
+/// Sessions the local node dropped in `ns` in records written after `start` (from
+/// `dropped_log_end`); from the beginning if the log was truncated since.
+pub fn dropped_sessions_since(ns: &str, start: u64) -> u64 {
     let Ok(path) = std::env::var("DRAINSCALER_DROPPED_LOG") else {
         return 0;
     };
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = usize::try_from(start)
+        .ok()
+        .filter(|&s| s <= bytes.len())
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&bytes[start..]);
     text.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["namespace"] == ns)
@@ -466,4 +486,75 @@ pub fn active_sessions(ns: &str, app: &str) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// The columns of `kubectl get scalingpolicies` (the CRD's additionalPrinterColumns).
+pub const POLICY_COLUMNS: [&str; 10] = [
+    "NAME", "TARGET", "MIN", "MAX", "CURRENT", "DESIRED", "SESSIONS", "DRAINING", "READY", "AGE",
+];
+
+/// The header of `kubectl get scalingpolicies` in `ns`, and the whole table.
+pub fn policy_table(ns: &str) -> (Vec<String>, String) {
+    let table = kubectl(&["-n", ns, "get", "scalingpolicies"]);
+    let header = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    (header, table)
+}
+
+/// Runs containers of `image` on the local node as the local binary `path`.
+pub fn map_image(image: &str, path: &str) {
+    let status = Command::new(repo().join("scripts/cluster"))
+        .args(["image-map", image, path])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run scripts/cluster image-map");
+    assert!(status.success(), "scripts/cluster image-map {image} {path}");
+}
+
+/// Pods matching `selector` in `ns` that are not terminating.
+pub fn live_pods(ns: &str, selector: &str) -> Vec<Value> {
+    let list = kubectl_json(&["-n", ns, "get", "pods", "-l", selector]);
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Pods matching `selector` in `ns`, terminating ones included.
+pub fn pod_count(ns: &str, selector: &str) -> usize {
+    let list = kubectl_json(&["-n", ns, "get", "pods", "-l", selector]);
+    list["items"].as_array().map_or(0, Vec::len)
+}
+
+pub fn pod_name(pod: &Value) -> String {
+    pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+pub fn pod_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+/// The value of one sample (`name{labels}` exactly as exposed) in a Prometheus text page.
+pub fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
 }
