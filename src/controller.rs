@@ -69,6 +69,10 @@ impl Context {
     }
 
     async fn publish(&self, sp: &ScalingPolicy, warning: bool, reason: &str, note: String) {
+        // The recorder folds events with the same reason and action into one series that shows
+        // the first note; an action that follows the note keeps "scaled up from 2 to 3" and
+        // "from 3 to 5" apart while exact repeats still fold. The API allows 128 characters.
+        let action: String = note.chars().take(128).collect();
         let event = KubeEvent {
             type_: if warning {
                 EventType::Warning
@@ -77,7 +81,7 @@ impl Context {
             },
             reason: reason.to_owned(),
             note: Some(note),
-            action: "Reconcile".to_owned(),
+            action,
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &sp.object_ref(&())).await {
