@@ -10,21 +10,8 @@ use std::time::Duration;
 use support::{
     Controller, Namespace, POLICY_COLUMNS, apply, condition, dropped_sessions, enabled,
     event_reasons, http, install_crd, kubectl, kubectl_result, pods, policy, policy_table,
-    ready_replicas, session_app, spec_replicas, traffic, traffic_summary, wait_for,
+    ready_replicas, session_app, sessions_spec, spec_replicas, traffic, traffic_summary, wait_for,
 };
-
-const SESSIONS_POLICY: &str = r#"  minReplicas: 1
-  maxReplicas: 4
-  interval: 2s
-  metrics:
-  - name: sessions
-    sessions: {}
-    target: {type: AverageValue, averageValue: "10"}
-  heartbeat: {source: Push, timeout: 20s}
-  drain: {timeout: 5m, onTimeout: Keep}
-  behavior:
-    scaleDown: {stabilizationWindowSeconds: 4}
-"#;
 
 #[test]
 fn an_invalid_policy_is_rejected_by_the_api_server_with_the_reason() {
@@ -60,7 +47,7 @@ fn a_policy_for_a_missing_target_is_not_ready_says_why_and_changes_nothing() {
     install_crd();
     let ns = Namespace::new("missing-target");
     let _controller = Controller::start(&ns.0, &["--insecure-dev-heartbeats"]);
-    apply(&policy(&ns.0, "absent", SESSIONS_POLICY));
+    apply(&policy(&ns.0, "absent", &sessions_spec(4)));
     wait_for(
         Duration::from_secs(30),
         "Ready=False TargetNotFound",
@@ -171,7 +158,7 @@ fn load_scales_up_and_scale_in_drains_then_removes_only_drained_pods_without_dro
     wait_for(Duration::from_secs(90), "one ready pod", || {
         ready_replicas(&ns.0, "chat") == 1
     });
-    apply(&policy(&ns.0, "chat", SESSIONS_POLICY));
+    apply(&policy(&ns.0, "chat", &sessions_spec(4)));
 
     // About 3 sessions a second for 20s, each 15s long: ~45 sessions at the peak.
     let load = traffic(
@@ -254,13 +241,13 @@ fn a_second_policy_or_an_hpa_on_the_same_target_is_a_conflict() {
         1,
         &format!("http://{}", controller.addr),
     ));
-    apply(&policy(&ns.0, "chat", SESSIONS_POLICY));
+    apply(&policy(&ns.0, "chat", &sessions_spec(4)));
     wait_for(
         Duration::from_secs(30),
         "the first policy to be Ready",
         || condition(&ns.0, "chat", "Ready").is_some_and(|(s, _, _)| s == "True"),
     );
-    let second = policy(&ns.0, "chat", SESSIONS_POLICY)
+    let second = policy(&ns.0, "chat", &sessions_spec(4))
         .replace("name: chat, namespace", "name: chat-two, namespace");
     apply(&second);
     wait_for(

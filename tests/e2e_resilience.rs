@@ -9,21 +9,8 @@ use std::time::Duration;
 use support::{
     Controller, Namespace, active_sessions, apply, condition, container_pid, dropped_sessions,
     enabled, event_reasons, install_crd, kubectl_json, pod_exists, pods, policy, ready_replicas,
-    session_app, signal, spec_replicas, traffic, traffic_summary, wait_for,
+    session_app, sessions_spec, signal, spec_replicas, traffic, traffic_summary, wait_for,
 };
-
-const SESSIONS: &str = r#"  minReplicas: 1
-  maxReplicas: 4
-  interval: 2s
-  metrics:
-  - name: sessions
-    sessions: {}
-    target: {type: AverageValue, averageValue: "10"}
-  heartbeat: {source: Push, timeout: 20s}
-  drain: {timeout: 5m, onTimeout: Keep}
-  behavior:
-    scaleDown: {stabilizationWindowSeconds: 2}
-"#;
 
 fn draining(ns: &str) -> Vec<String> {
     pods(ns, "chat")
@@ -74,7 +61,7 @@ fn start_draining(
     wait_for(Duration::from_secs(30), "every session to open", || {
         active_sessions(&ns.0, "chat") >= u64::from(sessions)
     });
-    apply(&policy(&ns.0, "chat", SESSIONS));
+    apply(&policy(&ns.0, "chat", &sessions_spec(2)));
     wait_for(Duration::from_secs(60), "a drain", || {
         !draining(&ns.0).is_empty()
     });
@@ -323,7 +310,7 @@ fn a_second_replica_takes_over_when_the_leader_stops() {
     wait_for(Duration::from_secs(30), "the second to lead", || {
         second.logs().contains("leading") && leader_label(&ns.0, two) == "true"
     });
-    apply(&policy(&ns.0, "chat", SESSIONS));
+    apply(&policy(&ns.0, "chat", &sessions_spec(2)));
     wait_for(
         Duration::from_secs(60),
         "the new leader to reconcile",

@@ -24,6 +24,25 @@ spec:
     )
 }
 
+/// A policy spec on the `sessions` metric (10 per replica, 1 to 4 replicas, decided every 2s),
+/// drained with `onTimeout: Keep`, scaling down after `scale_down_window` seconds.
+pub fn sessions_spec(scale_down_window: u32) -> String {
+    format!(
+        r#"  minReplicas: 1
+  maxReplicas: 4
+  interval: 2s
+  metrics:
+  - name: sessions
+    sessions: {{}}
+    target: {{type: AverageValue, averageValue: "10"}}
+  heartbeat: {{source: Push, timeout: 20s}}
+  drain: {{timeout: 5m, onTimeout: Keep}}
+  behavior:
+    scaleDown: {{stabilizationWindowSeconds: {scale_down_window}}}
+"#
+    )
+}
+
 /// Whether e2e tests should run; says why not when they should not.
 pub fn enabled(test: &str) -> bool {
     if std::env::var_os("DRAINSCALER_E2E").is_some() {
