@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::{
-    Controller, Namespace, POLICY_COLUMNS, apply, condition, dropped_sessions, enabled,
-    event_reasons, http, install_crd, kubectl, kubectl_result, pods, policy, policy_table,
-    ready_replicas, session_app, sessions_spec, spec_replicas, traffic, traffic_summary, wait_for,
+    Controller, Namespace, POLICY_COLUMNS, app_with_controller, apply, condition, dropped_sessions,
+    enabled, event_reasons, http, install_crd, kubectl, kubectl_result, pods, policy, policy_table,
+    ready_replicas, sessions_spec, spec_replicas, traffic, traffic_summary, wait_for,
 };
 
 #[test]
@@ -81,15 +81,7 @@ fn a_heartbeat_cannot_speak_for_another_pod() {
     if !enabled("a_heartbeat_cannot_speak_for_another_pod") {
         return;
     }
-    install_crd();
-    let ns = Namespace::new("forged-heartbeat");
-    let controller = Controller::start(&ns.0, &[]);
-    apply(&session_app(
-        &ns.0,
-        "chat",
-        2,
-        &format!("http://{}", controller.addr),
-    ));
+    let (ns, controller) = app_with_controller("forged-heartbeat", 2);
     wait_for(Duration::from_secs(90), "two ready pods", || {
         ready_replicas(&ns.0, "chat") == 2
     });
@@ -146,15 +138,7 @@ fn load_scales_up_and_scale_in_drains_then_removes_only_drained_pods_without_dro
     if !enabled("load_scales_up_and_scale_in_drains_then_removes_only_drained_pods") {
         return;
     }
-    install_crd();
-    let ns = Namespace::new("scale-up-down");
-    let controller = Controller::start(&ns.0, &[]);
-    apply(&session_app(
-        &ns.0,
-        "chat",
-        1,
-        &format!("http://{}", controller.addr),
-    ));
+    let (ns, controller) = app_with_controller("scale-up-down", 1);
     wait_for(Duration::from_secs(90), "one ready pod", || {
         ready_replicas(&ns.0, "chat") == 1
     });
@@ -232,15 +216,7 @@ fn a_second_policy_or_an_hpa_on_the_same_target_is_a_conflict() {
     if !enabled("a_second_policy_or_an_hpa_on_the_same_target_is_a_conflict") {
         return;
     }
-    install_crd();
-    let ns = Namespace::new("conflict");
-    let controller = Controller::start(&ns.0, &[]);
-    apply(&session_app(
-        &ns.0,
-        "chat",
-        1,
-        &format!("http://{}", controller.addr),
-    ));
+    let (ns, _controller) = app_with_controller("conflict", 1);
     apply(&policy(&ns.0, "chat", &sessions_spec(4)));
     wait_for(
         Duration::from_secs(30),

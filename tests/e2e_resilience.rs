@@ -7,9 +7,10 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    Controller, Namespace, active_sessions, apply, condition, container_pid, dropped_sessions,
-    enabled, event_reasons, install_crd, kubectl_json, pod_exists, pods, policy, ready_replicas,
-    session_app, sessions_spec, signal, spec_replicas, traffic, traffic_summary, wait_for,
+    Controller, Namespace, active_sessions, app_with_controller, apply, condition, container_pid,
+    dropped_sessions, enabled, event_reasons, install_crd, kubectl_json, pod_exists, pods, policy,
+    ready_replicas, session_app, sessions_spec, signal, spec_replicas, traffic, traffic_summary,
+    wait_for,
 };
 
 fn draining(ns: &str) -> Vec<String> {
@@ -142,15 +143,7 @@ fn a_lost_instance_is_replaced() {
     if !enabled("a_lost_instance_is_replaced") {
         return;
     }
-    install_crd();
-    let ns = Namespace::new("lost-instance");
-    let controller = Controller::start(&ns.0, &[]);
-    apply(&session_app(
-        &ns.0,
-        "chat",
-        2,
-        &format!("http://{}", controller.addr),
-    ));
+    let (ns, _controller) = app_with_controller("lost-instance", 2);
     wait_for(Duration::from_secs(90), "two ready pods", || {
         ready_replicas(&ns.0, "chat") == 2
     });
@@ -187,15 +180,7 @@ fn unreachable_prometheus_never_scales_down_and_falls_back_after_the_threshold()
     if !enabled("unreachable_prometheus_never_scales_down_and_falls_back_after_the_threshold") {
         return;
     }
-    install_crd();
-    let ns = Namespace::new("prometheus-down");
-    let controller = Controller::start(&ns.0, &[]);
-    apply(&session_app(
-        &ns.0,
-        "chat",
-        3,
-        &format!("http://{}", controller.addr),
-    ));
+    let (ns, _controller) = app_with_controller("prometheus-down", 3);
     apply(&policy(
         &ns.0,
         "chat",
@@ -234,15 +219,7 @@ fn a_prometheus_metric_scales_the_target() {
     {
         return;
     }
-    install_crd();
-    let ns = Namespace::new("prometheus-metric");
-    let controller = Controller::start(&ns.0, &[]);
-    apply(&session_app(
-        &ns.0,
-        "chat",
-        1,
-        &format!("http://{}", controller.addr),
-    ));
+    let (ns, _controller) = app_with_controller("prometheus-metric", 1);
     apply(&policy(
         &ns.0,
         "chat",
@@ -323,15 +300,7 @@ fn a_dry_run_reports_what_it_would_do_and_changes_nothing() {
     if !enabled("a_dry_run_reports_what_it_would_do_and_changes_nothing") {
         return;
     }
-    install_crd();
-    let ns = Namespace::new("dry-run");
-    let controller = Controller::start(&ns.0, &[]);
-    apply(&session_app(
-        &ns.0,
-        "chat",
-        1,
-        &format!("http://{}", controller.addr),
-    ));
+    let (ns, _controller) = app_with_controller("dry-run", 1);
     apply(&policy(
         &ns.0,
         "chat",

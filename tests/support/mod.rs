@@ -43,6 +43,21 @@ pub fn sessions_spec(scale_down_window: u32) -> String {
     )
 }
 
+/// The usual start of a test: the CRD, a fresh namespace, a controller scoped to it, and the
+/// demo app `chat` with `replicas` pods sending heartbeats to that controller.
+pub fn app_with_controller(namespace: &str, replicas: u32) -> (Namespace, Controller) {
+    install_crd();
+    let ns = Namespace::new(namespace);
+    let controller = Controller::start(&ns.0, &[]);
+    apply(&session_app(
+        &ns.0,
+        "chat",
+        replicas,
+        &format!("http://{}", controller.addr),
+    ));
+    (ns, controller)
+}
+
 /// Whether e2e tests should run; says why not when they should not.
 pub fn enabled(test: &str) -> bool {
     if std::env::var_os("DRAINSCALER_E2E").is_some() {
@@ -340,25 +355,28 @@ spec:
 
 /// Pod names of `app` in `ns` with their drain annotation.
 pub fn pods(ns: &str, app: &str) -> Vec<(String, bool)> {
-    let list = kubectl_json(&["-n", ns, "get", "pods", "-l", &format!("app={app}")]);
-    list["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-                .map(|p| {
-                    (
-                        p["metadata"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                        p["metadata"]["annotations"]["drainscaler.io/draining"] == "true",
-                    )
-                })
-                .collect()
+    app_pods(ns, app)
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                p["metadata"]["annotations"]["drainscaler.io/draining"] == "true",
+            )
         })
-        .unwrap_or_default()
+        .collect()
+}
+
+/// The pod objects labelled `app={app}` in `ns`, terminating ones included.
+fn app_pods(ns: &str, app: &str) -> Vec<Value> {
+    let mut list = kubectl_json(&["-n", ns, "get", "pods", "-l", &format!("app={app}")]);
+    match list["items"].take() {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    }
 }
 
 pub fn ready_replicas(ns: &str, deployment: &str) -> i64 {
@@ -488,23 +506,17 @@ pub fn pod_exists(ns: &str, pod: &str) -> bool {
 
 /// Sessions open on the app's pods now, asked of each pod (`GET /sessions`).
 pub fn active_sessions(ns: &str, app: &str) -> u64 {
-    let list = kubectl_json(&["-n", ns, "get", "pods", "-l", &format!("app={app}")]);
-    list["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|p| p["status"]["podIP"].as_str())
-                .map(|ip| {
-                    let (_, body) = http("GET", &format!("{ip}:8080"), "/sessions", &[], "");
-                    serde_json::from_str::<Value>(&body)
-                        .ok()
-                        .and_then(|v| v["active"].as_u64())
-                        .unwrap_or(0)
-                })
-                .sum()
+    app_pods(ns, app)
+        .iter()
+        .filter_map(|p| p["status"]["podIP"].as_str())
+        .map(|ip| {
+            let (_, body) = http("GET", &format!("{ip}:8080"), "/sessions", &[], "");
+            serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v["active"].as_u64())
+                .unwrap_or(0)
         })
-        .unwrap_or(0)
+        .sum()
 }
 
 /// The columns of `kubectl get scalingpolicies` (the CRD's additionalPrinterColumns).
