@@ -450,7 +450,9 @@ pub struct ScalingPolicyStatus {
     pub instances: Option<InstancesStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub draining: Vec<DrainingStatus>,
-    /// Recent recommendations, for the stabilization windows. Bounded.
+    /// Recent recommendations, for the stabilization windows: one entry per run of equal
+    /// recommendations, timed when it was last made; the newest, still in force, keeps the time
+    /// its run began. Bounded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recommendations: Vec<RecommendationStatus>,
     /// Recent replica changes, for the rate policies. Bounded.

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::Selector;
@@ -20,7 +21,7 @@ use crate::act;
 use crate::api::ScalingPolicy;
 use crate::engine::{self, Decision, Mode, Time};
 use crate::error::Error;
-use crate::index::{ReadingCache, SelectorIndex};
+use crate::index::{LatestMade, ReadingCache, SelectorIndex};
 use crate::metrics::Metrics;
 use crate::names::{CONTROLLER_NAME, ShellReason};
 use crate::observe::{self, Blocked, Sources, pods};
@@ -36,12 +37,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub struct Context {
     pub sources: Sources,
     pub policies: Store<ScalingPolicy>,
+    /// HorizontalPodAutoscalers, for conflicts.
+    pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Each policy's pod selector, so that pod changes trigger their policy.
     selectors: SelectorIndex,
     /// The last Prometheus readings, reused between intervals.
     readings: ReadingCache,
+    /// When each policy's newest recommendation was last made.
+    latest_made: LatestMade,
     /// Consecutive failures per policy, for the backoff.
     failures: RwLock<HashMap<ObjectRef<ScalingPolicy>, u32>>,
 }
@@ -121,7 +126,11 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
         Ok(target) => target,
         Err(b) => return blocked(&ctx, &sp, &namespace, b, now).await,
     };
-    if let Some(b) = observe::conflicts(client, &ctx.policies, &sp, &namespace).await? {
+    ctx.autoscalers
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::AutoscalerCache)?;
+    if let Some(b) = observe::conflicts(&ctx.policies, &ctx.autoscalers, &sp, &namespace) {
         return blocked(&ctx, &sp, &namespace, b, now).await;
     }
     ctx.remember_selector(&sp, Some(target.selector.clone()));
@@ -146,7 +155,9 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
             now,
         );
     }
-    let history = status::history(sp.status.as_ref());
+    let mut history = status::history(sp.status.as_ref());
+    ctx.latest_made
+        .fill(&ObjectRef::from_obj(&*sp), &mut history);
 
     // decide (pure)
     let decision = engine::decide(&policy, &seen, &history, now);
@@ -174,6 +185,7 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
         // as heartbeats arriving, still resets the count) and does not recommend anew.
         next.consecutive_failures = next.consecutive_failures.min(history.consecutive_failures);
         next.recommendations = history.recommendations.clone();
+        next.latest_made = history.latest_made;
     }
     let ready = Ready {
         status: true,
@@ -190,6 +202,7 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
         now,
     );
     status::patch(client, &sp, &new_status).await?;
+    ctx.latest_made.keep(ObjectRef::from_obj(&*sp), &next);
     for e in &decision.events {
         let note = match decision.mode {
             Mode::Act => e.message.clone(),
@@ -334,6 +347,21 @@ pub async fn run(
     tracing::info!(pods = pod_store.state().len(), "pod cache ready");
     on_ready(pod_store.clone());
 
+    // HorizontalPodAutoscalers, watched rather than listed per reconcile; one that appears or
+    // goes away triggers the policies of its target at once. The controller drives this
+    // stream, so reconciles wait for its first list before looking for conflicts.
+    let (hpa_store, hpa_writer) = reflector::store::<HorizontalPodAutoscaler>();
+    let hpas_api: Api<HorizontalPodAutoscaler> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let hpa_stream = watcher(hpas_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(observe::prune_hpa)
+        .reflect(hpa_writer)
+        .touched_objects()
+        .inspect_err(|e| tracing::warn!(error = %e, "HorizontalPodAutoscaler watch failed"));
+
     // Only spec changes (a new generation) trigger a policy: its own status writes do not.
     let (policy_store, policy_writer) = reflector::store::<ScalingPolicy>();
     let policy_stream = watcher(policies_api, watcher::Config::default().any_semantic())
@@ -362,13 +390,16 @@ pub async fn run(
             heartbeats_since,
         },
         policies: controller.store(),
+        autoscalers: hpa_store,
         recorder,
         metrics,
         selectors: SelectorIndex::default(),
         readings: ReadingCache::default(),
+        latest_made: LatestMade::default(),
         failures: RwLock::new(HashMap::new()),
     });
     let mapper = Arc::clone(&ctx);
+    let policies = ctx.policies.clone();
     let pruner = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -380,6 +411,9 @@ pub async fn run(
     controller
         .watches_shared_stream(subscriber, move |pod: Arc<Pod>| {
             mapper.selectors.policies_for(&pod)
+        })
+        .watches_stream(hpa_stream, move |hpa: HorizontalPodAutoscaler| {
+            policies_scaling(&policies, &hpa)
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -393,4 +427,24 @@ pub async fn run(
     pods_task.abort();
     pruner.abort();
     Ok(())
+}
+
+/// The policies in `hpa`'s namespace whose target it scales too.
+fn policies_scaling(
+    policies: &Store<ScalingPolicy>,
+    hpa: &HorizontalPodAutoscaler,
+) -> Vec<ObjectRef<ScalingPolicy>> {
+    let Some((kind, name)) = observe::hpa_scales(hpa) else {
+        return Vec::new();
+    };
+    policies
+        .state()
+        .iter()
+        .filter(|sp| {
+            sp.namespace() == hpa.namespace()
+                && observe::kind_name(sp.spec.target_ref.kind) == kind
+                && sp.spec.target_ref.name == name
+        })
+        .map(|sp| ObjectRef::from_obj(&**sp))
+        .collect()
 }

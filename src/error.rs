@@ -8,11 +8,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("listing HorizontalPodAutoscalers: {source}")]
-    ListAutoscalers {
-        #[source]
-        source: kube::Error,
-    },
+    #[error("the HorizontalPodAutoscaler cache stopped before it was filled")]
+    AutoscalerCache,
     #[error("patching pod {pod}: {source}")]
     PatchPod {
         pod: String,
@@ -44,7 +41,7 @@ impl Error {
     pub fn label(&self) -> &'static str {
         match self {
             Error::ReadScale { .. } => "read_scale",
-            Error::ListAutoscalers { .. } => "list_autoscalers",
+            Error::AutoscalerCache => "autoscaler_cache",
             Error::PatchPod { .. } => "patch_pod",
             Error::PatchScale { .. } => "patch_scale",
             Error::DeletePod { .. } => "delete_pod",

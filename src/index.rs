@@ -1,6 +1,7 @@
 //! In-memory indexes the controller keeps between reconciles, changed synchronously and tested
-//! by applying objects: which policy selects which pods, and the last Prometheus readings of
-//! each policy. Neither matters across restarts. No I/O.
+//! by applying objects: which policy selects which pods, the last Prometheus readings of each
+//! policy, and when it last made its newest recommendation. None matters across restarts. No
+//! I/O.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{PoisonError, RwLock};
@@ -12,7 +13,7 @@ use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::ObjectRef;
 
 use crate::api::ScalingPolicy;
-use crate::engine::{Reading, Time};
+use crate::engine::{History, Reading, Recommendation, Time};
 
 /// Each policy's pod selector by namespace, so that a pod change triggers its policies.
 #[derive(Default)]
@@ -109,6 +110,42 @@ impl ReadingCache {
     }
 }
 
+/// When each policy's newest recommendation was last made, which its status leaves out so that
+/// a steady policy does not rewrite it (`History::latest_made`).
+#[derive(Default)]
+pub struct LatestMade {
+    made: RwLock<HashMap<ObjectRef<ScalingPolicy>, Recommendation>>,
+}
+
+impl LatestMade {
+    /// Fills in `history.latest_made` when this controller made its newest recommendation.
+    pub fn fill(&self, policy: &ObjectRef<ScalingPolicy>, history: &mut History) {
+        let map = self.made.read().unwrap_or_else(PoisonError::into_inner);
+        if let (Some(made), Some(newest)) = (map.get(policy), history.recommendations.last())
+            && made.replicas == newest.replicas
+            && made.time >= newest.time
+        {
+            history.latest_made = Some(made.time);
+        }
+    }
+
+    /// Remembers the recommendation `history` says was made last, if any.
+    pub fn keep(&self, policy: ObjectRef<ScalingPolicy>, history: &History) {
+        if let (Some(time), Some(newest)) = (history.latest_made, history.recommendations.last()) {
+            self.made
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    policy,
+                    Recommendation {
+                        time,
+                        replicas: newest.replicas,
+                    },
+                );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -117,9 +154,9 @@ mod tests {
     use k8s_openapi::api::core::v1::Pod;
     use kube::runtime::reflector::ObjectRef;
 
-    use super::{ReadingCache, Readings, SelectorIndex};
+    use super::{LatestMade, ReadingCache, Readings, SelectorIndex};
     use crate::api::ScalingPolicy;
-    use crate::engine::{Reading, Time};
+    use crate::engine::{History, Reading, Recommendation, Time};
     use crate::observe::pods::parse_selector;
 
     fn policy(ns: &str, name: &str) -> ObjectRef<ScalingPolicy> {
@@ -170,5 +207,32 @@ mod tests {
             cache.fresh(&p, Some(2), interval, Time::from_secs(105)),
             None
         );
+    }
+
+    #[test]
+    fn the_time_a_recommendation_was_last_made_applies_only_to_the_same_newest_one() {
+        let made = LatestMade::default();
+        let p = policy("a", "chat");
+        let status = |replicas| History {
+            recommendations: vec![Recommendation {
+                time: Time::from_secs(100),
+                replicas,
+            }],
+            ..History::default()
+        };
+        let mut after = status(4);
+        after.latest_made = Some(Time::from_secs(160));
+        made.keep(p.clone(), &after);
+
+        let mut h = status(4);
+        made.fill(&p, &mut h);
+        assert_eq!(h.latest_made, Some(Time::from_secs(160)));
+        // Another leader wrote a different newest one: unknown, so the cautious reading.
+        let mut h = status(5);
+        made.fill(&p, &mut h);
+        assert_eq!(h.latest_made, None);
+        let mut h = status(4);
+        made.fill(&policy("a", "other"), &mut h);
+        assert_eq!(h.latest_made, None);
     }
 }

@@ -62,6 +62,7 @@ pub fn history(status: Option<&ScalingPolicyStatus>) -> History {
             })
             .collect(),
         consecutive_failures: s.consecutive_failures.map_or(0, count),
+        latest_made: None,
     }
 }
 
@@ -416,6 +417,34 @@ heartbeat: {source: Push, timeout: 30s}
             fallback(&failing).last_transition_time,
             fallback(&second).last_transition_time
         );
+    }
+
+    #[test]
+    fn a_steady_policy_renders_the_same_status_so_nothing_is_written() {
+        // Every 15s for longer than the 300s window, with heartbeats arriving.
+        let at = |prev: Option<&ScalingPolicyStatus>, rps: f64, now: Time| {
+            let p = policy();
+            let h = history(prev);
+            let mut s = seen(Reading::Value(rps));
+            for i in &mut s.instances {
+                i.heartbeat = i.heartbeat.map(|hb| Heartbeat {
+                    at: now.minus(std::time::Duration::from_secs(5)),
+                    ..hb
+                });
+            }
+            let d = engine::decide(&p, &s, &h, now);
+            let next = engine::next_history(&p, &h, &d, now);
+            render(prev, Some(3), s.replicas, &d, &next, &ready(), now)
+        };
+        let first = at(None, 150.0, Time::from_secs(1000));
+        assert_eq!(first.desired_replicas, Some(2));
+        let mut last = first.clone();
+        for i in 1..30 {
+            last = at(Some(&last), 150.0, Time::from_secs(1000 + 15 * i));
+        }
+        assert_eq!(last, first);
+        let changed = at(Some(&last), 160.0, Time::from_secs(1450));
+        assert_ne!(changed, first, "a new value is a change");
     }
 
     #[test]

@@ -388,15 +388,25 @@ impl ObservationBuilder {
 
 /// An empty history.
 pub fn history() -> HistoryBuilder {
-    HistoryBuilder(History::default())
+    HistoryBuilder(History::default(), false)
 }
 
+/// A history; the time of each recommendation is exactly known unless `restarted`.
 #[derive(Clone, Debug)]
-pub struct HistoryBuilder(History);
+pub struct HistoryBuilder(History, bool);
 
 impl HistoryBuilder {
-    pub fn build(self) -> History {
+    pub fn build(mut self) -> History {
+        if !self.1 {
+            self.0.latest_made = self.0.recommendations.last().map(|r| r.time);
+        }
         self.0
+    }
+    /// As read back from status by a controller that did not make the newest recommendation:
+    /// when it was last made is unknown.
+    pub fn restarted(mut self) -> Self {
+        self.1 = true;
+        self
     }
     /// A recommendation of `replicas` made at `at`.
     pub fn rec(mut self, at: Time, replicas: u32) -> Self {

@@ -259,4 +259,12 @@ fn a_second_policy_or_an_hpa_on_the_same_target_is_a_conflict() {
             .iter()
             .any(|(t, r)| t == "Warning" && r == "Conflict")
     );
+    // The HPA's removal is watched: the policy acts again without waiting out its 30s
+    // blocked requeue.
+    kubectl(&["-n", &ns.0, "delete", "hpa", "chat"]);
+    wait_for(
+        Duration::from_secs(25),
+        "the policy to be Ready once the HPA is gone",
+        || condition(&ns.0, "chat", "Ready").is_some_and(|(s, _, _)| s == "True"),
+    );
 }

@@ -8,21 +8,38 @@ use crate::policy::Policy;
 pub const MAX_ENTRIES: usize = 256;
 
 /// The history after `decision` at `now`. Scale events are recorded only when the decision
-/// was carried out.
+/// was carried out. A recommendation equal to the newest one extends that one's run instead of
+/// adding an entry, so in a steady state the recorded history does not change.
 pub fn next_history(policy: &Policy, history: &History, decision: &Decision, now: Time) -> History {
     let cutoff = now.minus(policy.history_horizon());
-    let mut recommendations: Vec<Recommendation> = history
-        .recommendations
-        .iter()
-        .copied()
-        .filter(|r| r.time > cutoff)
-        .collect();
+    let mut recommendations: Vec<Recommendation> = history.recommendations.clone();
+    let mut latest_made = history.latest_made;
     if decision.mode != Mode::Paused {
-        recommendations.push(Recommendation {
-            time: now,
-            replicas: decision.recommendation,
-        });
+        match recommendations.last_mut() {
+            Some(newest) if newest.replicas == decision.recommendation => {}
+            Some(newest) => {
+                // The run ends: it was last made at the previous decision.
+                newest.time = newest.time.max(history.latest_made.unwrap_or(now));
+                recommendations.push(Recommendation {
+                    time: now,
+                    replicas: decision.recommendation,
+                });
+            }
+            None => recommendations.push(Recommendation {
+                time: now,
+                replicas: decision.recommendation,
+            }),
+        }
+        latest_made = Some(now);
     }
+    // The newest is still in force whatever its time says.
+    let newest = recommendations.len().saturating_sub(1);
+    let recommendations = recommendations
+        .into_iter()
+        .enumerate()
+        .filter(|(i, r)| *i == newest || r.time > cutoff)
+        .map(|(_, r)| r)
+        .collect();
     let mut scale_events: Vec<ScaleEvent> = history
         .scale_events
         .iter()
@@ -38,6 +55,7 @@ pub fn next_history(policy: &Policy, history: &History, decision: &Decision, now
     }
     History {
         recommendations: keep_last(prune_dominated(recommendations)),
+        latest_made,
         scale_events: keep_last(scale_events),
         consecutive_failures: if decision.metrics_failed {
             history.consecutive_failures.saturating_add(1)

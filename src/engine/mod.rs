@@ -122,12 +122,31 @@ impl Instance {
 /// What the engine remembers between decisions; lives in the policy's status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct History {
-    /// Raw recommendations, oldest first, for the stabilization windows.
+    /// Raw recommendations, oldest first, for the stabilization windows. A run of equal
+    /// recommendations keeps one entry, so that a steady policy does not rewrite its status:
+    /// each entry's time is when it was last made, except the newest, which is still being
+    /// made and keeps the time its run began (see `latest_made`).
     pub recommendations: Vec<Recommendation>,
+    /// When the newest recommendation was last made. Known only in the memory of the
+    /// controller that made it (it is not written to status); when unknown, as after a restart,
+    /// the newest counts as made just now, which holds it in the windows the longest.
+    pub latest_made: Option<Time>,
     /// Changes of the serving replica count, oldest first, for the rate policies.
     pub scale_events: Vec<ScaleEvent>,
     /// Consecutive decisions in which some metric could not be read.
     pub consecutive_failures: u32,
+}
+
+impl History {
+    /// The recommendations as the windows see them at `now`: the newest one counts as made
+    /// at `latest_made`, or at `now` when that is unknown.
+    pub fn in_force(&self, now: Time) -> Vec<Recommendation> {
+        let mut recs = self.recommendations.clone();
+        if let Some(newest) = recs.last_mut() {
+            newest.time = newest.time.max(self.latest_made.unwrap_or(now));
+        }
+        recs
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -339,7 +358,7 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
     } else {
         let stable = stabilize(
             &policy.behavior,
-            &history.recommendations,
+            &history.in_force(now),
             recommendation,
             current,
             now,

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
@@ -98,14 +97,14 @@ pub async fn target(
     Ok(Ok(Target { replicas, selector }))
 }
 
-/// Another policy or a HorizontalPodAutoscaler that scales the same target. Of two policies the
-/// older one keeps it.
-pub async fn conflicts(
-    client: &Client,
+/// Another policy or a HorizontalPodAutoscaler that scales the same target, from the
+/// controller's caches. Of two policies the older one keeps it.
+pub fn conflicts(
     policies: &Store<ScalingPolicy>,
+    autoscalers: &Store<HorizontalPodAutoscaler>,
     sp: &ScalingPolicy,
     namespace: &str,
-) -> Result<Option<Blocked>, Error> {
+) -> Option<Blocked> {
     let target = &sp.spec.target_ref;
     let mine = (sp.creation_timestamp(), sp.name_any());
     let older = policies.state().into_iter().find(|other| {
@@ -115,32 +114,48 @@ pub async fn conflicts(
             && (other.creation_timestamp(), other.name_any()) < mine
     });
     if let Some(other) = older {
-        return Ok(Some(Blocked::Conflict(format!(
+        return Some(Blocked::Conflict(format!(
             "ScalingPolicy {} already scales {} {}: delete one of the two policies",
             other.name_any(),
             kind_name(target.kind),
             target.name
-        ))));
+        )));
     }
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
-    let list = hpas
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::ListAutoscalers { source })?;
-    let hpa = list.items.into_iter().find(|h| {
-        h.spec.as_ref().is_some_and(|s| {
-            s.scale_target_ref.kind == kind_name(target.kind)
-                && s.scale_target_ref.name == target.name
-        })
+    let hpa = autoscalers.state().into_iter().find(|h| {
+        h.namespace().as_deref() == Some(namespace)
+            && hpa_scales(h)
+                .is_some_and(|(kind, name)| kind == kind_name(target.kind) && name == target.name)
     });
-    Ok(hpa.map(|h| {
+    hpa.map(|h| {
         Blocked::Conflict(format!(
             "HorizontalPodAutoscaler {} also scales {} {}: delete it, drainscaler replaces it",
             h.name_any(),
             kind_name(target.kind),
             target.name
         ))
-    }))
+    })
+}
+
+/// The kind and name of the target an HPA scales.
+pub fn hpa_scales(hpa: &HorizontalPodAutoscaler) -> Option<(&str, &str)> {
+    hpa.spec.as_ref().map(|s| {
+        (
+            s.scale_target_ref.kind.as_str(),
+            s.scale_target_ref.name.as_str(),
+        )
+    })
+}
+
+/// Keeps of an HPA only what `conflicts` reads, so the cache stays small.
+pub fn prune_hpa(hpa: &mut HorizontalPodAutoscaler) {
+    hpa.metadata.managed_fields = None;
+    hpa.metadata.annotations = None;
+    hpa.metadata.labels = None;
+    hpa.status = None;
+    if let Some(spec) = hpa.spec.as_mut() {
+        spec.metrics = None;
+        spec.behavior = None;
+    }
 }
 
 pub fn kind_name(kind: TargetKind) -> &'static str {

@@ -100,7 +100,7 @@ fn pruning_dominated_recommendations_never_changes_what_the_windows_decide() {
         .scale_up(rules().window(120).percent(100, 15))
         .scale_down(rules().window(300).percent(100, 15))
         .build();
-    let values = [5, 9, 3, 3, 7, 2, 8, 8, 4, 6, 1, 5];
+    let values = [5, 9, 3, 3, 7, 2, 8, 8, 8, 4, 6, 1, 5, 5];
     let mut pruned = History::default();
     let mut full: Vec<Recommendation> = Vec::new();
     for (i, v) in values.iter().enumerate() {
@@ -119,7 +119,7 @@ fn pruning_dominated_recommendations_never_changes_what_the_windows_decide() {
         for later in [now, now.plus(crate::testing::secs(100))] {
             for (rec, current) in [(1, 5), (9, 5), (5, 5), (2, 8)] {
                 assert_eq!(
-                    stabilize(&p.behavior, &pruned.recommendations, rec, current, later),
+                    stabilize(&p.behavior, &pruned.in_force(later), rec, current, later),
                     stabilize(&p.behavior, &full, rec, current, later),
                     "after {} decisions",
                     i + 1
@@ -128,6 +128,71 @@ fn pruning_dominated_recommendations_never_changes_what_the_windows_decide() {
         }
     }
     assert!(pruned.recommendations.len() < full.len());
+}
+
+/// Decides with `rps` at `now` on `h` and returns the history that follows.
+fn step(p: &crate::policy::Policy, h: &History, rps: f64, now: Time) -> History {
+    let seen = observation().replicas(5).reading("rps", rps).build();
+    let d = decide(p, &seen, h, now);
+    next_history(p, h, &d, now)
+}
+
+#[test]
+fn a_steady_recommendation_leaves_the_recorded_history_unchanged() {
+    let p = rps().build();
+    let first = step(&p, &History::default(), 500.0, NOW);
+    let mut h = first.clone();
+    for i in 1..40 {
+        h = step(&p, &h, 500.0, NOW.plus(crate::testing::secs(15 * i)));
+    }
+    // Longer than the 300s window: the run is still in force, and nothing is rewritten.
+    assert_eq!(h.recommendations, first.recommendations);
+    assert_eq!(h.latest_made, Some(NOW.plus(crate::testing::secs(15 * 39))));
+}
+
+#[test]
+fn a_run_that_ends_is_recorded_at_its_last_decision() {
+    let p = rps().build();
+    let at = |s: u64| NOW.plus(crate::testing::secs(s));
+    let mut h = History::default();
+    for (t, v) in [(0, 900.0), (15, 900.0), (30, 900.0), (45, 500.0)] {
+        h = step(&p, &h, v, at(t));
+    }
+    assert_eq!(
+        h.recommendations,
+        [
+            Recommendation {
+                time: at(30),
+                replicas: 9
+            },
+            Recommendation {
+                time: at(45),
+                replicas: 5
+            }
+        ]
+    );
+    // The 9 holds the scale-down for the 300s window after it was last made, not first.
+    let seen = observation().replicas(9).reading("rps", 500.0).build();
+    assert_eq!(decide(&p, &seen, &h, at(329)).desired, 9);
+    assert_eq!(decide(&p, &seen, &h, at(330)).desired, 5);
+}
+
+#[test]
+fn after_a_restart_the_newest_recommendation_counts_as_made_just_now() {
+    // Read back from status, 9 was first made 400s ago and may have been made until now.
+    let seen = observation().replicas(9).reading("rps", 500.0).build();
+    let p = rps().build();
+    let known = history().rec(ago(400), 9).build();
+    assert_eq!(decide(&p, &seen, &known, NOW).desired, 5);
+    let restarted = history().rec(ago(400), 9).restarted().build();
+    assert_eq!(decide(&p, &seen, &restarted, NOW).desired, 9);
+    // Once this controller recommends 5, the 9 counts as last made now and ages out normally.
+    let h = next_history(&p, &restarted, &decide(&p, &seen, &restarted, NOW), NOW);
+    assert_eq!(h.recommendations[0].time, NOW);
+    assert_eq!(
+        decide(&p, &seen, &h, NOW.plus(crate::testing::secs(300))).desired,
+        5
+    );
 }
 
 #[test]

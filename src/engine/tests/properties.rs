@@ -231,6 +231,7 @@ prop_compose! {
         recs in vec((0u64..900, 0u32..16), 0..20),
         events in vec((0u64..900, 0u32..16, 0u32..16), 0..6),
         consecutive_failures in 0u32..5,
+        latest_known in pbool::ANY,
     ) -> History {
         let mut recommendations: Vec<Recommendation> = recs
             .into_iter()
@@ -242,7 +243,8 @@ prop_compose! {
             .map(|(t, from, to)| ScaleEvent { time: ago(t), from, to })
             .collect();
         scale_events.sort_by_key(|e| e.time);
-        History { recommendations, scale_events, consecutive_failures }
+        let latest_made = if latest_known { recommendations.last().map(|r| r.time) } else { None };
+        History { recommendations, latest_made, scale_events, consecutive_failures }
     }
 }
 
