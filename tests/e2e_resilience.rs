@@ -4,13 +4,15 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use drainscaler::leader::{LEASE_DURATION, RETRY_PERIOD};
+use serde_json::Value;
 use support::{
-    Controller, Namespace, active_sessions, app_with_controller, apply, condition, container_pid,
-    dropped_sessions, enabled, event_reasons, install_crd, kubectl_json, pod_exists, pods, policy,
-    ready_replicas, session_app, sessions_spec, signal, spec_replicas, traffic, traffic_summary,
-    wait_for,
+    Controller, FakePrometheus, Namespace, active_sessions, app_with_controller, apply, condition,
+    container_pid, dropped_sessions, enabled, event_reasons, http, install_crd, kubectl_json,
+    pod_exists, pods, policy, ready_replicas, sample, session_app, sessions_spec, signal,
+    spec_replicas, traffic, traffic_summary, wait_for,
 };
 
 fn draining(ns: &str) -> Vec<String> {
@@ -292,6 +294,173 @@ fn a_second_replica_takes_over_when_the_leader_stops() {
         Duration::from_secs(60),
         "the new leader to reconcile",
         || condition(&ns.0, "chat", "Ready").is_some_and(|(s, _, _)| s == "True"),
+    );
+}
+
+/// The spec of the policies on the fake Prometheus: `rps` at 10 per replica, 1 to 6 replicas
+/// decided every `interval`, a fallback of 5 replicas after 3 failed readings, and scale-in
+/// without stabilization or drains, so that a metric wrongly read as low would scale down at
+/// once.
+fn prometheus_spec(prometheus: &FakePrometheus, interval: &str) -> String {
+    format!(
+        r#"  minReplicas: 1
+  maxReplicas: 6
+  interval: {interval}
+  prometheus: {{address: "{}", timeout: 1s}}
+  metrics:
+  - name: rps
+    prometheus: {{query: "sum(rate(requests_total[1m]))"}}
+    target: {{type: AverageValue, averageValue: "10"}}
+  fallback: {{failureThreshold: 3, replicas: 5}}
+  drain: {{timeout: 0s}}
+  behavior:
+    scaleDown: {{stabilizationWindowSeconds: 0}}
+"#,
+        prometheus.url()
+    )
+}
+
+/// Reconciles the controller has finished, from its `/metrics`.
+fn reconciles_done(controller: &Controller) -> f64 {
+    let (_, page) = http("GET", &controller.addr, "/metrics", &[], "");
+    sample(&page, "drainscaler_reconcile_duration_seconds_count").unwrap_or(0.0)
+}
+
+/// The policy `chat`'s status.
+fn status(ns: &str) -> Value {
+    let mut sp = kubectl_json(&["-n", ns, "get", "scalingpolicy", "chat"]);
+    sp["status"].take()
+}
+
+/// Who holds the controllers' lease in `ns`.
+fn lease_holder(ns: &str) -> String {
+    let lease = kubectl_json(&["-n", ns, "get", "lease", "drainscaler"]);
+    lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The policy `chat`'s events of `reason`, as (note, times seen).
+fn events_of(ns: &str, reason: &str) -> Vec<(String, u64)> {
+    let list = kubectl_json(&[
+        "-n",
+        ns,
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name=chat,involvedObject.kind=ScalingPolicy,reason={reason}"),
+    ]);
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|e| {
+                    (
+                        e["message"].as_str().unwrap_or_default().to_owned(),
+                        // Repeats fold into the event's series (events.k8s.io/v1).
+                        e["series"]["count"]
+                            .as_u64()
+                            .or_else(|| e["count"].as_u64())
+                            .unwrap_or(1),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_killed_leader_hands_over_within_the_lease_duration_without_scaling_twice() {
+    if !enabled("a_killed_leader_hands_over_within_the_lease_duration_without_scaling_twice") {
+        return;
+    }
+    let prometheus = FakePrometheus::start(25.0);
+    let (ns, mut first) = app_with_controller("leader-killed", 1);
+    wait_for(Duration::from_secs(30), "the first to lead", || {
+        first.logs().contains("leading")
+    });
+    let second = Controller::start(&ns.0, &[]);
+    wait_for(Duration::from_secs(30), "the second to wait", || {
+        second.logs().contains("waiting for the lease")
+    });
+    apply(&policy(&ns.0, "chat", &prometheus_spec(&prometheus, "2s")));
+    wait_for(
+        Duration::from_secs(60),
+        "the leader to scale to three for 25 rps and say so",
+        || spec_replicas(&ns.0, "chat") == 3 && !events_of(&ns.0, "ScaledUp").is_empty(),
+    );
+    assert!(
+        !second.logs().contains("leading"),
+        "two leaders:\n{}",
+        second.logs()
+    );
+    assert_eq!(
+        reconciles_done(&second),
+        0.0,
+        "the waiting replica reconciled"
+    );
+    let holder = lease_holder(&ns.0);
+    let scaled_at = status(&ns.0)["lastScaleTime"].clone();
+    assert!(!scaled_at.is_null(), "no lastScaleTime after scaling");
+
+    first.kill();
+    let killed = Instant::now();
+    assert_eq!(
+        lease_holder(&ns.0),
+        holder,
+        "the killed leader's lease did not stay until it expired"
+    );
+    // The lease runs out at most LEASE_DURATION after its last renewal and the second tries
+    // every RETRY_PERIOD; the rest is slack for a loaded machine.
+    wait_for(
+        LEASE_DURATION + RETRY_PERIOD + Duration::from_secs(3),
+        "the second to take over",
+        || {
+            let replicas = spec_replicas(&ns.0, "chat");
+            assert_eq!(replicas, 3, "the replicas changed during the handover");
+            second.logs().contains("leading")
+        },
+    );
+    let took = killed.elapsed();
+    eprintln!("took over {:.1}s after the kill", took.as_secs_f64());
+    let successor = lease_holder(&ns.0);
+    assert!(
+        !successor.is_empty() && successor != holder,
+        "the lease is still held by {successor:?}, not the second"
+    );
+    // It was renewed at most LEASE_DURATION / 3 before the kill: taking over sooner means it
+    // was released or taken from a live holder.
+    assert!(
+        took >= LEASE_DURATION / 2,
+        "took over {took:?} after the kill, before the lease could expire"
+    );
+
+    wait_for(
+        Duration::from_secs(30),
+        "three reconciles by the new leader",
+        || {
+            let replicas = spec_replicas(&ns.0, "chat");
+            assert_eq!(replicas, 3, "the new leader changed the replicas");
+            reconciles_done(&second) >= 3.0
+        },
+    );
+    let status = status(&ns.0);
+    assert_eq!(status["desiredReplicas"], 3, "{status}");
+    assert_eq!(
+        status["lastScaleTime"], scaled_at,
+        "the new leader scaled: {status}"
+    );
+    let scaled_up = events_of(&ns.0, "ScaledUp");
+    assert!(
+        matches!(scaled_up.as_slice(), [(note, 1)] if note.contains("from 1 to 3")),
+        "ScaledUp events: {scaled_up:?}"
+    );
+    assert!(
+        events_of(&ns.0, "ScaledDown").is_empty(),
+        "{:?}",
+        event_reasons(&ns.0, "chat")
     );
 }
 
