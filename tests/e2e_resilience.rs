@@ -1,6 +1,7 @@
 //! `drainscaler run` when things go wrong or change: load returning mid-drain, lost instances,
-//! Prometheus unreachable, controller restarts and leader handover. Run with
-//! `DRAINSCALER_E2E=1` after `scripts/cluster up` and `eval "$(scripts/cluster env)"`.
+//! Prometheus stopping and coming back, controller restarts, and leader handover when the leader
+//! stops or is killed. Run with `DRAINSCALER_E2E=1` after `scripts/cluster up` and
+//! `eval "$(scripts/cluster env)"`.
 
 mod support;
 
@@ -10,9 +11,9 @@ use drainscaler::leader::{LEASE_DURATION, RETRY_PERIOD};
 use serde_json::Value;
 use support::{
     Controller, FakePrometheus, Namespace, active_sessions, app_with_controller, apply, condition,
-    container_pid, dropped_sessions, enabled, event_reasons, http, install_crd, kubectl_json,
-    pod_exists, pods, policy, ready_replicas, sample, session_app, sessions_spec, signal,
-    spec_replicas, traffic, traffic_summary, wait_for,
+    container_pid, dropped_sessions, enabled, event_reasons, http, install_crd, kubectl,
+    kubectl_json, pod_exists, pods, policy, ready_replicas, sample, session_app, sessions_spec,
+    signal, spec_replicas, traffic, traffic_summary, wait_for,
 };
 
 fn draining(ns: &str) -> Vec<String> {
@@ -178,43 +179,6 @@ fn a_lost_instance_is_replaced() {
 }
 
 #[test]
-fn unreachable_prometheus_never_scales_down_and_falls_back_after_the_threshold() {
-    if !enabled("unreachable_prometheus_never_scales_down_and_falls_back_after_the_threshold") {
-        return;
-    }
-    let (ns, _controller) = app_with_controller("prometheus-down", 3);
-    apply(&policy(
-        &ns.0,
-        "chat",
-        r#"  minReplicas: 1
-  maxReplicas: 5
-  interval: 2s
-  prometheus: {address: "http://127.0.0.1:9", timeout: 1s}
-  metrics:
-  - name: rps
-    prometheus: {query: "vector(0)"}
-    target: {type: AverageValue, averageValue: "10"}
-  fallback: {failureThreshold: 3, replicas: 4}
-"#,
-    ));
-    wait_for(Duration::from_secs(60), "the fallback", || {
-        let replicas = spec_replicas(&ns.0, "chat");
-        assert!(
-            replicas >= 3,
-            "scaled down to {replicas} on missing metrics"
-        );
-        replicas == 4
-    });
-    let (status, reason, _) = condition(&ns.0, "chat", "Fallback").expect("Fallback");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("True", "FallbackActive")
-    );
-    assert!(has_event(&ns.0, "MetricUnavailable"));
-    assert!(has_event(&ns.0, "FallbackActive"));
-}
-
-#[test]
 fn a_prometheus_metric_scales_the_target() {
     if !enabled("a_prometheus_metric_scales_the_target")
         || std::env::var_os("PROMETHEUS_URL").is_none()
@@ -330,6 +294,144 @@ fn reconciles_done(controller: &Controller) -> f64 {
 fn status(ns: &str) -> Value {
     let mut sp = kubectl_json(&["-n", ns, "get", "scalingpolicy", "chat"]);
     sp["status"].take()
+}
+
+/// A condition of `type_` in a policy status, as (status, reason, message).
+fn status_condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
+    let c = status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?;
+    let text = |key: &str| c[key].as_str().unwrap_or_default().to_owned();
+    Some((text("status"), text("reason"), text("message")))
+}
+
+#[test]
+fn prometheus_going_down_holds_the_count_falls_back_after_the_threshold_and_recovers() {
+    if !enabled("prometheus_going_down_holds_the_count_falls_back_after_the_threshold_and_recovers")
+    {
+        return;
+    }
+    let mut prometheus = FakePrometheus::start(25.0);
+    let (ns, controller) = app_with_controller("prometheus-down", 1);
+    // Readings 5s apart leave time to change a pod between two of them.
+    apply(&policy(&ns.0, "chat", &prometheus_spec(&prometheus, "5s")));
+    wait_for(Duration::from_secs(60), "three replicas for 25 rps", || {
+        spec_replicas(&ns.0, "chat") == 3
+    });
+    let (fallback, reason, message) = condition(&ns.0, "chat", "Fallback").expect("Fallback");
+    assert_eq!(
+        (fallback.as_str(), reason.as_str()),
+        ("False", "MetricsAvailable"),
+        "{message}"
+    );
+
+    prometheus.stop();
+    wait_for(
+        Duration::from_secs(30),
+        "two failed readings, one short of the threshold",
+        || {
+            let failures = status(&ns.0)["consecutiveFailures"].as_u64();
+            let replicas = spec_replicas(&ns.0, "chat");
+            assert_eq!(
+                replicas, 3,
+                "the count was not held after {failures:?} failed readings"
+            );
+            failures == Some(2)
+        },
+    );
+    // A pod changes before the next reading, as pods do: the reconcile this triggers reuses
+    // the last reading and must not count it as another failure.
+    let done = reconciles_done(&controller);
+    let pod = &pods(&ns.0, "chat")[0].0;
+    kubectl(&[
+        "-n",
+        &ns.0,
+        "annotate",
+        "pod",
+        pod,
+        "e2e.drainscaler.io/touched=true",
+    ]);
+    wait_for(
+        Duration::from_secs(10),
+        "the reconcile of the pod change",
+        || reconciles_done(&controller) > done,
+    );
+
+    // Fallback reasons in the order seen.
+    let mut reasons: Vec<String> = Vec::new();
+    wait_for(
+        Duration::from_secs(30),
+        "the fallback of five replicas",
+        || {
+            // The status first: the controller scales before it writes the status, so a
+            // status that shows the fallback comes with five replicas.
+            let status = status(&ns.0);
+            let replicas = spec_replicas(&ns.0, "chat");
+            assert!(
+                replicas == 3 || replicas == 5,
+                "{replicas} replicas while Prometheus is down: only the 3 held or the fallback of 5 are right"
+            );
+            let Some((fallback, reason, message)) = status_condition(&status, "Fallback") else {
+                return false;
+            };
+            if reasons.last() != Some(&reason) {
+                reasons.push(reason.clone());
+            }
+            if fallback != "True" {
+                return false;
+            }
+            let failures = status["consecutiveFailures"].as_u64().unwrap_or(0);
+            assert!(
+                failures >= 3,
+                "the fallback applies after {failures} failed readings, below the threshold of 3: {message}"
+            );
+            assert_eq!(
+                replicas, 5,
+                "the fallback is active at {replicas} replicas: {message}"
+            );
+            true
+        },
+    );
+    assert_eq!(
+        reasons,
+        ["MetricsFailing", "FallbackActive"],
+        "the Fallback condition's reasons after two failed readings"
+    );
+    let reasons = event_reasons(&ns.0, "chat");
+    assert!(has_event(&ns.0, "MetricUnavailable"), "{reasons:?}");
+    assert!(has_event(&ns.0, "FallbackActive"), "{reasons:?}");
+
+    prometheus.set(15.0);
+    prometheus.restart();
+    wait_for(
+        Duration::from_secs(60),
+        "the fallback to end and two replicas for 15 rps",
+        || {
+            let status = status(&ns.0);
+            let replicas = spec_replicas(&ns.0, "chat");
+            assert!(
+                replicas >= 2,
+                "{replicas} replicas, below the 2 that 15 rps asks for"
+            );
+            let ended = status_condition(&status, "Fallback")
+                .is_some_and(|(s, r, _)| s == "False" && r == "MetricsAvailable");
+            ended && replicas == 2
+        },
+    );
+    let status = status(&ns.0);
+    let (active, reason, message) =
+        status_condition(&status, "ScalingActive").expect("ScalingActive");
+    assert_eq!(
+        (active.as_str(), reason.as_str()),
+        ("True", "ValidMetricFound"),
+        "{message}"
+    );
+    assert!(message.contains("rps asks for 2"), "{message}");
+    assert!(
+        status["consecutiveFailures"].is_null(),
+        "failures still counted after recovery: {status}"
+    );
 }
 
 /// Who holds the controllers' lease in `ns`.
