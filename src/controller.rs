@@ -158,9 +158,16 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
     let mut history = status::history(sp.status.as_ref());
     ctx.latest_made
         .fill(&ObjectRef::from_obj(&*sp), &mut history);
+    // Reused readings were counted in the history when they were read: decide on the count
+    // before them, or a reconcile between two readings counts a failure again and can bring
+    // the fallback forward.
+    let mut before = history.clone();
+    if reuse.is_some() {
+        before.consecutive_failures = before.consecutive_failures.saturating_sub(1);
+    }
 
     // decide (pure)
-    let decision = engine::decide(&policy, &seen, &history, now);
+    let decision = engine::decide(&policy, &seen, &before, now);
 
     // act (needs a client)
     let applied = act::act(client, &namespace, &policy, &seen, &decision, now).await?;

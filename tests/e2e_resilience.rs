@@ -1,16 +1,19 @@
 //! `drainscaler run` when things go wrong or change: load returning mid-drain, lost instances,
-//! Prometheus unreachable, controller restarts and leader handover. Run with
-//! `DRAINSCALER_E2E=1` after `scripts/cluster up` and `eval "$(scripts/cluster env)"`.
+//! Prometheus stopping and coming back, controller restarts, and leader handover when the leader
+//! stops or is killed. Run with `DRAINSCALER_E2E=1` after `scripts/cluster up` and
+//! `eval "$(scripts/cluster env)"`.
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use drainscaler::leader::{LEASE_DURATION, RETRY_PERIOD};
+use serde_json::Value;
 use support::{
-    Controller, Namespace, active_sessions, app_with_controller, apply, condition, container_pid,
-    dropped_sessions, enabled, event_reasons, install_crd, kubectl_json, pod_exists, pods, policy,
-    ready_replicas, session_app, sessions_spec, signal, spec_replicas, traffic, traffic_summary,
-    wait_for,
+    Controller, FakePrometheus, Namespace, active_sessions, app_with_controller, apply, condition,
+    container_pid, dropped_sessions, enabled, event_reasons, http, install_crd, kubectl,
+    kubectl_json, pod_exists, pods, policy, ready_replicas, sample, session_app, sessions_spec,
+    signal, spec_replicas, traffic, traffic_summary, wait_for,
 };
 
 fn draining(ns: &str) -> Vec<String> {
@@ -176,43 +179,6 @@ fn a_lost_instance_is_replaced() {
 }
 
 #[test]
-fn unreachable_prometheus_never_scales_down_and_falls_back_after_the_threshold() {
-    if !enabled("unreachable_prometheus_never_scales_down_and_falls_back_after_the_threshold") {
-        return;
-    }
-    let (ns, _controller) = app_with_controller("prometheus-down", 3);
-    apply(&policy(
-        &ns.0,
-        "chat",
-        r#"  minReplicas: 1
-  maxReplicas: 5
-  interval: 2s
-  prometheus: {address: "http://127.0.0.1:9", timeout: 1s}
-  metrics:
-  - name: rps
-    prometheus: {query: "vector(0)"}
-    target: {type: AverageValue, averageValue: "10"}
-  fallback: {failureThreshold: 3, replicas: 4}
-"#,
-    ));
-    wait_for(Duration::from_secs(60), "the fallback", || {
-        let replicas = spec_replicas(&ns.0, "chat");
-        assert!(
-            replicas >= 3,
-            "scaled down to {replicas} on missing metrics"
-        );
-        replicas == 4
-    });
-    let (status, reason, _) = condition(&ns.0, "chat", "Fallback").expect("Fallback");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("True", "FallbackActive")
-    );
-    assert!(has_event(&ns.0, "MetricUnavailable"));
-    assert!(has_event(&ns.0, "FallbackActive"));
-}
-
-#[test]
 fn a_prometheus_metric_scales_the_target() {
     if !enabled("a_prometheus_metric_scales_the_target")
         || std::env::var_os("PROMETHEUS_URL").is_none()
@@ -292,6 +258,311 @@ fn a_second_replica_takes_over_when_the_leader_stops() {
         Duration::from_secs(60),
         "the new leader to reconcile",
         || condition(&ns.0, "chat", "Ready").is_some_and(|(s, _, _)| s == "True"),
+    );
+}
+
+/// The spec of the policies on the fake Prometheus: `rps` at 10 per replica, 1 to 6 replicas
+/// decided every `interval`, a fallback of 5 replicas after 3 failed readings, and scale-in
+/// without stabilization or drains, so that a metric wrongly read as low would scale down at
+/// once.
+fn prometheus_spec(prometheus: &FakePrometheus, interval: &str) -> String {
+    format!(
+        r#"  minReplicas: 1
+  maxReplicas: 6
+  interval: {interval}
+  prometheus: {{address: "{}", timeout: 1s}}
+  metrics:
+  - name: rps
+    prometheus: {{query: "sum(rate(requests_total[1m]))"}}
+    target: {{type: AverageValue, averageValue: "10"}}
+  fallback: {{failureThreshold: 3, replicas: 5}}
+  drain: {{timeout: 0s}}
+  behavior:
+    scaleDown: {{stabilizationWindowSeconds: 0}}
+"#,
+        prometheus.url()
+    )
+}
+
+/// Reconciles the controller has finished, from its `/metrics`.
+fn reconciles_done(controller: &Controller) -> f64 {
+    let (_, page) = http("GET", &controller.addr, "/metrics", &[], "");
+    sample(&page, "drainscaler_reconcile_duration_seconds_count").unwrap_or(0.0)
+}
+
+/// The policy `chat`'s status.
+fn status(ns: &str) -> Value {
+    let mut sp = kubectl_json(&["-n", ns, "get", "scalingpolicy", "chat"]);
+    sp["status"].take()
+}
+
+/// A condition of `type_` in a policy status, as (status, reason, message).
+fn status_condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
+    let c = status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?;
+    let text = |key: &str| c[key].as_str().unwrap_or_default().to_owned();
+    Some((text("status"), text("reason"), text("message")))
+}
+
+#[test]
+fn prometheus_going_down_holds_the_count_falls_back_after_the_threshold_and_recovers() {
+    if !enabled("prometheus_going_down_holds_the_count_falls_back_after_the_threshold_and_recovers")
+    {
+        return;
+    }
+    let mut prometheus = FakePrometheus::start(25.0);
+    let (ns, controller) = app_with_controller("prometheus-down", 1);
+    // Readings 5s apart leave time to change a pod between two of them.
+    apply(&policy(&ns.0, "chat", &prometheus_spec(&prometheus, "5s")));
+    wait_for(Duration::from_secs(60), "three replicas for 25 rps", || {
+        spec_replicas(&ns.0, "chat") == 3
+    });
+    let (fallback, reason, message) = condition(&ns.0, "chat", "Fallback").expect("Fallback");
+    assert_eq!(
+        (fallback.as_str(), reason.as_str()),
+        ("False", "MetricsAvailable"),
+        "{message}"
+    );
+
+    prometheus.stop();
+    wait_for(
+        Duration::from_secs(30),
+        "two failed readings, one short of the threshold",
+        || {
+            let failures = status(&ns.0)["consecutiveFailures"].as_u64();
+            let replicas = spec_replicas(&ns.0, "chat");
+            assert_eq!(
+                replicas, 3,
+                "the count was not held after {failures:?} failed readings"
+            );
+            failures == Some(2)
+        },
+    );
+    // A pod changes before the next reading, as pods do: the reconcile this triggers reuses
+    // the last reading and must not count it as another failure.
+    let done = reconciles_done(&controller);
+    let pod = &pods(&ns.0, "chat")[0].0;
+    kubectl(&[
+        "-n",
+        &ns.0,
+        "annotate",
+        "pod",
+        pod,
+        "e2e.drainscaler.io/touched=true",
+    ]);
+    wait_for(
+        Duration::from_secs(10),
+        "the reconcile of the pod change",
+        || reconciles_done(&controller) > done,
+    );
+
+    // Fallback reasons in the order seen.
+    let mut reasons: Vec<String> = Vec::new();
+    wait_for(
+        Duration::from_secs(30),
+        "the fallback of five replicas",
+        || {
+            // The status first: the controller scales before it writes the status, so a
+            // status that shows the fallback comes with five replicas.
+            let status = status(&ns.0);
+            let replicas = spec_replicas(&ns.0, "chat");
+            assert!(
+                replicas == 3 || replicas == 5,
+                "{replicas} replicas while Prometheus is down: only the 3 held or the fallback of 5 are right"
+            );
+            let Some((fallback, reason, message)) = status_condition(&status, "Fallback") else {
+                return false;
+            };
+            if reasons.last() != Some(&reason) {
+                reasons.push(reason.clone());
+            }
+            if fallback != "True" {
+                return false;
+            }
+            let failures = status["consecutiveFailures"].as_u64().unwrap_or(0);
+            assert!(
+                failures >= 3,
+                "the fallback applies after {failures} failed readings, below the threshold of 3: {message}"
+            );
+            assert_eq!(
+                replicas, 5,
+                "the fallback is active at {replicas} replicas: {message}"
+            );
+            true
+        },
+    );
+    assert_eq!(
+        reasons,
+        ["MetricsFailing", "FallbackActive"],
+        "the Fallback condition's reasons after two failed readings"
+    );
+    let reasons = event_reasons(&ns.0, "chat");
+    assert!(has_event(&ns.0, "MetricUnavailable"), "{reasons:?}");
+    assert!(has_event(&ns.0, "FallbackActive"), "{reasons:?}");
+
+    prometheus.set(15.0);
+    prometheus.restart();
+    wait_for(
+        Duration::from_secs(60),
+        "the fallback to end and two replicas for 15 rps",
+        || {
+            let status = status(&ns.0);
+            let replicas = spec_replicas(&ns.0, "chat");
+            assert!(
+                replicas >= 2,
+                "{replicas} replicas, below the 2 that 15 rps asks for"
+            );
+            let ended = status_condition(&status, "Fallback")
+                .is_some_and(|(s, r, _)| s == "False" && r == "MetricsAvailable");
+            ended && replicas == 2
+        },
+    );
+    let status = status(&ns.0);
+    let (active, reason, message) =
+        status_condition(&status, "ScalingActive").expect("ScalingActive");
+    assert_eq!(
+        (active.as_str(), reason.as_str()),
+        ("True", "ValidMetricFound"),
+        "{message}"
+    );
+    assert!(message.contains("rps asks for 2"), "{message}");
+    assert!(
+        status["consecutiveFailures"].is_null(),
+        "failures still counted after recovery: {status}"
+    );
+}
+
+/// Who holds the controllers' lease in `ns`.
+fn lease_holder(ns: &str) -> String {
+    let lease = kubectl_json(&["-n", ns, "get", "lease", "drainscaler"]);
+    lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The policy `chat`'s events of `reason`, as (note, times seen).
+fn events_of(ns: &str, reason: &str) -> Vec<(String, u64)> {
+    let list = kubectl_json(&[
+        "-n",
+        ns,
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name=chat,involvedObject.kind=ScalingPolicy,reason={reason}"),
+    ]);
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|e| {
+                    (
+                        e["message"].as_str().unwrap_or_default().to_owned(),
+                        // Repeats fold into the event's series (events.k8s.io/v1).
+                        e["series"]["count"]
+                            .as_u64()
+                            .or_else(|| e["count"].as_u64())
+                            .unwrap_or(1),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_killed_leader_hands_over_within_the_lease_duration_without_scaling_twice() {
+    if !enabled("a_killed_leader_hands_over_within_the_lease_duration_without_scaling_twice") {
+        return;
+    }
+    let prometheus = FakePrometheus::start(25.0);
+    let (ns, mut first) = app_with_controller("leader-killed", 1);
+    wait_for(Duration::from_secs(30), "the first to lead", || {
+        first.logs().contains("leading")
+    });
+    let second = Controller::start(&ns.0, &[]);
+    wait_for(Duration::from_secs(30), "the second to wait", || {
+        second.logs().contains("waiting for the lease")
+    });
+    apply(&policy(&ns.0, "chat", &prometheus_spec(&prometheus, "2s")));
+    wait_for(
+        Duration::from_secs(60),
+        "the leader to scale to three for 25 rps and say so",
+        || spec_replicas(&ns.0, "chat") == 3 && !events_of(&ns.0, "ScaledUp").is_empty(),
+    );
+    assert!(
+        !second.logs().contains("leading"),
+        "two leaders:\n{}",
+        second.logs()
+    );
+    assert_eq!(
+        reconciles_done(&second),
+        0.0,
+        "the waiting replica reconciled"
+    );
+    let holder = lease_holder(&ns.0);
+    let scaled_at = status(&ns.0)["lastScaleTime"].clone();
+    assert!(!scaled_at.is_null(), "no lastScaleTime after scaling");
+
+    first.kill();
+    let killed = Instant::now();
+    assert_eq!(
+        lease_holder(&ns.0),
+        holder,
+        "the killed leader's lease did not stay until it expired"
+    );
+    // The lease runs out at most LEASE_DURATION after its last renewal and the second tries
+    // every RETRY_PERIOD; the rest is slack for a loaded machine.
+    wait_for(
+        LEASE_DURATION + RETRY_PERIOD + Duration::from_secs(3),
+        "the second to take over",
+        || {
+            let replicas = spec_replicas(&ns.0, "chat");
+            assert_eq!(replicas, 3, "the replicas changed during the handover");
+            second.logs().contains("leading")
+        },
+    );
+    let took = killed.elapsed();
+    eprintln!("took over {:.1}s after the kill", took.as_secs_f64());
+    let successor = lease_holder(&ns.0);
+    assert!(
+        !successor.is_empty() && successor != holder,
+        "the lease is still held by {successor:?}, not the second"
+    );
+    // It was renewed at most LEASE_DURATION / 3 before the kill: taking over sooner means it
+    // was released or taken from a live holder.
+    assert!(
+        took >= LEASE_DURATION / 2,
+        "took over {took:?} after the kill, before the lease could expire"
+    );
+
+    wait_for(
+        Duration::from_secs(30),
+        "three reconciles by the new leader",
+        || {
+            let replicas = spec_replicas(&ns.0, "chat");
+            assert_eq!(replicas, 3, "the new leader changed the replicas");
+            reconciles_done(&second) >= 3.0
+        },
+    );
+    let status = status(&ns.0);
+    assert_eq!(status["desiredReplicas"], 3, "{status}");
+    assert_eq!(
+        status["lastScaleTime"], scaled_at,
+        "the new leader scaled: {status}"
+    );
+    let scaled_up = events_of(&ns.0, "ScaledUp");
+    assert!(
+        matches!(scaled_up.as_slice(), [(note, 1)] if note.contains("from 1 to 3")),
+        "ScaledUp events: {scaled_up:?}"
+    );
+    assert!(
+        events_of(&ns.0, "ScaledDown").is_empty(),
+        "{:?}",
+        event_reasons(&ns.0, "chat")
     );
 }
 

@@ -4,10 +4,13 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -254,6 +257,14 @@ impl Controller {
         let _ = self.child.wait();
     }
 
+    /// Kills the process with SIGKILL, as a crashed node or the OOM killer would: it cannot
+    /// release the lease or clear its leader label.
+    pub fn kill(&mut self) {
+        // `Child::kill` sends SIGKILL on Unix.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -303,6 +314,177 @@ pub fn http(
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A stand-in Prometheus on 127.0.0.1 for a policy's `spec.prometheus.address`: it answers
+/// every instant query (`/api/v1/query`, GET or form POST) with one sample of the value last
+/// set. `stop` closes its port, so that queries are refused as when Prometheus is down;
+/// `restart` listens on the same port again.
+pub struct FakePrometheus {
+    pub addr: SocketAddr,
+    value: Arc<Mutex<f64>>,
+    queries: Arc<AtomicU64>,
+    serving: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl FakePrometheus {
+    pub fn start(value: f64) -> FakePrometheus {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the fake Prometheus");
+        let addr = listener
+            .local_addr()
+            .expect("the fake Prometheus's address");
+        let mut prometheus = FakePrometheus {
+            addr,
+            value: Arc::new(Mutex::new(value)),
+            queries: Arc::default(),
+            serving: None,
+        };
+        prometheus.serve(listener);
+        prometheus
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Answers `value` from the next query on.
+    pub fn set(&self, value: f64) {
+        *self.value.lock().unwrap_or_else(PoisonError::into_inner) = value;
+    }
+
+    /// Instant queries answered so far.
+    pub fn queries(&self) -> u64 {
+        self.queries.load(Ordering::SeqCst)
+    }
+
+    /// Closes the port: connections are refused until `restart`.
+    pub fn stop(&mut self) {
+        self.halt();
+        assert!(
+            TcpStream::connect(self.addr).is_err(),
+            "the stopped fake Prometheus on {} still accepts connections",
+            self.addr
+        );
+    }
+
+    /// Listens on the same port again.
+    pub fn restart(&mut self) {
+        if self.serving.is_some() {
+            return;
+        }
+        let listener = TcpListener::bind(self.addr)
+            .unwrap_or_else(|e| panic!("listening again on {}: {e}", self.addr));
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        // Non-blocking, so that the thread notices `halt` and drops the listener.
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let halted = Arc::new(AtomicBool::new(false));
+        let (value, queries, stop) = (
+            Arc::clone(&self.value),
+            Arc::clone(&self.queries),
+            Arc::clone(&halted),
+        );
+        let thread = std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let v = *value.lock().unwrap_or_else(PoisonError::into_inner);
+                        if answer_query(stream, v) {
+                            queries.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        self.serving = Some((halted, thread));
+    }
+
+    fn halt(&mut self) {
+        if let Some((halted, thread)) = self.serving.take() {
+            halted.store(true, Ordering::SeqCst);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for FakePrometheus {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Reads one HTTP request; answers an instant query with one sample of `value` and anything
+/// else with 404. Returns whether it was an instant query.
+fn answer_query(mut stream: TcpStream, value: f64) -> bool {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut read_more = |raw: &mut Vec<u8>| match stream.read(&mut buf) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            raw.extend_from_slice(&buf[..n]);
+            true
+        }
+    };
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !read_more(&mut raw) {
+            return false;
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    // A POSTed query is a form in the body.
+    let length = head
+        .lines()
+        .find_map(|line| {
+            let (name, v) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    while raw.len() < head_end + length {
+        if !read_more(&mut raw) {
+            return false;
+        }
+    }
+    let mut words = head.split_whitespace();
+    let (method, target) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
+    let path = target.split('?').next().unwrap_or_default();
+    let query = matches!(method, "GET" | "POST") && path == "/api/v1/query";
+    let (status, body) = if query {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        (
+            "200 OK",
+            format!(
+                r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[{now:.3},"{value}"]}}]}}}}"#
+            ),
+        )
+    } else {
+        (
+            "404 Not Found",
+            r#"{"status":"error","errorType":"not_found","error":"not found"}"#.to_owned(),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes());
+    query
 }
 
 /// The demo session app as a Deployment plus a Service that routes to serving pods only.
