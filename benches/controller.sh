@@ -61,6 +61,14 @@ trap cleanup EXIT
 "$KUBECTL" wait --for=delete "namespace/$NS" --timeout=300s >/dev/null 2>&1 || true
 "$KUBECTL" create namespace "$NS" >/dev/null
 
+# BENCH_CHANGING=1: the value moves on every reading (within the tolerance, so the count stays),
+# which makes every reading a status write: the busiest steady state.
+if [[ -n ${BENCH_CHANGING:-} ]]; then
+	QUERY="vector($((PODS * 100)) + time() % 10)"
+else
+	QUERY="vector($((PODS * 100)))"
+fi
+
 log "creating $POLICIES deployments of $PODS pending pods each"
 objects() {
 	local kind=$1 i
@@ -93,7 +101,7 @@ spec:
   interval: 15s
   metrics:
   - name: rps
-    prometheus: {query: "vector($((PODS * 100)))"}
+    prometheus: {query: "$QUERY"}
     target: {type: AverageValue, averageValue: "100"}
 YAML
 		fi

@@ -475,7 +475,8 @@ pub struct MetricStatus {
     /// The replica count this metric asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_replicas: Option<i32>,
-    /// Why the reading failed.
+    /// Why there is no value: the reading failed, or it is pending (a new leader waits for
+    /// heartbeats).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

@@ -21,7 +21,7 @@ use crate::act;
 use crate::api::ScalingPolicy;
 use crate::engine::{self, Decision, Mode, Time};
 use crate::error::Error;
-use crate::index::{LatestMade, ReadingCache, SelectorIndex};
+use crate::index::{LatestMade, ReadingCache, Reused, SelectorIndex};
 use crate::metrics::Metrics;
 use crate::names::{CONTROLLER_NAME, ShellReason};
 use crate::observe::{self, Blocked, Sources, pods};
@@ -135,6 +135,9 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
     }
     ctx.remember_selector(&sp, Some(target.selector.clone()));
     let generation = sp.meta().generation;
+    let mut history = status::history(sp.status.as_ref());
+    ctx.latest_made
+        .fill(&ObjectRef::from_obj(&*sp), &mut history);
     let reuse = ctx
         .readings
         .fresh(&ObjectRef::from_obj(&*sp), generation, policy.interval, now);
@@ -143,27 +146,25 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
         &namespace,
         &policy,
         &target,
-        reuse.as_ref().map(|(_, r)| r),
+        reuse.as_ref().map(|r| &r.readings),
         now,
     )
     .await;
-    if reuse.is_none() {
-        ctx.readings.keep(
+    // Reused readings were counted when they were taken: decide on the count from before
+    // them, or every reconcile between two readings counts a failure again and brings the
+    // fallback forward.
+    let mut before = history.clone();
+    match &reuse {
+        Some(r) => before.consecutive_failures = r.failures_before,
+        None => ctx.readings.keep(
             ObjectRef::from_obj(&*sp),
             generation,
-            seen.readings.clone(),
-            now,
-        );
-    }
-    let mut history = status::history(sp.status.as_ref());
-    ctx.latest_made
-        .fill(&ObjectRef::from_obj(&*sp), &mut history);
-    // Reused readings were counted in the history when they were read: decide on the count
-    // before them, or a reconcile between two readings counts a failure again and can bring
-    // the fallback forward.
-    let mut before = history.clone();
-    if reuse.is_some() {
-        before.consecutive_failures = before.consecutive_failures.saturating_sub(1);
+            Reused {
+                at: now,
+                readings: seen.readings.clone(),
+                failures_before: history.consecutive_failures,
+            },
+        ),
     }
 
     // decide (pure)
@@ -188,9 +189,7 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
     // report (needs a client)
     let mut next = engine::next_history(&policy, &history, &decision, now);
     if reuse.is_some() {
-        // Nothing was read: this decision does not count another failure (a success, such
-        // as heartbeats arriving, still resets the count) and does not recommend anew.
-        next.consecutive_failures = next.consecutive_failures.min(history.consecutive_failures);
+        // Nothing was read: this decision does not recommend anew.
         next.recommendations = history.recommendations.clone();
         next.latest_made = history.latest_made;
     }
@@ -224,9 +223,9 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
     ctx.succeeded(&sp);
     // Next read one interval after the last one, whatever triggered this reconcile.
     let next_read = match &reuse {
-        Some((at, _)) => policy
+        Some(r) => policy
             .interval
-            .saturating_sub(now.since(*at))
+            .saturating_sub(now.since(r.at))
             .max(Duration::from_secs(1)),
         None => policy.interval,
     };

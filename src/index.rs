@@ -61,8 +61,18 @@ pub type Readings = BTreeMap<String, Reading>;
 
 struct Kept {
     generation: Option<i64>,
-    at: Time,
-    readings: Readings,
+    reused: Reused,
+}
+
+/// Readings taken earlier in the interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reused {
+    /// When they were taken.
+    pub at: Time,
+    pub readings: Readings,
+    /// The consecutive failures before they were taken, so that a decision on them counts
+    /// their failures once, however often they are reused.
+    pub failures_before: u32,
 }
 
 /// The last Prometheus readings of each policy and when they were taken. Reconciles triggered
@@ -81,21 +91,15 @@ impl ReadingCache {
         generation: Option<i64>,
         interval: Duration,
         now: Time,
-    ) -> Option<(Time, Readings)> {
+    ) -> Option<Reused> {
         let map = self.kept.read().unwrap_or_else(PoisonError::into_inner);
         let kept = map.get(policy)?;
         // A little slack so that the interval's own requeue reads afresh.
-        let young = now.since(kept.at) < interval.mul_f64(0.8);
-        (young && kept.generation == generation).then(|| (kept.at, kept.readings.clone()))
+        let young = now.since(kept.reused.at) < interval.mul_f64(0.8);
+        (young && kept.generation == generation).then(|| kept.reused.clone())
     }
 
-    pub fn keep(
-        &self,
-        policy: ObjectRef<ScalingPolicy>,
-        generation: Option<i64>,
-        readings: Readings,
-        now: Time,
-    ) {
+    pub fn keep(&self, policy: ObjectRef<ScalingPolicy>, generation: Option<i64>, taken: Reused) {
         self.kept
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -103,8 +107,7 @@ impl ReadingCache {
                 policy,
                 Kept {
                     generation,
-                    at: now,
-                    readings,
+                    reused: taken,
                 },
             );
     }
@@ -154,7 +157,7 @@ mod tests {
     use k8s_openapi::api::core::v1::Pod;
     use kube::runtime::reflector::ObjectRef;
 
-    use super::{LatestMade, ReadingCache, Readings, SelectorIndex};
+    use super::{LatestMade, ReadingCache, Readings, Reused, SelectorIndex};
     use crate::api::ScalingPolicy;
     use crate::engine::{History, Reading, Recommendation, Time};
     use crate::observe::pods::parse_selector;
@@ -192,10 +195,15 @@ mod tests {
         let p = policy("a", "chat");
         let interval = Duration::from_secs(15);
         assert_eq!(cache.fresh(&p, Some(1), interval, Time::from_secs(0)), None);
-        cache.keep(p.clone(), Some(1), readings(3.0), Time::from_secs(100));
+        let taken = Reused {
+            at: Time::from_secs(100),
+            readings: readings(3.0),
+            failures_before: 2,
+        };
+        cache.keep(p.clone(), Some(1), taken.clone());
         assert_eq!(
             cache.fresh(&p, Some(1), interval, Time::from_secs(105)),
-            Some((Time::from_secs(100), readings(3.0)))
+            Some(taken)
         );
         // The interval's own requeue reads afresh.
         assert_eq!(

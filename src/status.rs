@@ -93,12 +93,14 @@ pub fn render(
             name: m.name.clone(),
             value: match m.reading {
                 Reading::Value(v) => Some(fmt_number(v)),
-                Reading::Unavailable { .. } => None,
+                Reading::Unavailable { .. } | Reading::Pending { .. } => None,
             },
             desired_replicas: m.replicas.map(int),
             error: match &m.reading {
                 Reading::Value(_) => None,
-                Reading::Unavailable { reason } => Some(reason.clone()),
+                Reading::Unavailable { reason } | Reading::Pending { reason } => {
+                    Some(reason.clone())
+                }
             },
         })
         .collect();

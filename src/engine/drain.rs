@@ -156,7 +156,7 @@ pub fn sessions_reading(
         }
     }
     if unknown > 0 && now.since(seen.heartbeats_since) < hb.timeout {
-        return Reading::Unavailable {
+        return Reading::Pending {
             reason: format!(
                 "waiting for heartbeats: {unknown} of {} instances have not reported yet",
                 pods.len()

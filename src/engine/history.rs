@@ -57,11 +57,7 @@ pub fn next_history(policy: &Policy, history: &History, decision: &Decision, now
         recommendations: keep_last(prune_dominated(recommendations)),
         latest_made,
         scale_events: keep_last(scale_events),
-        consecutive_failures: if decision.metrics_failed {
-            history.consecutive_failures.saturating_add(1)
-        } else {
-            0
-        },
+        consecutive_failures: decision.failures,
     }
 }
 

@@ -51,7 +51,15 @@ impl Time {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Reading {
     Value(f64),
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
+    /// Not known yet, and not a failure: a new leader waits up to one heartbeat timeout for
+    /// the instances to report. It holds the count like a failed reading but does not count
+    /// towards the fallback.
+    Pending {
+        reason: String,
+    },
 }
 
 /// What the controller (or simulator) saw at `now`.
@@ -295,6 +303,8 @@ pub struct Decision {
     pub metrics: Vec<MetricOutcome>,
     /// Some metric could not be read this time.
     pub metrics_failed: bool,
+    /// Consecutive decisions with a failed metric, this one included.
+    pub failures: u32,
     pub fallback_active: bool,
     pub plan: DrainPlan,
     pub instances: InstanceCounts,
@@ -318,9 +328,17 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
         .saturating_sub(u32::try_from(draining_now).unwrap_or(u32::MAX));
 
     let metrics = read_metrics(policy, seen, &pods, current, now);
-    let metrics_failed = metrics.iter().any(|m| m.replicas.is_none());
+    let metrics_failed = metrics
+        .iter()
+        .any(|m| matches!(m.reading, Reading::Unavailable { .. }));
+    let pending = metrics
+        .iter()
+        .any(|m| matches!(m.reading, Reading::Pending { .. }));
+    // A pending reading neither counts nor clears earlier failures.
     let failures = if metrics_failed {
         history.consecutive_failures.saturating_add(1)
+    } else if pending {
+        history.consecutive_failures
     } else {
         0
     };
@@ -452,6 +470,7 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
         mode,
         metrics: &metrics,
         all_failed,
+        pending,
         failures,
         fallback_active: fallback.is_some(),
         limit: &limit,
@@ -468,6 +487,7 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
         limit,
         metrics,
         metrics_failed,
+        failures,
         fallback_active: fallback.is_some(),
         plan,
         instances,
@@ -504,7 +524,7 @@ fn read_metrics(
                     Some(metric_replicas(m.target, *v, current, policy.tolerance)),
                     *v > m.activation,
                 ),
-                Reading::Unavailable { .. } => (None, false),
+                Reading::Unavailable { .. } | Reading::Pending { .. } => (None, false),
             };
             MetricOutcome {
                 name: m.name.clone(),
@@ -521,12 +541,24 @@ struct ConditionInputs<'a> {
     mode: Mode,
     metrics: &'a [MetricOutcome],
     all_failed: bool,
+    pending: bool,
     failures: u32,
     fallback_active: bool,
     limit: &'a Limit,
     plan: &'a DrainPlan,
     instances: InstanceCounts,
     desired: u32,
+}
+
+/// Why the first pending metric is pending.
+fn pending_reason(metrics: &[MetricOutcome]) -> String {
+    metrics
+        .iter()
+        .find_map(|m| match &m.reading {
+            Reading::Pending { reason } => Some(format!("metric {} is {reason}", m.name)),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 fn conditions(c: ConditionInputs<'_>) -> Vec<Condition> {
@@ -536,6 +568,15 @@ fn conditions(c: ConditionInputs<'_>) -> Vec<Condition> {
             status: false,
             reason: "Paused",
             message: "spec.paused is true: no scaling or draining until it is cleared".to_owned(),
+        },
+        _ if c.all_failed && c.pending && c.failures == 0 => Condition {
+            type_: ConditionType::ScalingActive,
+            status: false,
+            reason: "WaitingForHeartbeats",
+            message: format!(
+                "this controller began leading less than one heartbeat timeout ago and {}; holding the current count",
+                pending_reason(c.metrics)
+            ),
         },
         _ if c.all_failed => Condition {
             type_: ConditionType::ScalingActive,
@@ -628,22 +669,29 @@ fn conditions(c: ConditionInputs<'_>) -> Vec<Condition> {
                 c.failures, f.failure_threshold, f.replicas
             ),
         },
+        _ if c.failures > 0 => Condition {
+            type_: ConditionType::Fallback,
+            status: false,
+            reason: "MetricsFailing",
+            message: format!(
+                "{} consecutive failed readings; holding the current count",
+                c.failures
+            ),
+        },
+        _ if c.pending => Condition {
+            type_: ConditionType::Fallback,
+            status: false,
+            reason: "MetricsPending",
+            message: format!(
+                "{}: not counted as a failure for one heartbeat timeout after a leader change",
+                pending_reason(c.metrics)
+            ),
+        },
         _ => Condition {
             type_: ConditionType::Fallback,
             status: false,
-            reason: if c.failures > 0 {
-                "MetricsFailing"
-            } else {
-                "MetricsAvailable"
-            },
-            message: if c.failures > 0 {
-                format!(
-                    "{} consecutive failed readings; holding the current count",
-                    c.failures
-                )
-            } else {
-                "every metric was read".to_owned()
-            },
+            reason: "MetricsAvailable",
+            message: "every metric was read".to_owned(),
         },
     };
     vec![scaling_active, able, limited, draining, fallback]

@@ -64,11 +64,41 @@ fn the_sessions_metric_waits_one_timeout_for_heartbeats_after_a_restart() {
     let d = run(p.clone(), seen().heartbeats_since(ago(10)), history());
     assert_eq!(
         d.metrics[0].reading,
-        Reading::Unavailable {
+        Reading::Pending {
             reason: "waiting for heartbeats: 1 of 2 instances have not reported yet".to_owned()
         }
     );
-    assert_eq!(d.desired, 2, "an unavailable metric holds the count");
+    assert_eq!(d.desired, 2, "a pending metric holds the count");
+    let active = condition(&d, ConditionType::ScalingActive);
+    assert_eq!(
+        (active.status, active.reason),
+        (false, "WaitingForHeartbeats")
+    );
+    assert!(
+        active
+            .message
+            .contains("metric sessions is waiting for heartbeats: 1 of 2"),
+        "{}",
+        active.message
+    );
+    assert!(
+        events(&d, EventReason::MetricUnavailable).is_empty(),
+        "waiting is not a failure"
+    );
+
+    // Not a failure: the fallback does not come closer, and earlier failures stand.
+    let fb = p.clone().fallback(1, 5);
+    let d = run(fb.clone(), seen().heartbeats_since(ago(10)), history());
+    assert!(!d.fallback_active, "no fallback for a new leader's wait");
+    assert_eq!(d.failures, 0);
+    let c = condition(&d, ConditionType::Fallback);
+    assert_eq!((c.status, c.reason), (false, "MetricsPending"));
+    let d = run(
+        fb.fallback(3, 5),
+        seen().heartbeats_since(ago(10)),
+        history().failures(2),
+    );
+    assert_eq!((d.failures, d.fallback_active), (2, false));
 
     let d = run(p, seen().heartbeats_since(ago(30)), history());
     assert_eq!(d.metrics[0].reading, Reading::Value(100.0));
