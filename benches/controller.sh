@@ -128,11 +128,12 @@ log "every policy reported after ${first}s"
 
 scrape() { curl -s "127.0.0.1:$PORT/metrics"; }
 metric() { awk -v m="$2" '$1 == m {print $2}' "$1"; }
-# The q-quantile of the reconcile-duration histogram over the window (interpolated within the
-# bucket, as Prometheus' histogram_quantile does), in milliseconds.
+# The q-quantile over the window of the histogram NAME (its buckets with LABEL, if given;
+# interpolated within the bucket, as Prometheus' histogram_quantile does), in milliseconds.
+#   quantile BEFORE AFTER Q [NAME [LABEL]]
 quantile() {
-	awk -v q="$3" '
-		match($1, /^drainscaler_reconcile_duration_seconds_bucket\{le="[^"]*"\}$/) {
+	awk -v q="$3" -v name="${4:-drainscaler_reconcile_duration_seconds}_bucket{" -v label="${5:-}" '
+		index($1, name) == 1 && index($1, label) > 0 {
 			le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
 			if (FILENAME == ARGV[1]) before[le] = $2; else { after[le] = $2; order[n++] = le }
 		}
@@ -164,6 +165,7 @@ api_rates() {
 			printf "%.1f/s (%s )\n", total / s, out
 		}' "$1" "$2"
 }
+API=drainscaler_api_request_duration_seconds
 WINDOW=$(mktemp -d)
 scrape >"$WINDOW/before"; cpu0=$(cpu)
 sleep "$SECONDS_STEADY" # the measurement window itself
@@ -181,6 +183,8 @@ all reported after:       ${first}s
 reconciles/s (steady):    $(echo "scale=1; ($r1 - $r0) / $SECONDS_STEADY" | bc)
 mean reconcile:           $(echo "scale=4; ($s1 - $s0) / ($c1 - $c0)" | bc)s
 reconcile p50 / p99:      $(quantile "$WINDOW/before" "$WINDOW/after" 0.5) / $(quantile "$WINDOW/before" "$WINDOW/after" 0.99) ms
+API GET p50 / p99:        $(quantile "$WINDOW/before" "$WINDOW/after" 0.5 $API 'verb="GET"') / $(quantile "$WINDOW/before" "$WINDOW/after" 0.99 $API 'verb="GET"') ms
+API PATCH p50 / p99:      $(quantile "$WINDOW/before" "$WINDOW/after" 0.5 $API 'verb="PATCH"') / $(quantile "$WINDOW/before" "$WINDOW/after" 0.99 $API 'verb="PATCH"') ms
 API requests (steady):    $(api_rates "$WINDOW/before" "$WINDOW/after")
 controller CPU (steady):  $(echo "scale=2; ($cpu1 - $cpu0) / $SECONDS_STEADY" | bc) cores
 peak RSS:                 ${rss} MiB

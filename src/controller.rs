@@ -121,8 +121,21 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
         }
     };
 
-    // observe (needs a client)
-    let target = match observe::target(client, &namespace, &policy).await? {
+    // observe (needs a client): the target's scale and the metrics at once
+    let generation = sp.meta().generation;
+    let key = ObjectRef::from_obj(&*sp);
+    let reuse = ctx.readings.fresh(&key, generation, policy.interval, now);
+    let (target, readings) = tokio::join!(
+        observe::target(client, &namespace, &policy),
+        observe::readings(
+            &ctx.sources,
+            &namespace,
+            &policy,
+            reuse.as_ref().map(|r| &r.readings),
+            now,
+        ),
+    );
+    let target = match target? {
         Ok(target) => target,
         Err(b) => return blocked(&ctx, &sp, &namespace, b, now).await,
     };
@@ -134,22 +147,9 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
         return blocked(&ctx, &sp, &namespace, b, now).await;
     }
     ctx.remember_selector(&sp, Some(target.selector.clone()));
-    let generation = sp.meta().generation;
+    let seen = observe::observe(&ctx.sources, &namespace, &target, readings, now);
     let mut history = status::history(sp.status.as_ref());
-    ctx.latest_made
-        .fill(&ObjectRef::from_obj(&*sp), &mut history);
-    let reuse = ctx
-        .readings
-        .fresh(&ObjectRef::from_obj(&*sp), generation, policy.interval, now);
-    let seen = observe::observe(
-        &ctx.sources,
-        &namespace,
-        &policy,
-        &target,
-        reuse.as_ref().map(|r| &r.readings),
-        now,
-    )
-    .await;
+    ctx.latest_made.fill(&key, &mut history);
     // Reused readings were counted when they were taken: decide on the count from before
     // them, or every reconcile between two readings counts a failure again and brings the
     // fallback forward.
@@ -157,7 +157,7 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
     match &reuse {
         Some(r) => before.consecutive_failures = r.failures_before,
         None => ctx.readings.keep(
-            ObjectRef::from_obj(&*sp),
+            key.clone(),
             generation,
             Reused {
                 at: now,
@@ -208,7 +208,7 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
         now,
     );
     status::patch(client, &sp, &new_status).await?;
-    ctx.latest_made.keep(ObjectRef::from_obj(&*sp), &next);
+    ctx.latest_made.keep(key.clone(), &next);
     for e in &decision.events {
         let note = match decision.mode {
             Mode::Act => e.message.clone(),

@@ -15,7 +15,7 @@ use drainscaler::api::ScalingPolicy;
 use drainscaler::check;
 use drainscaler::controller::{self, RunConfig};
 use drainscaler::leader::Elector;
-use drainscaler::metrics::{Metrics, api_verb};
+use drainscaler::metrics::{ApiLayer, Metrics};
 use drainscaler::names::{FIELD_MANAGER, LEADER_LABEL};
 use drainscaler::observe::heartbeats::Heartbeats;
 use drainscaler::observe::prometheus::Prometheus;
@@ -384,14 +384,8 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
 /// A client for the API server that counts every request it sends on `metrics`.
 async fn api_client(metrics: Arc<Metrics>) -> anyhow::Result<kube::Client> {
     let config = kube::Config::infer().await?;
-    let count = tower::util::MapRequestLayer::new(
-        move |request: axum::http::Request<kube::client::Body>| {
-            metrics.api_request(api_verb(request.method(), request.uri().query()));
-            request
-        },
-    );
     Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&count)
+        .with_layer(&ApiLayer(metrics))
         .build())
 }
 

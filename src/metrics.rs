@@ -1,8 +1,11 @@
 //! The controller's own metrics, served on `/metrics` in the OpenMetrics text format.
 
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::http::Method;
+use axum::http::{Method, Request};
+use futures::future::BoxFuture;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -46,6 +49,12 @@ pub struct Metrics {
     pub lost: Family<PolicyLabels, Gauge>,
     pub heartbeats: Family<ResultLabels, Counter>,
     pub api_requests: Family<VerbLabels, Counter>,
+    pub api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to 2.5 s in steps of 1.5x, fine enough to read a p99 from.
+    Histogram::new(exponential_buckets(0.0005, 1.5, 22))
 }
 
 impl Default for Metrics {
@@ -53,8 +62,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("drainscaler");
         let reconciles = Counter::default();
         let errors = Family::<StepLabels, Counter>::default();
-        // 0.5 ms to 2.5 s in steps of 1.5x, fine enough to read a p99 from.
-        let reconcile_seconds = Histogram::new(exponential_buckets(0.0005, 1.5, 22));
+        let reconcile_seconds = latency_histogram();
         let desired = Family::<PolicyLabels, Gauge>::default();
         let current = Family::<PolicyLabels, Gauge>::default();
         let draining = Family::<PolicyLabels, Gauge>::default();
@@ -62,6 +70,8 @@ impl Default for Metrics {
         let lost = Family::<PolicyLabels, Gauge>::default();
         let heartbeats = Family::<ResultLabels, Counter>::default();
         let api_requests = Family::<VerbLabels, Counter>::default();
+        let api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -100,6 +110,11 @@ impl Default for Metrics {
             "Requests sent to the Kubernetes API, by verb (a watch counts once, when opened)",
             api_requests.clone(),
         );
+        registry.register(
+            "api_request_duration_seconds",
+            "Time until the Kubernetes API answered, by verb (watches are not timed)",
+            api_seconds.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -112,6 +127,7 @@ impl Default for Metrics {
             lost,
             heartbeats,
             api_requests,
+            api_seconds,
         }
     }
 }
@@ -180,6 +196,59 @@ pub fn api_verb<'a>(method: &'a Method, query: Option<&str>) -> &'a str {
     if watch { "watch" } else { method.as_str() }
 }
 
+/// Counts every request the Kubernetes client sends, by verb, and times it until the response
+/// headers arrive (watches are counted, not timed: they stay open).
+#[derive(Clone)]
+pub struct ApiLayer(pub Arc<Metrics>);
+
+impl<S> tower::Layer<S> for ApiLayer {
+    type Service = ApiService<S>;
+    fn layer(&self, inner: S) -> ApiService<S> {
+        ApiService {
+            inner,
+            metrics: Arc::clone(&self.0),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ApiService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B> tower::Service<Request<B>> for ApiService<S>
+where
+    S: tower::Service<Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let verb = api_verb(request.method(), request.uri().query()).to_owned();
+        self.metrics.api_request(&verb);
+        let started = Instant::now();
+        let metrics = Arc::clone(&self.metrics);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let result = response.await;
+            if verb != "watch" {
+                metrics
+                    .api_seconds
+                    .get_or_create(&VerbLabels { verb })
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            result
+        })
+    }
+}
+
 pub struct ReconcileTimer<'a> {
     metrics: &'a Metrics,
     started: Instant,
@@ -197,7 +266,35 @@ impl Drop for ReconcileTimer<'_> {
 mod tests {
     use axum::http::Method;
 
-    use super::api_verb;
+    use std::sync::Arc;
+
+    use axum::http::Request;
+    use tower::{Layer, ServiceExt};
+
+    use super::{ApiLayer, Metrics, api_verb};
+
+    #[tokio::test]
+    async fn the_api_layer_counts_every_request_and_times_all_but_watches() {
+        let metrics = Arc::new(Metrics::default());
+        let api = tower::service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>("answer")
+        });
+        let layered = ApiLayer(Arc::clone(&metrics)).layer(api);
+        for uri in ["/api/v1/pods", "/api/v1/pods?watch=true", "/api/v1/pods"] {
+            let request = Request::get(uri).body(()).expect("a request");
+            let answer = layered.clone().oneshot(request).await;
+            assert_eq!(answer, Ok("answer"));
+        }
+        let page = metrics.encode().expect("metrics encode");
+        for line in [
+            r#"drainscaler_api_requests_total{verb="GET"} 2"#,
+            r#"drainscaler_api_requests_total{verb="watch"} 1"#,
+            r#"drainscaler_api_request_duration_seconds_count{verb="GET"} 2"#,
+        ] {
+            assert!(page.contains(line), "{line} missing from\n{page}");
+        }
+        assert!(!page.contains(r#"drainscaler_api_request_duration_seconds_count{verb="watch"}"#));
+    }
 
     #[test]
     fn api_requests_are_counted_by_method_and_watches_apart() {

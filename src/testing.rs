@@ -309,6 +309,11 @@ impl PodBuilder {
         self.pod.terminating = true;
         self
     }
+    /// Owned by the ReplicaSet (or StatefulSet) `owner`.
+    pub fn owner(mut self, owner: &str) -> Self {
+        self.pod.owner = Some(owner.to_owned());
+        self
+    }
     pub fn cost(mut self, deletion_cost: i32) -> Self {
         self.pod.deletion_cost = deletion_cost;
         self

@@ -32,6 +32,8 @@ pub struct DrainPlan {
     pub replace: Vec<String>,
     /// Removable pods wait because others rank before them for deletion.
     pub blocked: bool,
+    /// Removable pods wait for a Deployment rollout to end.
+    pub rollout: bool,
     pub events: Vec<Event>,
 }
 
@@ -295,6 +297,14 @@ fn empty_slots(replicas: u32, pods: &[&Instance]) -> Vec<Instance> {
         .collect()
 }
 
+/// Pods of more than one owner: a Deployment rolling out a new ReplicaSet.
+fn in_rollout(pods: &[&Instance]) -> bool {
+    let mut owners = pods.iter().filter_map(|p| p.owner.as_deref());
+    owners
+        .next()
+        .is_some_and(|first| owners.any(|other| other != first))
+}
+
 /// Plans drains, cancellations, removals and the replica count that serves `desired`;
 /// `lost` is `is_lost` for each pod.
 pub fn plan(
@@ -394,7 +404,10 @@ pub fn plan(
         .collect();
     let ok = |i: usize| causes[i].is_some();
     let scaling_up = active(&since) < desired_n;
-    let removed: Vec<usize> = if scaling_up {
+    // While a rollout runs, a lower count is shared out between the old and new ReplicaSets
+    // by the Deployment, whatever the pods' deletion costs: nothing drained may rely on it.
+    plan.rollout = kind == TargetKind::Deployment && policy.drains() && in_rollout(pods);
+    let removed: Vec<usize> = if scaling_up || plan.rollout {
         Vec::new()
     } else if !policy.drains() {
         // Nothing to wait for: the workload picks, as under the HPA.

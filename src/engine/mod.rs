@@ -97,6 +97,9 @@ pub struct Instance {
     pub ordinal: Option<u32>,
     /// Since when the pod has been draining, from its annotation.
     pub draining_since: Option<Time>,
+    /// The ReplicaSet (or other controller) that owns the pod: pods of two ReplicaSets mean a
+    /// Deployment rollout.
+    pub owner: Option<String>,
     /// The latest heartbeat.
     pub heartbeat: Option<Heartbeat>,
 }
@@ -636,7 +639,9 @@ fn conditions(c: ConditionInputs<'_>) -> Vec<Condition> {
         Condition {
             type_: ConditionType::Draining,
             status: true,
-            reason: if c.plan.blocked {
+            reason: if c.plan.rollout {
+                "WaitingForRollout"
+            } else if c.plan.blocked {
                 "WaitingForRemovalOrder"
             } else {
                 "DrainInProgress"
@@ -644,7 +649,9 @@ fn conditions(c: ConditionInputs<'_>) -> Vec<Condition> {
             message: format!(
                 "{} instances draining{}",
                 c.instances.draining,
-                if c.plan.blocked {
+                if c.plan.rollout {
+                    "; a rollout is in progress (pods of several ReplicaSets), so drained instances wait until it ends: the Deployment, not the deletion order, decides which pods a lower count removes"
+                } else if c.plan.blocked {
                     "; drained instances wait until they rank first for deletion"
                 } else {
                     ""

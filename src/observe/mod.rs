@@ -165,22 +165,16 @@ pub fn kind_name(kind: TargetKind) -> &'static str {
     }
 }
 
-/// The target's pods, its metrics and heartbeats at `now`. With `reuse`, Prometheus is not
-/// queried and those readings stand (a reconcile between two intervals).
-pub async fn observe(
+/// The policy's Prometheus readings at `now` (the `prometheus` heartbeat source records its
+/// heartbeats on the way). With `reuse`, Prometheus is not queried and those readings stand (a
+/// reconcile between two intervals). Independent of the target, so it runs alongside `target`.
+pub async fn readings(
     sources: &Sources,
     namespace: &str,
     policy: &Policy,
-    target: &Target,
     reuse: Option<&BTreeMap<String, Reading>>,
     now: Time,
-) -> Observation {
-    let pods: Vec<std::sync::Arc<Pod>> = sources.pods.state_filter(|p| {
-        p.metadata.namespace.as_deref() == Some(namespace)
-            && pods::is_active(p)
-            && target.selector.matches(p.labels())
-    });
-
+) -> BTreeMap<String, Reading> {
     let wants_prometheus = policy
         .metrics
         .iter()
@@ -244,7 +238,22 @@ pub async fn observe(
             Err(why) => tracing::warn!(namespace, query, %why, "heartbeat query failed"),
         }
     }
+    readings
+}
 
+/// The target's pods from the cache with their heartbeats, and `readings`, at `now`.
+pub fn observe(
+    sources: &Sources,
+    namespace: &str,
+    target: &Target,
+    readings: BTreeMap<String, Reading>,
+    now: Time,
+) -> Observation {
+    let pods: Vec<std::sync::Arc<Pod>> = sources.pods.state_filter(|p| {
+        p.metadata.namespace.as_deref() == Some(namespace)
+            && pods::is_active(p)
+            && target.selector.matches(p.labels())
+    });
     let instances = pods
         .iter()
         .map(|p| {

@@ -23,7 +23,14 @@ const KEPT_ANNOTATIONS: [&str; 3] = [
 pub fn prune(pod: &mut Pod) {
     let meta = &mut pod.metadata;
     meta.managed_fields = None;
-    meta.owner_references = None;
+    // Only the controlling owner is kept: its name tells a rollout apart.
+    if let Some(owners) = meta.owner_references.as_mut() {
+        owners.retain(|o| o.controller == Some(true));
+        for o in owners.iter_mut() {
+            o.uid = String::new();
+            o.api_version = String::new();
+        }
+    }
     meta.finalizers = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.retain(|k, _| KEPT_ANNOTATIONS.contains(&k.as_str()));
@@ -132,6 +139,12 @@ pub fn instance(pod: &Pod, heartbeat: Option<Heartbeat>, now: Time) -> Instance 
             .and_then(|c| c.parse().ok())
             .unwrap_or(0),
         draining_since,
+        owner: meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.name.clone()),
         heartbeat,
         name,
     }
@@ -230,7 +243,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use k8s_openapi::api::core::v1::{ContainerStateRunning, Pod, PodCondition};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time as KubeTime};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+        ManagedFieldsEntry, OwnerReference, Time as KubeTime,
+    };
     use kube::core::SelectorExt;
 
     use super::{instance, parse_selector, prune, time, timestamp};
@@ -352,10 +367,21 @@ mod tests {
             .annotation("kubectl.kubernetes.io/last-applied-configuration", "{...}")
             .build();
         p.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        let owner = |name: &str, controller| OwnerReference {
+            api_version: "apps/v1".to_owned(),
+            kind: "ReplicaSet".to_owned(),
+            name: name.to_owned(),
+            uid: "c0ffee".to_owned(),
+            controller: Some(controller),
+            ..OwnerReference::default()
+        };
+        p.metadata.owner_references = Some(vec![owner("other", false), owner("chat-7d9", true)]);
         let before = instance(&p, None, Time::from_secs(300));
+        assert_eq!(before.owner.as_deref(), Some("chat-7d9"));
         prune(&mut p);
         assert_eq!(p.metadata.managed_fields, None);
         assert_eq!(p.metadata.annotations.as_ref().map(|a| a.len()), Some(1));
+        assert_eq!(p.metadata.owner_references.as_ref().map(Vec::len), Some(1));
         assert_eq!(instance(&p, None, Time::from_secs(300)), before);
     }
 

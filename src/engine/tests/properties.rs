@@ -149,7 +149,8 @@ prop_compose! {
 
 prop_compose! {
     /// A pod without name or ordinal: random scheduling, phase, readiness, deletion cost,
-    /// drain, heartbeat (before or after the drain began, sessions zero or not, or none).
+    /// drain, heartbeat (before or after the drain began, sessions zero or not, or none), and
+    /// now and then of a second ReplicaSet.
     fn arb_pod()(
         scheduled in pbool::weighted(0.9),
         phase in prop_oneof![1 => Just(Phase::Pending), 1 => Just(Phase::Unknown), 6 => Just(Phase::Running)],
@@ -161,6 +162,8 @@ prop_compose! {
         draining in option::weighted(0.35, 0u64..3600),
         heartbeat in option::weighted(0.8, (0u64..600, prop_oneof![2 => Just(0u64), 3 => 1u64..20])),
         created in 0u64..7200,
+        // Now and then a pod of a second ReplicaSet: a rollout.
+        new_replica_set in pbool::weighted(0.05),
     ) -> Instance {
         let phase = if scheduled { phase } else { Phase::Pending };
         let started = (phase != Phase::Pending).then(|| ago(started));
@@ -176,6 +179,7 @@ prop_compose! {
             deletion_cost: cost,
             ordinal: None,
             draining_since: draining.map(ago),
+            owner: Some(if new_replica_set { "chat-new" } else { "chat-old" }.to_owned()),
             // A pod that never ran has never heartbeated.
             heartbeat: heartbeat
                 .filter(|_| started.is_some())

@@ -439,6 +439,49 @@ fn a_removable_pod_behind_a_serving_one_waits_and_is_marked_for_deletion() {
 }
 
 #[test]
+fn during_a_rollout_drained_pods_wait_for_it_to_end() {
+    // `d` is drained and first in the deletion order, but pods of two ReplicaSets mean the
+    // Deployment would share a lower count out between them.
+    let pods = |new_rs: &str| {
+        [
+            pod("d")
+                .owner("chat-old")
+                .not_ready()
+                .sessions(0)
+                .draining_since(ago(60)),
+            pod("s").owner("chat-old").ready().sessions(4),
+            pod("t").owner(new_rs).ready().sessions(4),
+        ]
+    };
+    let d = run(sessions(), wanting(2, pods("chat-new")), history());
+    assert!(d.plan.remove.is_empty());
+    assert!(d.plan.rollout);
+    assert_eq!(d.replicas, 3);
+    let c = condition(&d, ConditionType::Draining);
+    assert_eq!((c.status, c.reason), (true, "WaitingForRollout"));
+    assert!(
+        c.message.contains("a rollout is in progress"),
+        "{}",
+        c.message
+    );
+    // Scaling up is not held, and once one ReplicaSet is left the drained pod goes.
+    let d = run(sessions(), wanting(4, pods("chat-new")), history());
+    assert_eq!(d.replicas, 4);
+    let d = run(sessions(), wanting(2, pods("chat-old")), history());
+    assert_eq!(removed(&d), [("d", RemovalCause::Drained)]);
+    assert_eq!(d.replicas, 2);
+    // Without drains the HPA's behavior stands: the workload picks.
+    let hpa_like = policy()
+        .max(20)
+        .average("rps", 100.0)
+        .scale_down(rules().percent(100, 15))
+        .drain(secs(0), OnTimeout::Keep);
+    let d = run(hpa_like, wanting(2, pods("chat-new")), history());
+    assert!(!d.plan.rollout);
+    assert_eq!(d.replicas, 2);
+}
+
+#[test]
 fn a_removable_pod_tied_with_a_serving_one_waits_for_its_deletion_cost() {
     // Same ReplicaSet rank up to the deletion cost: the ReplicaSet may pick either.
     let pods = |cost: i32| {
