@@ -2,7 +2,7 @@
 //! reconcile as the pipeline `validate -> observe -> decide -> act -> report`, the error
 //! policy, and the leader's life cycle.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,24 @@ impl Context {
         let n = map.entry(ObjectRef::from_obj(sp)).or_default();
         *n = n.saturating_add(1);
         *n
+    }
+
+    /// Drops what the indexes keep for policies that no longer exist.
+    fn forget_deleted_policies(&self) {
+        let live: HashSet<ObjectRef<ScalingPolicy>> = self
+            .policies
+            .state()
+            .iter()
+            .map(|sp| ObjectRef::from_obj(&**sp))
+            .collect();
+        let is_live = |policy: &ObjectRef<ScalingPolicy>| live.contains(policy);
+        self.selectors.retain(is_live);
+        self.readings.retain(is_live);
+        self.latest_made.retain(is_live);
+        self.failures
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|policy, _| is_live(policy));
     }
 
     async fn publish(&self, sp: &ScalingPolicy, warning: bool, reason: &str, note: String) {
@@ -406,12 +424,14 @@ pub async fn run(
     });
     let mapper = Arc::clone(&ctx);
     let policies = ctx.policies.clone();
+    let kept = Arc::clone(&ctx);
     let pruner = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
             let hour_ago = pods::time(Timestamp::now()).minus(Duration::from_secs(3600));
             heartbeats.forget_before(hour_ago);
+            kept.forget_deleted_policies();
         }
     });
     controller

@@ -40,6 +40,18 @@ impl SelectorIndex {
         }
     }
 
+    /// Keeps only the policies `keep` accepts.
+    pub fn retain(&self, keep: impl Fn(&ObjectRef<ScalingPolicy>) -> bool) {
+        let mut map = self
+            .by_namespace
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for by_ns in map.values_mut() {
+            by_ns.retain(|policy, _| keep(policy));
+        }
+        map.retain(|_, by_ns| !by_ns.is_empty());
+    }
+
     /// The policies whose target selects `pod`.
     pub fn policies_for(&self, pod: &Pod) -> Vec<ObjectRef<ScalingPolicy>> {
         let map = self
@@ -99,6 +111,14 @@ impl ReadingCache {
         (young && kept.generation == generation).then(|| kept.reused.clone())
     }
 
+    /// Keeps only the policies `keep` accepts.
+    pub fn retain(&self, keep: impl Fn(&ObjectRef<ScalingPolicy>) -> bool) {
+        self.kept
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|policy, _| keep(policy));
+    }
+
     pub fn keep(&self, policy: ObjectRef<ScalingPolicy>, generation: Option<i64>, taken: Reused) {
         self.kept
             .write()
@@ -130,6 +150,14 @@ impl LatestMade {
         {
             history.latest_made = Some(made.time);
         }
+    }
+
+    /// Keeps only the policies `keep` accepts.
+    pub fn retain(&self, keep: impl Fn(&ObjectRef<ScalingPolicy>) -> bool) {
+        self.made
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|policy, _| keep(policy));
     }
 
     /// Remembers the recommendation `history` says was made last, if any.
@@ -242,5 +270,31 @@ mod tests {
         let mut h = status(4);
         made.fill(&policy("a", "other"), &mut h);
         assert_eq!(h.latest_made, None);
+    }
+
+    #[test]
+    fn deleted_policies_are_forgotten() {
+        let index = SelectorIndex::default();
+        let cache = ReadingCache::default();
+        let (gone, live) = (policy("a", "gone"), policy("a", "live"));
+        for p in [&gone, &live] {
+            index.set(p.clone(), Some(parse_selector("app=chat").expect("parses")));
+            cache.keep(
+                p.clone(),
+                Some(1),
+                Reused {
+                    at: Time::from_secs(100),
+                    readings: readings(1.0),
+                    failures_before: 0,
+                },
+            );
+        }
+        index.retain(|p| *p == live);
+        cache.retain(|p| *p == live);
+        let at = Time::from_secs(101);
+        let interval = Duration::from_secs(15);
+        assert!(cache.fresh(&gone, Some(1), interval, at).is_none());
+        assert!(cache.fresh(&live, Some(1), interval, at).is_some());
+        assert_eq!(index.policies_for(&pod("a", "chat")), [live]);
     }
 }
