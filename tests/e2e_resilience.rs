@@ -12,8 +12,8 @@ use serde_json::Value;
 use support::{
     Controller, FakePrometheus, Namespace, active_sessions, app_with_controller, apply, condition,
     container_pid, dropped_sessions, enabled, event_reasons, http, install_crd, kubectl,
-    kubectl_json, pod_exists, pods, policy, ready_replicas, sample, session_app, sessions_spec,
-    signal, spec_replicas, traffic, traffic_summary, wait_for,
+    kubectl_json, live_pods, pod_exists, pods, policy, ready_replicas, sample, session_app,
+    sessions_spec, signal, spec_replicas, traffic, traffic_summary, wait_for,
 };
 
 fn draining(ns: &str) -> Vec<String> {
@@ -645,5 +645,95 @@ fn prometheus_heartbeats_drive_the_drain() {
     });
     let left = &pods(&ns.0, "chat")[0].0;
     assert!(!drained.contains(left), "the drained pod stayed: {left}");
+    assert!(has_event(&ns.0, "DrainStarted"));
+    assert!(has_event(&ns.0, "DrainCompleted"));
+}
+
+/// The ReplicaSets that own the live pods of `chat`.
+fn replica_sets(ns: &str) -> std::collections::BTreeSet<String> {
+    live_pods(ns, "app=chat")
+        .iter()
+        .filter_map(|p| p["metadata"]["ownerReferences"][0]["name"].as_str())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_rollout_holds_scale_in_until_it_ends_without_raising_the_count() {
+    if !enabled("a_rollout_holds_scale_in_until_it_ends_without_raising_the_count") {
+        return;
+    }
+    let prometheus = FakePrometheus::start(25.0);
+    let (ns, _controller) = app_with_controller("rollout", 3);
+    apply(&policy(
+        &ns.0,
+        "chat",
+        &format!(
+            r#"  minReplicas: 1
+  maxReplicas: 6
+  interval: 2s
+  prometheus: {{address: "{}", timeout: 1s}}
+  metrics:
+  - name: rps
+    prometheus: {{query: "sum(rate(requests_total[1m]))"}}
+    target: {{type: AverageValue, averageValue: "10"}}
+  heartbeat: {{source: Push, timeout: 30s}}
+  drain: {{timeout: 10m}}
+  behavior:
+    scaleDown: {{stabilizationWindowSeconds: 0}}
+"#,
+            prometheus.url()
+        ),
+    ));
+    wait_for(Duration::from_secs(90), "three ready replicas", || {
+        ready_replicas(&ns.0, "chat") == 3
+            && condition(&ns.0, "chat", "Ready").is_some_and(|(s, _, _)| s == "True")
+    });
+
+    // A rollout that cannot finish: the new template's pods never turn ready, so the
+    // Deployment keeps pods of two ReplicaSets.
+    kubectl(&[
+        "-n",
+        &ns.0,
+        "patch",
+        "deployment",
+        "chat",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/template/spec/containers/0/readinessProbe/httpGet/path", "value": "/never-ready"}]"#,
+    ]);
+    wait_for(Duration::from_secs(60), "pods of two ReplicaSets", || {
+        replica_sets(&ns.0).len() == 2
+    });
+
+    // The load falls to one replica's worth, but the Deployment would pick which pods a lower
+    // count removes, and the rollout replaces the old pods anyway: nothing drains, and the
+    // surge's extra pods do not raise the count either.
+    prometheus.set(5.0);
+    wait_for(
+        Duration::from_secs(30),
+        "scale-in to wait for the rollout",
+        || condition(&ns.0, "chat", "Draining").is_some_and(|(_, r, _)| r == "WaitingForRollout"),
+    );
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        assert_eq!(
+            spec_replicas(&ns.0, "chat"),
+            3,
+            "the count changed during a rollout"
+        );
+        assert!(
+            pods(&ns.0, "chat").iter().all(|(_, draining)| !draining),
+            "a pod drains during a rollout"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Once the rollout is undone one ReplicaSet is left: pods drain, report no sessions, go.
+    kubectl(&["-n", &ns.0, "rollout", "undo", "deployment/chat"]);
+    wait_for(Duration::from_secs(90), "one replica", || {
+        spec_replicas(&ns.0, "chat") == 1
+    });
+    assert!(has_event(&ns.0, "DrainStarted"));
     assert!(has_event(&ns.0, "DrainCompleted"));
 }

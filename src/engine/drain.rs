@@ -370,10 +370,15 @@ pub fn plan(
         }
     }
 
+    // While a rollout runs, a lower count is shared out between the old and new ReplicaSets
+    // by the Deployment, whatever the pods' deletion costs, and the rollout replaces the old
+    // pods anyway: nothing new drains and nothing drained may rely on a lower count.
+    plan.rollout = kind == TargetKind::Deployment && policy.drains() && in_rollout(pods);
+
     // 2. Too many serving: choose victims.
     let serving = active(&since);
     let mut victims = Vec::new();
-    if serving > desired_n {
+    if serving > desired_n && !plan.rollout {
         let candidates: Vec<usize> = (0..pods.len()).filter(|&i| since[i].is_none()).collect();
         let wanted = serving - desired_n;
         victims = match kind {
@@ -404,9 +409,6 @@ pub fn plan(
         .collect();
     let ok = |i: usize| causes[i].is_some();
     let scaling_up = active(&since) < desired_n;
-    // While a rollout runs, a lower count is shared out between the old and new ReplicaSets
-    // by the Deployment, whatever the pods' deletion costs: nothing drained may rely on it.
-    plan.rollout = kind == TargetKind::Deployment && policy.drains() && in_rollout(pods);
     let removed: Vec<usize> = if scaling_up || plan.rollout {
         Vec::new()
     } else if !policy.drains() {
@@ -439,7 +441,14 @@ pub fn plan(
         }
     };
     let still_draining = since.iter().filter(|s| s.is_some()).count() - removed.len();
-    plan.replicas = u32::try_from(desired_n + still_draining).unwrap_or(u32::MAX);
+    let replicas = if plan.rollout {
+        // The rollout's surge pods are not in the count: planning from pods would raise it
+        // with every pod the surge adds. Hold it, or raise it for load.
+        (desired_n + still_draining).max(seen.replicas as usize)
+    } else {
+        desired_n + still_draining
+    };
+    plan.replicas = u32::try_from(replicas).unwrap_or(u32::MAX);
     let mut is_removed = vec![false; pods.len()];
     for &i in &removed {
         is_removed[i] = true;

@@ -479,6 +479,7 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
         limit: &limit,
         plan: &plan,
         instances,
+        current,
         desired,
     });
     Decision {
@@ -550,6 +551,7 @@ struct ConditionInputs<'a> {
     limit: &'a Limit,
     plan: &'a DrainPlan,
     instances: InstanceCounts,
+    current: u32,
     desired: u32,
 }
 
@@ -656,6 +658,16 @@ fn conditions(c: ConditionInputs<'_>) -> Vec<Condition> {
                 } else {
                     ""
                 }
+            ),
+        }
+    } else if c.plan.rollout && c.desired < c.current {
+        Condition {
+            type_: ConditionType::Draining,
+            status: false,
+            reason: "WaitingForRollout",
+            message: format!(
+                "scaling in to {} waits until the rollout in progress (pods of several ReplicaSets) ends",
+                c.desired
             ),
         }
     } else {

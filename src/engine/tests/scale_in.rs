@@ -464,6 +464,28 @@ fn during_a_rollout_drained_pods_wait_for_it_to_end() {
         "{}",
         c.message
     );
+    // Lower load starts no drains: the surge's extra pods must not raise the count either.
+    let surge = |new_rs: &str| {
+        pods(new_rs)
+            .into_iter()
+            .chain([pod("u").owner(new_rs).not_ready().sessions(0)])
+    };
+    let d = run(
+        sessions(),
+        wanting(1, surge("chat-new")).replicas(3),
+        history(),
+    );
+    assert!(d.plan.start.is_empty());
+    assert!(d.plan.remove.is_empty());
+    assert_eq!(d.replicas, 3);
+    let undrained = [
+        pod("s").owner("chat-old").ready().sessions(4),
+        pod("t").owner("chat-new").ready().sessions(4),
+    ];
+    let d = run(sessions(), wanting(1, undrained).replicas(2), history());
+    assert_eq!(d.replicas, 2);
+    let c = condition(&d, ConditionType::Draining);
+    assert_eq!((c.status, c.reason), (false, "WaitingForRollout"));
     // Scaling up is not held, and once one ReplicaSet is left the drained pod goes.
     let d = run(sessions(), wanting(4, pods("chat-new")), history());
     assert_eq!(d.replicas, 4);
