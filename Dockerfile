@@ -1,9 +1,9 @@
 # drainscaler: a static binary on an empty image.
 #   docker build -t drainscaler/drainscaler:dev .
-# Not built on the development machine (no container engine there); what the build stage copies
-# is checked to be enough: `cargo build --release --locked --bin drainscaler` succeeds in a
-# directory holding only Cargo.toml, Cargo.lock, src/ and benches/ (the manifest names the
-# benches).
+# Not built on the development machine (no container engine there). scripts/image-check runs
+# the same static musl binary from a root laid out like the final stage, as user 65532, against
+# the local control plane; and `cargo build --release --locked --bin drainscaler` succeeds in a
+# directory holding only what the build stage copies (the manifest names the benches).
 FROM rust:1-alpine AS build
 RUN apk add --no-cache musl-dev ca-certificates
 WORKDIR /src

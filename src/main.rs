@@ -109,7 +109,8 @@ struct RunArgs {
     /// The Lease that elects the leader.
     #[arg(long, default_value = "drainscaler")]
     lease_name: String,
-    /// The Lease's namespace (default: this pod's namespace, else `default`).
+    /// The Lease's namespace (default: this pod's namespace, from POD_NAMESPACE or its
+    /// ServiceAccount; outside a cluster, the kubeconfig context's namespace, else `default`).
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
     /// This replica's pod, labelled as leader so that the heartbeat Service selects it.
@@ -321,7 +322,7 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
     let lease_namespace = args
         .lease_namespace
         .clone()
-        .unwrap_or_else(|| "default".to_owned());
+        .unwrap_or_else(|| client.default_namespace().to_owned());
     let identity = args.pod_name.clone().unwrap_or_else(|| {
         format!(
             "{}-{}",
