@@ -32,7 +32,8 @@ pub struct DrainPlan {
     pub replace: Vec<String>,
     /// Removable pods wait because others rank before them for deletion.
     pub blocked: bool,
-    /// Removable pods wait for a Deployment rollout to end.
+    /// A Deployment rollout is in progress: nothing starts draining or goes, and the count is
+    /// held (or raised for load) until it ends.
     pub rollout: bool,
     pub events: Vec<Event>,
 }
