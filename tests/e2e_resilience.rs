@@ -12,8 +12,9 @@ use serde_json::Value;
 use support::{
     Controller, FakePrometheus, Namespace, active_sessions, app_with_controller, apply, condition,
     container_pid, dropped_sessions, enabled, event_reasons, http, install_crd, kubectl,
-    kubectl_json, live_pods, pod_exists, pods, policy, ready_replicas, sample, session_app,
-    sessions_spec, signal, spec_replicas, traffic, traffic_summary, wait_for,
+    kubectl_json, live_pods, pod_exists, pods, policy, policy_events, ready_replicas, sample,
+    session_app, sessions_spec, signal, spec_replicas, status_condition, traffic, traffic_summary,
+    wait_for,
 };
 
 fn draining(ns: &str) -> Vec<String> {
@@ -296,16 +297,6 @@ fn status(ns: &str) -> Value {
     sp["status"].take()
 }
 
-/// A condition of `type_` in a policy status, as (status, reason, message).
-fn status_condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
-    let c = status["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)?;
-    let text = |key: &str| c[key].as_str().unwrap_or_default().to_owned();
-    Some((text("status"), text("reason"), text("message")))
-}
-
 #[test]
 fn prometheus_going_down_holds_the_count_falls_back_after_the_threshold_and_recovers() {
     if !enabled("prometheus_going_down_holds_the_count_falls_back_after_the_threshold_and_recovers")
@@ -445,32 +436,19 @@ fn lease_holder(ns: &str) -> String {
 
 /// The policy `chat`'s events of `reason`, as (note, times seen).
 fn events_of(ns: &str, reason: &str) -> Vec<(String, u64)> {
-    let list = kubectl_json(&[
-        "-n",
-        ns,
-        "get",
-        "events",
-        "--field-selector",
-        &format!("involvedObject.name=chat,involvedObject.kind=ScalingPolicy,reason={reason}"),
-    ]);
-    list["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|e| {
-                    (
-                        e["message"].as_str().unwrap_or_default().to_owned(),
-                        // Repeats fold into the event's series (events.k8s.io/v1).
-                        e["series"]["count"]
-                            .as_u64()
-                            .or_else(|| e["count"].as_u64())
-                            .unwrap_or(1),
-                    )
-                })
-                .collect()
+    policy_events(ns, "chat", Some(reason))
+        .iter()
+        .map(|e| {
+            (
+                e["message"].as_str().unwrap_or_default().to_owned(),
+                // Repeats fold into the event's series (events.k8s.io/v1).
+                e["series"]["count"]
+                    .as_u64()
+                    .or_else(|| e["count"].as_u64())
+                    .unwrap_or(1),
+            )
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 #[test]

@@ -574,41 +574,43 @@ pub fn spec_replicas(ns: &str, deployment: &str) -> i64 {
 /// The policy's condition of `type_`, as (status, reason, message).
 pub fn condition(ns: &str, policy: &str, type_: &str) -> Option<(String, String, String)> {
     let sp = kubectl_json(&["-n", ns, "get", "scalingpolicy", policy]);
-    sp["status"]["conditions"].as_array()?.iter().find_map(|c| {
-        (c["type"] == type_).then(|| {
-            (
-                c["status"].as_str().unwrap_or_default().to_owned(),
-                c["reason"].as_str().unwrap_or_default().to_owned(),
-                c["message"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-    })
+    status_condition(&sp["status"], type_)
 }
 
-/// Reasons of the events about `policy`.
+/// A condition of `type_` in a policy status, as (status, reason, message).
+pub fn status_condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
+    let c = status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?;
+    let text = |key: &str| c[key].as_str().unwrap_or_default().to_owned();
+    Some((text("status"), text("reason"), text("message")))
+}
+
+/// The events about `policy`, only those of `reason` if given.
+pub fn policy_events(ns: &str, policy: &str, reason: Option<&str>) -> Vec<Value> {
+    let mut selector = format!("involvedObject.name={policy},involvedObject.kind=ScalingPolicy");
+    if let Some(r) = reason {
+        selector.push_str(&format!(",reason={r}"));
+    }
+    let mut list = kubectl_json(&["-n", ns, "get", "events", "--field-selector", &selector]);
+    match list["items"].take() {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+/// Types and reasons of the events about `policy`.
 pub fn event_reasons(ns: &str, policy: &str) -> Vec<(String, String)> {
-    let list = kubectl_json(&[
-        "-n",
-        ns,
-        "get",
-        "events",
-        "--field-selector",
-        &format!("involvedObject.name={policy},involvedObject.kind=ScalingPolicy"),
-    ]);
-    list["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|e| {
-                    (
-                        e["type"].as_str().unwrap_or_default().to_owned(),
-                        e["reason"].as_str().unwrap_or_default().to_owned(),
-                    )
-                })
-                .collect()
+    policy_events(ns, policy, None)
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default().to_owned(),
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+            )
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// Sessions the local node dropped in `ns` (killed with the pod that held them).
