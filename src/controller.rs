@@ -157,6 +157,10 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
         Ok(target) => target,
         Err(b) => return blocked(&ctx, &sp, &namespace, b, now).await,
     };
+    let readings = match readings {
+        Ok(readings) => readings,
+        Err(b) => return blocked(&ctx, &sp, &namespace, b, now).await,
+    };
     ctx.autoscalers
         .wait_until_ready()
         .await
@@ -260,6 +264,7 @@ async fn blocked(
     let (reason, message) = match why {
         Blocked::TargetNotFound(m) => (ShellReason::TargetNotFound, m),
         Blocked::Conflict(m) => (ShellReason::Conflict, m),
+        Blocked::PrometheusAuth(m) => (ShellReason::PrometheusAuth, m),
     };
     block(ctx, sp, namespace, reason, message, now)
         .await
