@@ -85,6 +85,9 @@ impl Context {
         self.selectors.retain(is_live);
         self.readings.retain(is_live);
         self.latest_made.retain(is_live);
+        self.metrics.retain_policies(|namespace, name| {
+            live.contains(&ObjectRef::new(name).within(namespace))
+        });
         self.failures
             .write()
             .unwrap_or_else(PoisonError::into_inner)
