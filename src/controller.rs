@@ -268,6 +268,7 @@ async fn blocked(
         Blocked::TargetNotFound(m) => (ShellReason::TargetNotFound, m),
         Blocked::Conflict(m) => (ShellReason::Conflict, m),
         Blocked::PrometheusAuth(m) => (ShellReason::PrometheusAuth, m),
+        Blocked::InvalidQuery(m) => (ShellReason::InvalidPolicy, m),
     };
     block(ctx, sp, namespace, reason, message, now)
         .await
@@ -338,6 +339,8 @@ pub struct RunConfig {
     pub namespace: Option<String>,
     pub concurrency: u16,
     pub prometheus: Option<observe::prometheus::Prometheus>,
+    /// `--prometheus-namespace-label`: restrict each policy's queries to its own namespace.
+    pub prometheus_namespace_label: Option<String>,
     pub reporter_instance: Option<String>,
 }
 
@@ -420,6 +423,7 @@ pub async fn run(
             heartbeats: heartbeats.clone(),
             prometheus: config.prometheus,
             heartbeats_since,
+            namespace_label: config.prometheus_namespace_label,
         },
         policies: controller.store(),
         autoscalers: hpa_store,

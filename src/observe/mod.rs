@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::observe::heartbeats::{Heartbeats, PodKey};
 use crate::observe::prometheus::Prometheus;
 use crate::observe::prometheus::decode::PerPod;
+use crate::observe::prometheus::tenancy;
 use crate::policy::{HeartbeatSource, Policy, Source};
 
 /// What observing reads from.
@@ -32,6 +33,9 @@ pub struct Sources {
     pub prometheus: Option<Prometheus>,
     /// When this controller began collecting heartbeats (it became leader).
     pub heartbeats_since: Time,
+    /// With `--prometheus-namespace-label`: the label every selector of a policy's queries must
+    /// match with the policy's namespace.
+    pub namespace_label: Option<String>,
 }
 
 /// The target as its scale subresource shows it.
@@ -49,6 +53,9 @@ pub enum Blocked {
     /// The policy's Prometheus credentials cannot be used (a Secret missing, not opted in, or
     /// malformed).
     PrometheusAuth(String),
+    /// A query cannot be run as the controller requires (with `--prometheus-namespace-label`,
+    /// one that reads another namespace or cannot be parsed).
+    InvalidQuery(String),
 }
 
 /// Reads the target's scale subresource; `Blocked` when it does not exist or has no usable
@@ -194,6 +201,13 @@ pub async fn readings(
         Some(HeartbeatSource::Prometheus { query }) => Some(query.as_str()),
         _ => None,
     };
+    let (metric_queries, heartbeat_query) =
+        scoped_queries(sources, namespace, metric_queries, heartbeat_query)?;
+    let metric_queries: Vec<(&str, &str)> = metric_queries
+        .iter()
+        .map(|(name, query)| (*name, query.as_str()))
+        .collect();
+    let heartbeat_query = heartbeat_query.as_deref();
     if let Some(kept) = reuse {
         return Ok(metric_queries
             .iter()
@@ -282,6 +296,34 @@ pub async fn readings(
         None => {}
     }
     Ok(readings.into_iter().collect())
+}
+
+/// The policy's queries as they are sent: with `--prometheus-namespace-label`, each restricted to
+/// the policy's namespace.
+#[allow(clippy::type_complexity)]
+fn scoped_queries<'a>(
+    sources: &Sources,
+    namespace: &str,
+    metrics: Vec<(&'a str, &str)>,
+    heartbeat: Option<&str>,
+) -> Result<(Vec<(&'a str, String)>, Option<String>), Blocked> {
+    let scope = |what: &str, query: &str| match &sources.namespace_label {
+        None => Ok(query.to_owned()),
+        Some(label) => tenancy::enforce(query, label, namespace).map_err(|why| {
+            Blocked::InvalidQuery(format!(
+                "the {what} cannot run on this controller's shared Prometheus, which restricts \
+                 each policy to its own namespace: {why}"
+            ))
+        }),
+    };
+    let metrics = metrics
+        .into_iter()
+        .map(|(name, query)| Ok((name, scope(&format!("query of metric {name}"), query)?)))
+        .collect::<Result<Vec<_>, Blocked>>()?;
+    let heartbeat = heartbeat
+        .map(|query| scope("heartbeat query", query))
+        .transpose()?;
+    Ok((metrics, heartbeat))
 }
 
 /// Records the usable samples of a heartbeat query as the heartbeats of the pods they name, in

@@ -50,6 +50,7 @@ fn sources(pods: Store<Pod>) -> Sources {
         heartbeats: Heartbeats::default(),
         prometheus: None,
         heartbeats_since: Time(0),
+        namespace_label: None,
     }
 }
 
@@ -206,4 +207,59 @@ async fn a_sample_for_a_pod_of_another_namespace_or_none_is_not_recorded() {
         &per_pod(&[("ghost", sample(1, Time(5_000), None))]),
     );
     assert!(s.heartbeats.is_empty());
+}
+
+fn server_policy(url: &str, query: &str) -> crate::policy::Policy {
+    let mut p = policy().build();
+    p.metrics.push(crate::policy::Metric {
+        name: "rps".to_owned(),
+        source: crate::policy::Source::Prometheus {
+            query: query.to_owned(),
+        },
+        target: crate::policy::MetricTarget::Value(1.0),
+        activation: 0.0,
+    });
+    p.prometheus = Some(PrometheusServer {
+        address: url.to_owned(),
+        auth: PrometheusAuth::None,
+        ca_secret: None,
+        timeout: Duration::from_secs(5),
+    });
+    p
+}
+
+#[tokio::test]
+async fn with_a_namespace_label_a_query_is_sent_restricted_to_the_policys_namespace() {
+    let server = Server::start(Answer::Full {
+        status: 200,
+        headers: Vec::new(),
+        body: br#"{"status":"success","data":{"resultType":"scalar","result":[1700000000,"1"]}}"#
+            .to_vec(),
+    });
+    let mut s = sources(store(Vec::new()));
+    s.namespace_label = Some("namespace".to_owned());
+    let p = server_policy(&server.url(), "sum(up)");
+    let got = readings(&s, "demo", &p, None, Time(0))
+        .await
+        .expect("not blocked");
+    assert_eq!(got["rps"], Reading::Value(1.0));
+    let sent = server.seen.raw().join("\n");
+    assert!(
+        sent.contains("query=sum%28up%7Bnamespace%3D%22demo%22%7D%29"),
+        "{sent}"
+    );
+}
+
+#[tokio::test]
+async fn with_a_namespace_label_a_query_of_another_namespace_blocks_the_policy_unsent() {
+    let server = Server::start(Answer::Silent);
+    let mut s = sources(store(Vec::new()));
+    s.namespace_label = Some("namespace".to_owned());
+    let p = server_policy(&server.url(), r#"sum(up{namespace="kube-system"})"#);
+    let got = readings(&s, "demo", &p, None, Time(0)).await;
+    assert!(
+        matches!(&got, Err(super::Blocked::InvalidQuery(m)) if m.contains("metric rps") && m.contains("own namespace")),
+        "{got:?}"
+    );
+    assert_eq!(server.seen.requests(), 0);
 }

@@ -2,6 +2,7 @@
 //! and instant queries whose answers are read up to a byte bound. Needs a client.
 
 pub mod decode;
+pub mod tenancy;
 
 use std::time::Duration;
 
