@@ -1049,3 +1049,57 @@ fn a_statefulset_drops_missing_top_ordinals_without_draining_anyone() {
     assert!(d.plan.remove.is_empty(), "nothing real is removed");
     assert_eq!(d.replicas, 3);
 }
+
+#[test]
+fn a_statefulset_whose_ordinals_start_above_zero_plans_over_its_own_ordinals() {
+    // spec.ordinals.start 10: web-10..web-12 with 3 replicas. Counting ordinals from 0 would
+    // see ten missing slots below them, and the count would run away.
+    let pods = (10..13).map(|i| pod(&format!("web-{i}")).ordinal(i).ready().sessions(10));
+    let seen = || wanting(3, pods.clone()).replicas(3).ordinals_start(10);
+    let d = run(sessions().statefulset(), seen(), history());
+    assert_eq!(d.replicas, 3, "steady");
+    assert!(d.plan.start.is_empty());
+    let d = run(
+        sessions().statefulset(),
+        wanting(
+            2,
+            (10..13).map(|i| pod(&format!("web-{i}")).ordinal(i).ready().sessions(10)),
+        )
+        .replicas(3)
+        .ordinals_start(10),
+        history(),
+    );
+    assert_eq!(names(&d.plan.start), ["web-12"]);
+    assert_eq!(d.replicas, 3, "web-12 drains first");
+}
+
+#[test]
+fn a_huge_statefulset_count_is_planned_without_a_slot_per_replica() {
+    // spec.replicas near u32::MAX over three pods: the missing top ordinals go at once, and
+    // the plan makes no stand-in for each of them.
+    let pods = (0..3).map(|i| pod(&format!("web-{i}")).ordinal(i).ready().sessions(10));
+    let d = run(
+        sessions().statefulset(),
+        wanting(3, pods).replicas(u32::MAX - 1),
+        history(),
+    );
+    assert_eq!(d.replicas, 20, "moves inward to maxReplicas at once");
+    assert!(d.plan.start.is_empty());
+    assert!(d.plan.remove.is_empty(), "nothing real is removed");
+}
+
+#[test]
+fn a_statefulset_pod_with_an_absurd_ordinal_holds_the_plan_instead_of_allocating() {
+    let mut pods: Vec<PodBuilder> = (0..3)
+        .map(|i| pod(&format!("web-{i}")).ordinal(i).ready().sessions(10))
+        .collect();
+    pods.push(pod("stray").ordinal(4_000_000_000).ready().sessions(1));
+    let d = run(
+        sessions().statefulset(),
+        wanting(2, pods).replicas(u32::MAX - 1),
+        history(),
+    );
+    assert_eq!(d.replicas, u32::MAX - 1, "held");
+    assert!(d.plan.start.is_empty() && d.plan.remove.is_empty());
+    assert_eq!(events(&d, EventReason::ScalingHeld).len(), 1);
+}
