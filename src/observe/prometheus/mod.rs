@@ -57,6 +57,11 @@ pub enum ConnectError {
     #[error("Secret {name} named in spec.prometheus does not exist in the policy's namespace")]
     SecretNotFound { name: String },
     #[error(
+        "drainscaler may not read Secret {name}: bind the ClusterRole \
+         drainscaler-prometheus-secrets to its ServiceAccount with a RoleBinding in this namespace"
+    )]
+    SecretForbidden { name: String },
+    #[error(
         "Secret {name} named in spec.prometheus does not allow drainscaler to use it: if it is meant \
          to be sent to {address}, label it {PROMETHEUS_AUTH_LABEL}=true \
          (kubectl label secret {name} {PROMETHEUS_AUTH_LABEL}=true)"
@@ -80,6 +85,7 @@ impl ConnectError {
         match self {
             ConnectError::ReadSecret { .. } | ConnectError::NoServer => false,
             ConnectError::SecretNotFound { .. }
+            | ConnectError::SecretForbidden { .. }
             | ConnectError::NotOptedIn { .. }
             | ConnectError::MissingKey { .. }
             | ConnectError::BadSecret { .. }
@@ -138,6 +144,9 @@ impl Prometheus {
                 match secrets.get_opt(&name).await {
                     Ok(Some(s)) => Ok(s),
                     Ok(None) => Err(ConnectError::SecretNotFound { name }),
+                    Err(kube::Error::Api(e)) if e.code == 403 => {
+                        Err(ConnectError::SecretForbidden { name })
+                    }
                     Err(source) => Err(ConnectError::ReadSecret { name, source }),
                 }
             }

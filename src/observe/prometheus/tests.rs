@@ -194,6 +194,27 @@ fn a_secret_without_the_opt_in_label_is_not_used() {
 }
 
 #[test]
+fn a_secret_drainscaler_may_not_read_or_that_is_missing_needs_a_fix_and_says_which() {
+    let forbidden = ConnectError::SecretForbidden {
+        name: "prom".to_owned(),
+    };
+    assert!(forbidden.needs_a_fix());
+    assert!(
+        forbidden
+            .to_string()
+            .contains("ClusterRole drainscaler-prometheus-secrets"),
+        "{forbidden}"
+    );
+    assert!(
+        ConnectError::SecretNotFound {
+            name: "prom".to_owned()
+        }
+        .needs_a_fix()
+    );
+    assert!(!ConnectError::NoServer.needs_a_fix());
+}
+
+#[test]
 fn a_secret_that_opts_in_is_used() {
     let s = secret(&[(PROMETHEUS_AUTH_LABEL, "true")], &[("token", "hunter2")]);
     let token = secret_key(&s, "prom", "token", "https://p").expect("opted in");
