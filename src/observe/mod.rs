@@ -378,16 +378,18 @@ pub fn record_heartbeats(sources: &Sources, namespace: &str, per_pod: &PerPod) {
             );
             continue;
         }
-        let created = pod
-            .metadata
-            .creation_timestamp
+        // The kubelet's start time when known (nothing ran before it), else creation.
+        let started = pod
+            .status
             .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .or(pod.metadata.creation_timestamp.as_ref())
             .map(|t| pods::time(t.0));
-        if created.is_some_and(|c| sample.at < c) {
+        if started.is_some_and(|t| sample.at < t) {
             tracing::debug!(
                 namespace,
                 pod = name,
-                "heartbeat sample from before the pod existed"
+                "heartbeat sample from before the pod started"
             );
             continue;
         }

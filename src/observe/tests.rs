@@ -173,6 +173,30 @@ async fn a_sample_from_before_the_pod_existed_is_not_its_heartbeat() {
 }
 
 #[tokio::test]
+async fn a_sample_from_before_the_pod_started_is_not_its_heartbeat() {
+    let mut p = pod("chat-0", "uid-2", Time(1_000));
+    p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+        start_time: Some(KubeTime(
+            Timestamp::from_millisecond(10_000).expect("a time"),
+        )),
+        ..Default::default()
+    });
+    let s = sources(store(vec![p]));
+    record_heartbeats(
+        &s,
+        "demo",
+        &per_pod(&[("chat-0", sample(0, Time(9_000), None))]),
+    );
+    assert!(s.heartbeats.is_empty());
+    record_heartbeats(
+        &s,
+        "demo",
+        &per_pod(&[("chat-0", sample(1, Time(10_000), None))]),
+    );
+    assert_eq!(s.heartbeats.len(), 1);
+}
+
+#[tokio::test]
 async fn a_sample_whose_series_names_another_uid_is_not_recorded() {
     let s = sources(store(vec![pod("chat-0", "uid-2", Time(1_000))]));
     record_heartbeats(
