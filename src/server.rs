@@ -69,6 +69,11 @@ impl ServerState {
     pub fn lead(&self, pods: Store<Pod>) {
         *self.pods.write().unwrap_or_else(PoisonError::into_inner) = Some(pods);
     }
+
+    /// Stops answering heartbeats (leadership is over).
+    pub fn unlead(&self) {
+        *self.pods.write().unwrap_or_else(PoisonError::into_inner) = None;
+    }
 }
 
 pub fn router(state: Arc<ServerState>) -> Router {
