@@ -232,6 +232,19 @@ pub fn step(
     }
 }
 
+/// The shortest pause between two attempts to take the lease.
+const MIN_PAUSE: Duration = Duration::from_millis(100);
+
+/// The outcome of one look at the lease.
+enum Attempt {
+    /// This replica holds it, renewed by a write sent then.
+    Held(Instant),
+    /// Another replica holds it for this long at least.
+    Waiting(Duration),
+    /// This replica does not hold it (a conflicting write, or it was lost while held).
+    NotHeld,
+}
+
 /// Takes part in the election for one Lease.
 pub struct Elector {
     api: Api<Lease>,
@@ -262,15 +275,18 @@ impl Elector {
     /// Waits until this replica holds the lease.
     pub async fn acquire(&self) {
         loop {
+            let mut pause = RETRY_PERIOD;
             match self.attempt(false).await {
-                Ok(Some(sent)) => {
+                Ok(Attempt::Held(sent)) => {
                     self.leadership.renewed(sent);
                     return;
                 }
-                Ok(None) => {}
+                // Try again as the lease runs out rather than up to a retry period later.
+                Ok(Attempt::Waiting(left)) => pause = left.clamp(MIN_PAUSE, RETRY_PERIOD),
+                Ok(Attempt::NotHeld) => {}
                 Err(e) => tracing::warn!(error = %e, lease = self.name, "lease not acquired"),
             }
-            tokio::time::sleep(RETRY_PERIOD).await;
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -284,8 +300,8 @@ impl Elector {
                 return;
             }
             match self.attempt(true).await {
-                Ok(Some(sent)) => self.leadership.renewed(sent),
-                Ok(None) => {
+                Ok(Attempt::Held(sent)) => self.leadership.renewed(sent),
+                Ok(Attempt::Waiting(_) | Attempt::NotHeld) => {
                     tracing::warn!(lease = self.name, "another replica holds the lease");
                     self.leadership.lose();
                     return;
@@ -335,10 +351,9 @@ impl Elector {
         }
     }
 
-    /// Reads the lease and creates, renews or takes it when `step` says so. Returns when the
-    /// successful write was sent, or `None` when this replica does not hold the lease. With
-    /// `renew_only`, only a lease this replica holds is written.
-    async fn attempt(&self, renew_only: bool) -> Result<Option<Instant>, kube::Error> {
+    /// Reads the lease and creates, renews or takes it when `step` says so. With `renew_only`,
+    /// only a lease this replica holds is written.
+    async fn attempt(&self, renew_only: bool) -> Result<Attempt, kube::Error> {
         let lease = match self.api.get(&self.name).await {
             Ok(l) => Some(l),
             Err(kube::Error::Api(e)) if e.code == 404 => None,
@@ -359,7 +374,7 @@ impl Elector {
         match (step, lease) {
             (Step::Wait { holder, left }, _) => {
                 tracing::debug!(holder, left_secs = left.as_secs_f64(), "lease held");
-                Ok(None)
+                Ok(Attempt::Waiting(left))
             }
             (Step::Renew, Some(mut lease)) => {
                 let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
@@ -394,13 +409,13 @@ impl Elector {
                 self.write(lease, true).await
             }
             // Holding, this replica found the lease gone, free or taken: it lost it.
-            _ => Ok(None),
+            _ => Ok(Attempt::NotHeld),
         }
     }
 
     /// Creates `lease`, or replaces it as read: its resourceVersion makes that a
     /// compare-and-swap, so a concurrent change wins and this one gets a conflict.
-    async fn write(&self, lease: Lease, create: bool) -> Result<Option<Instant>, kube::Error> {
+    async fn write(&self, lease: Lease, create: bool) -> Result<Attempt, kube::Error> {
         let sent = self.leadership.now();
         let result = if create {
             self.api.create(&PostParams::default(), &lease).await
@@ -410,8 +425,8 @@ impl Elector {
                 .await
         };
         match result {
-            Ok(_) => Ok(Some(sent)),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+            Ok(_) => Ok(Attempt::Held(sent)),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::NotHeld),
             Err(e) => Err(e),
         }
     }
