@@ -295,6 +295,7 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         args.insecure_dev_heartbeats,
     ));
+    state.follow(leadership.clone());
     if args.insecure_dev_heartbeats {
         tracing::warn!("accepting unauthenticated heartbeats (--insecure-dev-heartbeats)");
     }
