@@ -124,7 +124,7 @@ pub async fn act(
         match pods.delete(pod, &params).await {
             Ok(_) => applied.pods_deleted += 1,
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => replaced(pod, uid, &e.message),
+            Err(kube::Error::Api(e)) if another_uid(&e) => replaced(pod, uid, &e.message),
             Err(source) => {
                 return Err(Error::DeletePod {
                     pod: pod.clone(),
@@ -141,6 +141,18 @@ fn params() -> PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     }
+}
+
+/// Whether the API server refused a pod write because the pod's UID is not the one the write
+/// names: a delete's UID precondition fails with 409 Conflict; a patch that sets another
+/// `metadata.uid` fails validation with 422 Invalid, the UID being immutable.
+pub fn another_uid(status: &kube::core::Status) -> bool {
+    status.code == 409
+        || (status.code == 422
+            && status
+                .details
+                .as_ref()
+                .is_some_and(|d| d.causes.iter().any(|c| c.field == "metadata.uid")))
 }
 
 /// A pod of that name exists, but not the one observed: it was recreated since.
@@ -169,7 +181,7 @@ async fn patch_pod(
         Ok(_) => Ok(1),
         // Gone already: the next observation will not list it.
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(0),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
+        Err(kube::Error::Api(e)) if another_uid(&e) => {
             replaced(pod, uid, &e.message);
             Ok(0)
         }
@@ -220,7 +232,7 @@ pub fn scale_patch(version: &str, replicas: u32) -> Value {
 }
 
 /// `patch` made to apply to the pod with `uid` only: the API server refuses a patch whose
-/// `metadata.uid` differs from the object's with 409 Conflict.
+/// `metadata.uid` differs from the object's (422 Invalid: the UID is immutable).
 pub fn with_uid(mut patch: Value, uid: &str) -> Value {
     if let Some(meta) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("uid".to_owned(), Value::String(uid.to_owned()));
@@ -316,7 +328,14 @@ mod tests {
                     path.clone(),
                     sent,
                 ));
-                let answer = if code != 200 {
+                let answer = if code == 422 {
+                    // As the API server answers a patch that sets another UID.
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "Invalid", "code": 422,
+                        "message": "metadata.uid: Invalid value: field is immutable",
+                        "details": {"kind": "Pod", "causes": [{"reason": "FieldValueInvalid",
+                            "message": "field is immutable", "field": "metadata.uid"}]}})
+                } else if code != 200 {
                     json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
                         "status": "Failure", "reason": "Conflict", "code": code,
                         "message": "Precondition failed"})
@@ -524,15 +543,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_pod_recreated_under_the_same_name_is_left_alone() {
-        // The API server answers 409 when the UID precondition does not hold.
+        // The API server refuses a patch of another UID with 422 and a delete with 409.
         let (client, log) = fake_api(
-            |method, path| {
-                if *method != Method::GET && path.ends_with("/pods/a") || path.ends_with("/pods/c")
-                {
-                    409
-                } else {
-                    200
-                }
+            |method, path| match (method.as_str(), path.rsplit('/').next()) {
+                ("PATCH", Some("a")) => 422,
+                ("DELETE", Some("c")) => 409,
+                _ => 200,
             },
             || {},
         );
@@ -547,6 +563,23 @@ mod tests {
             })
         );
         assert_eq!(requests(&log).len(), 3);
+    }
+
+    #[tokio::test]
+    async fn another_invalid_patch_is_an_error_not_a_replaced_pod() {
+        let (client, _log) = fake_api(
+            |method, path| match (method.as_str(), path.rsplit('/').next()) {
+                ("PATCH", Some("a")) => 403,
+                _ => 200,
+            },
+            || {},
+        );
+        let (_clock, leadership) = fresh();
+        let failed = run(&client, &leadership, &target()).await;
+        assert!(
+            matches!(&failed, Err(Error::PatchPod { pod, .. }) if pod == "a"),
+            "{failed:?}"
+        );
     }
 
     #[test]
