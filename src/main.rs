@@ -364,7 +364,11 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
         leadership,
     };
     let lead_state = Arc::clone(&state);
+    // The elector first: a process woken from a freeze finds its renewal overdue and stops
+    // before the controller goes on with a reconcile that was under way.
     let lost = tokio::select! {
+        biased;
+        _ = elector.hold() => true,
         result = controller::run(
             fenced,
             config,
@@ -376,7 +380,6 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
             result.map_err(|e| anyhow::anyhow!(e))?;
             false
         }
-        _ = elector.hold() => true,
     };
     // Leadership is over (`hold` returned, or `release` below): no heartbeat is answered from
     // here on, and the fenced client writes nothing.
