@@ -361,6 +361,7 @@ mod tests {
         let policy = policy().build();
         let seen = Observation {
             replicas: 3,
+            ordinals_start: 0,
             readings: Default::default(),
             instances: ["a", "b", "c"].map(|n| pod(n).ready().build()).to_vec(),
             heartbeats_since: NOW,
@@ -382,6 +383,7 @@ mod tests {
             replicas: 3,
             selector: Selector::default(),
             resource_version: Some("41".to_owned()),
+            ordinals_start: 0,
         }
     }
 

@@ -442,6 +442,7 @@ fn decision(
     p.target.name = "chat".to_owned();
     let seen = Observation {
         replicas: from,
+        ordinals_start: 0,
         readings: Default::default(),
         instances: vec![pod(drain).ready().build()],
         heartbeats_since: NOW,

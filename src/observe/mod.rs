@@ -41,6 +41,8 @@ pub struct Target {
     /// The scale's resourceVersion: a write of the count carries it, so that it fails if the
     /// count changed after it was read.
     pub resource_version: Option<String>,
+    /// A StatefulSet's `spec.ordinals.start`; 0 for a Deployment.
+    pub ordinals_start: u32,
 }
 
 /// What a decision was computed from, as writes must name it: each observed pod's UID by
@@ -108,9 +110,25 @@ pub async fn target(
         .spec
         .and_then(|s| s.replicas)
         .map_or(0, |r| u32::try_from(r).unwrap_or(0));
+    // `/scale` does not show where a StatefulSet's ordinals begin, and planning from the
+    // wrong start would count ordinals that do not exist.
+    let ordinals_start = match policy.target.kind {
+        TargetKind::Deployment => 0,
+        TargetKind::StatefulSet => {
+            let set = Api::<StatefulSet>::namespaced(client.clone(), namespace)
+                .get(name)
+                .await
+                .map_err(|source| Error::ReadScale { source })?;
+            set.spec
+                .and_then(|s| s.ordinals)
+                .and_then(|o| o.start)
+                .map_or(0, |s| u32::try_from(s).unwrap_or(0))
+        }
+    };
     Ok(Ok(Target {
         replicas,
         selector,
+        ordinals_start,
         resource_version: scale.metadata.resource_version,
     }))
 }
@@ -290,6 +308,7 @@ pub fn observe(
         .collect();
     let observation = Observation {
         replicas: target.replicas,
+        ordinals_start: target.ordinals_start,
         readings,
         instances,
         heartbeats_since: sources.heartbeats_since,
