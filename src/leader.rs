@@ -252,6 +252,9 @@ pub struct Elector {
     identity: String,
     leadership: Leadership,
     observed: Mutex<Observed>,
+    /// `RETRY_PERIOD`, and the shortest pause between two attempts; shorter in tests.
+    retry: Duration,
+    min_pause: Duration,
 }
 
 impl Elector {
@@ -269,20 +272,22 @@ impl Elector {
             identity: identity.to_owned(),
             leadership,
             observed: Mutex::default(),
+            retry: RETRY_PERIOD,
+            min_pause: MIN_PAUSE,
         }
     }
 
     /// Waits until this replica holds the lease.
     pub async fn acquire(&self) {
         loop {
-            let mut pause = RETRY_PERIOD;
+            let mut pause = self.retry;
             match self.attempt(false).await {
                 Ok(Attempt::Held(sent)) => {
                     self.leadership.renewed(sent);
                     return;
                 }
                 // Try again as the lease runs out rather than up to a retry period later.
-                Ok(Attempt::Waiting(left)) => pause = left.clamp(MIN_PAUSE, RETRY_PERIOD),
+                Ok(Attempt::Waiting(left)) => pause = left.clamp(self.min_pause, self.retry),
                 Ok(Attempt::NotHeld) => {}
                 Err(e) => tracing::warn!(error = %e, lease = self.name, "lease not acquired"),
             }
@@ -295,7 +300,7 @@ impl Elector {
     /// Leadership is lost for good then.
     pub async fn hold(&self) {
         loop {
-            tokio::time::sleep(RETRY_PERIOD).await;
+            tokio::time::sleep(self.retry).await;
             if self.overdue() {
                 return;
             }
@@ -451,6 +456,219 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod elector_tests {
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::time::Duration;
+
+    use axum::http::{Method, Request, Response};
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use serde_json::{Value, json};
+
+    use super::{Clock, Elector, LEASE_DURATION, Leadership, ManualClock, NotLeading};
+
+    /// The lease as the fake API server keeps it, and the writes it was sent.
+    #[derive(Default)]
+    struct Leases {
+        lease: Option<Value>,
+        version: u64,
+        gets: usize,
+        writes: Vec<Value>,
+    }
+
+    type Shared = Arc<Mutex<Leases>>;
+
+    fn lock(leases: &Shared) -> std::sync::MutexGuard<'_, Leases> {
+        leases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lease_held_by(holder: &str) -> Value {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "lease", "namespace": "ns"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                "renewTime": "2000-01-01T00:00:00.000000Z", "leaseTransitions": 3}})
+    }
+
+    /// A fake API server for one Lease: GET answers it, PUT replaces it if its
+    /// resourceVersion is current (409 otherwise), POST creates it. `after` runs after each
+    /// request, with the state.
+    fn fake_leases(
+        lease: Option<Value>,
+        after: impl Fn(&mut Leases) + Send + Sync + 'static,
+    ) -> (kube::Client, Shared) {
+        let shared: Shared = Arc::new(Mutex::new(Leases {
+            version: 1,
+            ..Leases::default()
+        }));
+        if let Some(mut l) = lease {
+            l["metadata"]["resourceVersion"] = json!("1");
+            lock(&shared).lease = Some(l);
+        }
+        let (state, after) = (Arc::clone(&shared), Arc::new(after));
+        let service = tower::service_fn(move |request: Request<kube::client::Body>| {
+            let (state, after) = (Arc::clone(&state), Arc::clone(&after));
+            async move {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.expect("a request body");
+                let sent: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let mut leases = lock(&state);
+                let current = leases.version.to_string();
+                let (code, answer) = match parts.method {
+                    Method::GET => {
+                        leases.gets += 1;
+                        match &leases.lease {
+                            Some(l) => (200, l.clone()),
+                            None => (
+                                404,
+                                json!({"kind": "Status", "apiVersion": "v1",
+                                "status": "Failure", "reason": "NotFound", "code": 404}),
+                            ),
+                        }
+                    }
+                    Method::PUT | Method::POST => {
+                        leases.writes.push(sent.clone());
+                        let fits = if parts.method == Method::PUT {
+                            sent["metadata"]["resourceVersion"] == json!(current)
+                        } else {
+                            leases.lease.is_none()
+                        };
+                        if fits {
+                            leases.version += 1;
+                            let mut stored = sent;
+                            stored["metadata"]["resourceVersion"] =
+                                json!(leases.version.to_string());
+                            leases.lease = Some(stored.clone());
+                            (200, stored)
+                        } else {
+                            (
+                                409,
+                                json!({"kind": "Status", "apiVersion": "v1",
+                                "status": "Failure", "reason": "Conflict", "code": 409}),
+                            )
+                        }
+                    }
+                    _ => (405, json!({})),
+                };
+                after(&mut leases);
+                let response = Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(answer.to_string())))
+                    .expect("a response");
+                Ok::<_, Infallible>(response)
+            }
+        });
+        (kube::Client::new(service, "ns"), shared)
+    }
+
+    /// Runs `f` to its end; a loop that never ends fails the test instead of hanging it.
+    async fn ends(f: impl std::future::Future<Output = ()>) {
+        tokio::time::timeout(Duration::from_secs(20), f)
+            .await
+            .expect("the elector kept going");
+    }
+
+    fn elector(client: kube::Client, leadership: &Leadership) -> Elector {
+        let mut e = Elector::new(client, "ns", "lease", "me", leadership.clone());
+        e.retry = Duration::from_millis(1);
+        e.min_pause = Duration::from_millis(1);
+        e
+    }
+
+    #[tokio::test]
+    async fn a_leader_woken_after_a_freeze_stops_before_it_renews() {
+        let (client, leases) = fake_leases(Some(lease_held_by("me")), |_| {});
+        let clock = ManualClock::new();
+        let leadership = Leadership::new(clock.clone());
+        leadership.renewed(clock.now());
+        clock.advance(LEASE_DURATION + Duration::from_secs(5));
+        ends(elector(client, &leadership).hold()).await;
+        let leases = lock(&leases);
+        assert_eq!(
+            (leases.gets, leases.writes.len()),
+            (0, 0),
+            "it went on to renew"
+        );
+        assert_eq!(leadership.check(), Err(NotLeading::Lost));
+    }
+
+    #[tokio::test]
+    async fn a_leader_renews_its_lease_as_read_and_stops_once_another_holds_it() {
+        // After three renewals, another replica takes the lease.
+        let (client, leases) = fake_leases(Some(lease_held_by("me")), |leases| {
+            if leases.writes.len() == 3
+                && let Some(l) = leases.lease.as_mut()
+            {
+                l["spec"]["holderIdentity"] = json!("other");
+            }
+        });
+        let clock = ManualClock::new();
+        let leadership = Leadership::new(clock.clone());
+        leadership.renewed(clock.now());
+        ends(elector(client, &leadership).hold()).await;
+        let leases = lock(&leases);
+        assert_eq!(leases.writes.len(), 3, "{:#?}", leases.writes);
+        for (i, write) in leases.writes.iter().enumerate() {
+            assert_eq!(write["spec"]["holderIdentity"], "me");
+            assert_eq!(
+                write["metadata"]["resourceVersion"],
+                json!((i + 1).to_string()),
+                "a renewal that is not a compare-and-swap"
+            );
+        }
+        assert_eq!(leadership.check(), Err(NotLeading::Lost));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_replica_takes_a_lease_only_once_unchanged_for_its_duration_on_its_own_clock()
+    {
+        let clock = ManualClock::new();
+        // Each read of the lease takes a second on this replica's clock; the holder's
+        // renewTime is decades old, which must not matter.
+        let ticking = Arc::clone(&clock);
+        let (client, leases) = fake_leases(Some(lease_held_by("other")), move |_| {
+            ticking.advance(Duration::from_secs(1));
+        });
+        let leadership = Leadership::new(clock.clone());
+        ends(elector(client, &leadership).acquire()).await;
+        let leases = lock(&leases);
+        // Read first at t, and again every second until t + 15s.
+        assert_eq!(leases.gets, 16);
+        let [taken] = leases.writes.as_slice() else {
+            panic!("one write expected: {:#?}", leases.writes);
+        };
+        assert_eq!(taken["spec"]["holderIdentity"], "me");
+        assert_eq!(taken["spec"]["leaseTransitions"], 4);
+        assert_eq!(taken["metadata"]["resourceVersion"], "1");
+        assert_eq!(leadership.check(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_loses_the_race_for_a_free_lease_does_not_lead() {
+        // Free, but someone else writes it first: this replica's write conflicts.
+        let mut free = lease_held_by("");
+        free["spec"]["holderIdentity"] = Value::Null;
+        let (client, leases) = fake_leases(Some(free), |leases| {
+            if leases.gets == 1 {
+                leases.version += 1;
+                if let Some(l) = leases.lease.as_mut() {
+                    l["spec"]["holderIdentity"] = json!("other");
+                    l["metadata"]["resourceVersion"] = json!(leases.version.to_string());
+                }
+            }
+        });
+        let clock = ManualClock::new();
+        let leadership = Leadership::new(clock.clone());
+        let e = elector(client, &leadership);
+        let attempt = e.attempt(false).await.expect("an answer");
+        assert!(matches!(attempt, super::Attempt::NotHeld));
+        assert_eq!(lock(&leases).writes.len(), 1);
+        assert_eq!(leadership.check(), Err(NotLeading::NotElected));
     }
 }
 
