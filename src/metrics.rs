@@ -51,6 +51,7 @@ pub struct Metrics {
     pub heartbeats: Family<ResultLabels, Counter>,
     pub api_requests: Family<VerbLabels, Counter>,
     pub api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram>,
+    pub fenced_writes: Family<ResultLabels, Counter>,
     /// The policies that have per-policy series, so that those of a deleted policy can go.
     policies: Mutex<HashSet<PolicyLabels>>,
 }
@@ -75,6 +76,7 @@ impl Default for Metrics {
         let api_requests = Family::<VerbLabels, Counter>::default();
         let api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
+        let fenced_writes = Family::<ResultLabels, Counter>::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -118,6 +120,11 @@ impl Default for Metrics {
             "Time until the Kubernetes API answered, by verb (watches are not timed)",
             api_seconds.clone(),
         );
+        registry.register(
+            "fenced_writes",
+            "Writes to the Kubernetes API, sent or refused because leadership was not fresh",
+            fenced_writes.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -131,6 +138,7 @@ impl Default for Metrics {
             heartbeats,
             api_requests,
             api_seconds,
+            fenced_writes,
             policies: Mutex::default(),
         }
     }
@@ -188,6 +196,15 @@ impl Metrics {
 
     pub fn heartbeat(&self, result: &str) {
         self.heartbeats
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one write the fence let through (`sent`) or stopped (`refused`).
+    pub fn fenced_write(&self, result: &str) {
+        self.fenced_writes
             .get_or_create(&ResultLabels {
                 result: result.to_owned(),
             })
