@@ -14,12 +14,19 @@
 mod chaos;
 mod support;
 
-use std::io::Write;
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chaos::Config;
+use chaos::faults::Kind;
+use chaos::proxy::{Cut, Partition, PartitionProxy};
 use chaos::report::{RoundReport, table};
-use support::enabled;
+use chaos::rng::Rng;
+use support::{enabled, wait_for};
 
 fn run_seed(seed: u64, fault_phase: Duration) -> RoundReport {
     let cfg = Config::from_env(seed, fault_phase).unwrap_or_else(|e| panic!("{e}"));
@@ -98,5 +105,216 @@ fn chaos_rounds() {
             .filter(|r| !r.passed())
             .map(RoundReport::text)
             .collect::<String>()
+    );
+}
+
+// The harness's own parts, on loopback without the plane.
+
+/// A stand-in controller replica: answers every request with `status` and a body naming
+/// itself; counts the heartbeats it received.
+struct FakeReplica {
+    addr: String,
+    requests: Arc<AtomicU64>,
+}
+
+impl FakeReplica {
+    fn start(status: u16, name: &'static str) -> FakeReplica {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a port");
+        let addr = listener.local_addr().expect("an address").to_string();
+        let requests = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let counted = Arc::clone(&counted);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    // One request per connection is enough: `support::http` closes after one.
+                    if let Ok(n @ 1..) = stream.read(&mut buf) {
+                        // The proxy's leader probes send `{}`; heartbeats carry sessions.
+                        if String::from_utf8_lossy(&buf[..n]).contains("sessions") {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let body = format!("{{\"replica\":\"{name}\"}}");
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                    }
+                });
+            }
+        });
+        FakeReplica { addr, requests }
+    }
+}
+
+/// A request through the proxy from `source`, as (status, body); status 0 when no answer came.
+fn through(proxy: &PartitionProxy, source: &str) -> (u16, String) {
+    let socket = connect_from(source, proxy.addr);
+    let Some(mut stream) = socket else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let body = r#"{"sessions":1}"#;
+    let _ = write!(
+        stream,
+        "POST /v1/heartbeats HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut raw = String::new();
+    let _ = stream.read_to_string(&mut raw);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        raw.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+/// A TCP connection to `to` from the local address `source` (a pod IP on loopback), as the
+/// session app's heartbeat client makes with `HEARTBEAT_SOURCE_IP`.
+fn connect_from(source: &str, to: SocketAddr) -> Option<TcpStream> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .ok()?;
+    let from = SocketAddr::new(source.parse().ok()?, 0);
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket.bind(from).ok()?;
+        socket.connect(to).await.ok()
+    })?;
+    let stream = stream.into_std().ok()?;
+    stream.set_nonblocking(false).ok()?;
+    Some(stream)
+}
+
+fn wait_for_leader(proxy: &PartitionProxy, addr: &str) {
+    wait_for(
+        Duration::from_secs(10),
+        "the proxy to find the leader",
+        || proxy.leader().as_deref() == Some(addr),
+    );
+}
+
+#[test]
+fn the_proxy_routes_heartbeats_to_the_replica_that_leads() {
+    let (follower, leader) = (
+        FakeReplica::start(503, "follower"),
+        FakeReplica::start(200, "leader"),
+    );
+    let proxy = PartitionProxy::start(vec![follower.addr.clone(), leader.addr.clone()]);
+    wait_for_leader(&proxy, &leader.addr);
+    let (status, body) = through(&proxy, "127.0.0.1");
+    assert_eq!((status, body.as_str()), (200, r#"{"replica":"leader"}"#));
+
+    // The leader moves: the proxy follows.
+    let next = FakeReplica::start(200, "next");
+    proxy.set_backends(vec![follower.addr.clone(), next.addr.clone()]);
+    wait_for_leader(&proxy, &next.addr);
+    assert_eq!(through(&proxy, "127.0.0.1").1, r#"{"replica":"next"}"#);
+}
+
+#[test]
+fn a_partition_of_requests_holds_them_and_one_of_replies_delivers_them_unanswered() {
+    let leader = FakeReplica::start(200, "leader");
+    let proxy = PartitionProxy::start(vec![leader.addr.clone()]);
+    wait_for_leader(&proxy, &leader.addr);
+    let received = || leader.requests.load(Ordering::SeqCst);
+
+    proxy.partition(Partition {
+        cut: Some(Cut::Requests),
+        only: None,
+    });
+    let before = received();
+    assert_eq!(
+        through(&proxy, "127.10.200.1").0,
+        0,
+        "a request crossed a partition"
+    );
+    assert_eq!(
+        received(),
+        before,
+        "the controller got a request through a partition"
+    );
+
+    proxy.partition(Partition {
+        cut: Some(Cut::Replies),
+        only: None,
+    });
+    let before = received();
+    assert_eq!(
+        through(&proxy, "127.10.200.1").0,
+        0,
+        "a reply crossed a partition"
+    );
+    assert_eq!(
+        received(),
+        before + 1,
+        "the request did not reach the controller"
+    );
+
+    proxy.heal();
+    assert_eq!(
+        through(&proxy, "127.10.200.1").0,
+        200,
+        "the healed path does not answer"
+    );
+    assert!(
+        proxy.dropped_chunks() >= 2,
+        "dropped {}",
+        proxy.dropped_chunks()
+    );
+}
+
+#[test]
+fn a_partition_of_some_pods_cuts_only_their_addresses() {
+    let leader = FakeReplica::start(200, "leader");
+    let proxy = PartitionProxy::start(vec![leader.addr.clone()]);
+    wait_for_leader(&proxy, &leader.addr);
+    let cut: IpAddr = "127.10.200.2".parse().expect("an address");
+    proxy.partition(Partition {
+        cut: Some(Cut::Requests),
+        only: Some(BTreeSet::from([cut])),
+    });
+    assert_eq!(
+        through(&proxy, "127.10.200.2").0,
+        0,
+        "the partitioned pod got through"
+    );
+    assert_eq!(
+        through(&proxy, "127.10.200.3").0,
+        200,
+        "another pod was cut too"
+    );
+}
+
+#[test]
+fn a_seed_gives_the_same_schedule_and_fault_lists_parse_with_clear_errors() {
+    let draw = |seed| {
+        let mut rng = Rng::new(seed);
+        (0..20)
+            .map(|_| rng.secs(2, 30).as_secs())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(draw(7), draw(7));
+    assert_ne!(draw(7), draw(8));
+    assert!(draw(7).iter().all(|s| (2..=30).contains(s)));
+
+    assert_eq!(
+        Kind::parse_list("leader, policy-pause").expect("parses"),
+        [Kind::LeaderKill, Kind::LeaderFreeze, Kind::PolicyPause]
+    );
+    assert_eq!(Kind::parse_list("partition").expect("parses").len(), 4);
+    let e = Kind::parse_list("leader,partiton").expect_err("a typo");
+    assert!(
+        e.contains("\"partiton\"") && e.contains("partition-requests-all"),
+        "{e}"
     );
 }
