@@ -12,8 +12,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::support::http;
-
 /// Which direction a partition drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cut {
@@ -123,10 +121,30 @@ impl Drop for PartitionProxy {
 }
 
 /// A replica that leads answers a heartbeat it cannot parse with a 4xx; one that does not lead
-/// answers 503 `not_leader` before reading it; a frozen or dead one does not answer.
+/// answers 503 `not_leader` before reading it; a frozen or dead one does not answer (within a
+/// second, so that a frozen one does not hold up the search).
 fn answers_as_leader(addr: &str) -> bool {
-    let (status, _) = http("POST", addr, "/v1/heartbeats", &[], "{}");
-    status != 0 && status != 503
+    let Ok(to) = addr.parse::<SocketAddr>() else {
+        return false;
+    };
+    let Ok(mut stream) = TcpStream::connect_timeout(&to, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let request = format!(
+        "POST /v1/heartbeats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    if stream.read_exact(&mut head).is_err() {
+        return false;
+    }
+    // "HTTP/1.1 503"
+    let status = String::from_utf8_lossy(&head[9..12]).into_owned();
+    !status.is_empty() && status != "503"
 }
 
 fn find_leader_loop(shared: &Shared) {
