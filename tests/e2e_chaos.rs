@@ -28,34 +28,68 @@ use chaos::report::{RoundReport, table};
 use chaos::rng::Rng;
 use support::{enabled, wait_for};
 
-fn run_seed(seed: u64, fault_phase: Duration) -> RoundReport {
-    let cfg = Config::from_env(seed, fault_phase).unwrap_or_else(|e| panic!("{e}"));
-    let report = chaos::round(&cfg);
+fn run(cfg: &Config) -> RoundReport {
+    let report = chaos::round(cfg);
     eprintln!("{}", report.text());
     report
 }
 
-fn assert_passed(report: &RoundReport) {
+/// A fault phase of 70s: four to six faults per round.
+const CI_PHASE: Duration = Duration::from_secs(70);
+
+/// A CI round: a fixed seed and the kinds it must cover (each is dealt before any repeats).
+fn ci_round(test: &str, seed: u64, kinds: &[Kind]) {
+    if !enabled(test) {
+        return;
+    }
+    let report = run(&Config {
+        seed,
+        fault_phase: CI_PHASE,
+        kinds: kinds.to_vec(),
+    });
     assert!(report.passed(), "{}", report.text());
 }
 
-/// A fault phase of 70s: about seven faults per seed.
-const CI_PHASE: Duration = Duration::from_secs(70);
-
 #[test]
-fn chaos_seed_1_cuts_no_session() {
-    if !enabled("chaos_seed_1_cuts_no_session") {
-        return;
-    }
-    assert_passed(&run_seed(1, CI_PHASE));
+fn a_killed_leader_a_whole_partition_of_requests_prometheus_down_and_a_pause_cut_no_session() {
+    ci_round(
+        "a_killed_leader_a_whole_partition_of_requests_prometheus_down_and_a_pause_cut_no_session",
+        1,
+        &[
+            Kind::LeaderKill,
+            Kind::PartitionRequestsAll,
+            Kind::PrometheusDown,
+            Kind::PolicyPause,
+        ],
+    );
 }
 
 #[test]
-fn chaos_seed_2_cuts_no_session() {
-    if !enabled("chaos_seed_2_cuts_no_session") {
-        return;
-    }
-    assert_passed(&run_seed(2, CI_PHASE));
+fn a_frozen_leader_some_pods_partitioned_pods_not_ready_and_a_deleted_policy_cut_no_session() {
+    ci_round(
+        "a_frozen_leader_some_pods_partitioned_pods_not_ready_and_a_deleted_policy_cut_no_session",
+        2,
+        &[
+            Kind::LeaderFreeze,
+            Kind::PartitionRequestsSome,
+            Kind::NotReady,
+            Kind::PolicyDelete,
+        ],
+    );
+}
+
+#[test]
+fn lost_replies_to_all_pods_or_some_and_an_edited_policy_cut_no_session() {
+    ci_round(
+        "lost_replies_to_all_pods_or_some_and_an_edited_policy_cut_no_session",
+        3,
+        &[
+            Kind::PartitionRepliesAll,
+            Kind::PartitionRepliesSome,
+            Kind::PolicyEdit,
+            Kind::PartitionRequestsSome,
+        ],
+    );
 }
 
 /// `benches/chaos.sh`: `DRAINSCALER_CHAOS_ROUNDS` rounds from seed `DRAINSCALER_CHAOS_SEED`
@@ -84,7 +118,8 @@ fn chaos_rounds() {
     let out = std::env::var("DRAINSCALER_CHAOS_OUT").ok();
     let mut reports = Vec::new();
     for seed in first..first + rounds {
-        let report = run_seed(seed, phase);
+        let cfg = Config::from_env(seed, phase).unwrap_or_else(|e| panic!("{e}"));
+        let report = run(&cfg);
         if let Some(path) = &out {
             let mut f = std::fs::OpenOptions::new()
                 .create(true)

@@ -211,6 +211,7 @@ pub struct Soak {
     pub rng: Rng,
     pub report: RoundReport,
     pub edited: bool,
+    deck: Vec<Kind>,
     started: Instant,
     /// Replicas started to replace exited ones.
     pub restarts: u32,
@@ -278,6 +279,19 @@ impl Soak {
             }
             self.tick();
         }
+    }
+
+    /// The next fault: the kinds are dealt from a deck shuffled by the seed, so that a round
+    /// injects every kind it was given before it repeats one.
+    fn deal(&mut self, kinds: &[Kind]) -> Kind {
+        if self.deck.is_empty() {
+            self.deck = kinds.to_vec();
+            for i in (1..self.deck.len()).rev() {
+                let j = usize::try_from(self.rng.below(i as u64 + 1)).unwrap_or(0);
+                self.deck.swap(i, j);
+            }
+        }
+        self.deck.pop().unwrap_or(Kind::PolicyEdit)
     }
 
     pub fn leader_replica(&self) -> Option<usize> {
@@ -407,6 +421,7 @@ pub fn round(cfg: &Config) -> RoundReport {
             ..RoundReport::default()
         },
         edited: false,
+        deck: Vec::new(),
         started: Instant::now(),
         restarts: 0,
     };
@@ -466,7 +481,7 @@ pub fn round(cfg: &Config) -> RoundReport {
     while Instant::now() < phase_end {
         let gap = soak.rng.secs(2, 6);
         soak.hold(gap);
-        let kind = *soak.rng.pick(&cfg.kinds);
+        let kind = soak.deal(&cfg.kinds);
         // Most faults land mid-drain, where a mistake cuts sessions.
         if soak.rng.chance(70) {
             let ns = soak.ns.0.clone();
@@ -622,17 +637,20 @@ fn judge(soak: &mut Soak, watcher: &Watcher, record_start: u64, out: &std::path:
     }
     soak.report.early_removals = early;
     if generated.dropped > 0 || soak.report.cut_by_node > 0 {
+        let mut by_pod: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        for (_, pod) in &generated.dropped_sessions {
+            *by_pod.entry(pod.as_str()).or_default() += 1;
+        }
+        let by_node: Vec<String> = kills
+            .iter()
+            .filter(|k| k.sessions > 0)
+            .map(|k| format!("{} {} ({})", k.pod, k.sessions, k.reason))
+            .collect();
         soak.violation(
             None,
             format!(
-                "sessions cut: {} by the generator's count (by pod: {:?}), {} by the node's record",
-                generated.dropped,
-                generated
-                    .dropped_sessions
-                    .iter()
-                    .map(|(_, p)| p.as_str())
-                    .collect::<Vec<_>>(),
-                soak.report.cut_by_node
+                "sessions cut: {} by the generator's count {by_pod:?}, {} by the node's record {by_node:?}",
+                generated.dropped, soak.report.cut_by_node
             ),
         );
     }

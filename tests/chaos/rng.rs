@@ -31,9 +31,4 @@ impl Rng {
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
-
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        let i = usize::try_from(self.below(items.len() as u64)).unwrap_or(0);
-        &items[i]
-    }
 }
