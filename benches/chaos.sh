@@ -20,9 +20,10 @@
 # plane"; state in $CHAOS_PLANE_CACHE, default /tmp/drainscaler-chaos-plane), started here and
 # stopped at the end (CHAOS_KEEP_PLANE=1 keeps it), and adds the apiserver-restart fault, which
 # must never hit the shared plane. Environment: DRAINSCALER_CHAOS_FAULTS=partition,leader-kill
-# limits the faults; DRAINSCALER_CHAOS_PHASE_SECS (default 70) is each round's fault phase.
+# limits the faults; DRAINSCALER_CHAOS_PHASE_SECS (default 60) is each round's fault phase.
 #
-# A round takes 3-4 minutes (setup, 20s warm-up, the fault phase, recovery, the last sessions).
+# A round takes about 3 minutes (setup, 20s warm-up, the fault phase, recovery, the load's
+# last minute and its sessions' end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -47,6 +47,8 @@ pub struct Config {
     /// How long faults keep coming after the warm-up.
     pub fault_phase: Duration,
     pub kinds: Vec<Kind>,
+    /// Run the phase over until every kind was injected once (the CI rounds).
+    pub cover_all: bool,
 }
 
 impl Config {
@@ -75,6 +77,7 @@ impl Config {
             seed,
             fault_phase,
             kinds,
+            cover_all: false,
         })
     }
 }
@@ -453,9 +456,11 @@ pub fn round(cfg: &Config) -> RoundReport {
     let watcher = Watcher::start(&ns, "chat", soak.started);
     soak.apply_policy();
 
-    // Waves of long sessions for the warm-up, the faults and a little after.
+    // Waves of long sessions for the warm-up, the faults (the phase may run over to inject every
+    // kind once) and a little after.
     let warmup = Duration::from_secs(20);
-    let load_for = warmup + cfg.fault_phase + Duration::from_secs(10);
+    let load_for = warmup + cfg.fault_phase + Duration::from_secs(60);
+    let load_end = Instant::now() + load_for;
     let out = std::env::temp_dir().join(format!("drainscaler-chaos-{}.json", ns));
     let load = traffic(
         &ns,
@@ -477,17 +482,34 @@ pub fn round(cfg: &Config) -> RoundReport {
     );
     soak.hold(warmup);
 
+    // With `cover_all`, every kind once at least, while the load lasts.
     let phase_end = Instant::now() + cfg.fault_phase;
-    while Instant::now() < phase_end {
+    let mut dealt = 0;
+    while (Instant::now() < phase_end || (cfg.cover_all && dealt < cfg.kinds.len()))
+        && Instant::now() + Duration::from_secs(20) < load_end
+    {
         let gap = soak.rng.secs(2, 6);
         soak.hold(gap);
         let kind = soak.deal(&cfg.kinds);
+        dealt += 1;
         // Most faults land mid-drain, where a mistake cuts sessions.
         if soak.rng.chance(70) {
             let ns = soak.ns.0.clone();
-            soak.until(Duration::from_secs(20), |_| draining_pods(&ns) > 0);
+            soak.until(Duration::from_secs(10), |_| draining_pods(&ns) > 0);
         }
         soak.inject(kind);
+    }
+    let missed: Vec<&str> = cfg
+        .kinds
+        .iter()
+        .filter(|k| !soak.report.faults.iter().any(|f| f.kind == **k))
+        .map(|k| k.name())
+        .collect();
+    if cfg.cover_all && !missed.is_empty() {
+        soak.violation(
+            None,
+            format!("the load ended before these faults could be injected: {missed:?}"),
+        );
     }
     let last_fault = Instant::now();
 
