@@ -459,7 +459,8 @@ pub fn round(cfg: &Config) -> RoundReport {
     // Waves of long sessions for the warm-up, the faults (the phase may run over to inject every
     // kind once) and a little after.
     let warmup = Duration::from_secs(20);
-    let load_for = warmup + cfg.fault_phase + Duration::from_secs(60);
+    let over = Duration::from_secs(if cfg.cover_all { 60 } else { 20 });
+    let load_for = warmup + cfg.fault_phase + over;
     let load_end = Instant::now() + load_for;
     let out = std::env::temp_dir().join(format!("drainscaler-chaos-{}.json", ns));
     let load = traffic(
