@@ -406,6 +406,22 @@ fn unsettled(ns: &str, recent_peak: f64) -> Option<String> {
     None
 }
 
+/// The bench command that deals the same faults with the same seed.
+fn replay(cfg: &Config) -> String {
+    let kinds: Vec<&str> = cfg.kinds.iter().map(|k| k.name()).collect();
+    format!(
+        "DRAINSCALER_CHAOS_FAULTS={} DRAINSCALER_CHAOS_PHASE_SECS={} benches/chaos.sh 1 {}{}",
+        kinds.join(","),
+        cfg.fault_phase.as_secs(),
+        cfg.seed,
+        if cfg.kinds.contains(&Kind::ApiServerRestart) {
+            " --private-plane"
+        } else {
+            ""
+        }
+    )
+}
+
 /// Runs one round and reports what it found; panics only when the round cannot be set up.
 pub fn round(cfg: &Config) -> RoundReport {
     install_crd();
@@ -421,6 +437,7 @@ pub fn round(cfg: &Config) -> RoundReport {
         rng: Rng::new(cfg.seed),
         report: RoundReport {
             seed: cfg.seed,
+            replay: replay(cfg),
             ..RoundReport::default()
         },
         edited: false,

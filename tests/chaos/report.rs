@@ -41,6 +41,8 @@ pub struct Violation {
 #[derive(Clone, Debug, Default)]
 pub struct RoundReport {
     pub seed: u64,
+    /// The command that replays this round's schedule (up to timing).
+    pub replay: String,
     pub faults: Vec<FaultRecord>,
     pub opened: u64,
     /// Sessions the traffic generator saw cut.
@@ -71,10 +73,10 @@ impl RoundReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "chaos round seed={} ({}; replay with DRAINSCALER_CHAOS_SEED={} DRAINSCALER_CHAOS_ROUNDS=1 benches/chaos.sh 1)",
+            "chaos round seed={} ({}; replay: {})",
             self.seed,
             if self.passed() { "passed" } else { "FAILED" },
-            self.seed
+            self.replay
         );
         for f in &self.faults {
             let _ = writeln!(s, "  fault {}", f.describe());
@@ -105,6 +107,7 @@ impl RoundReport {
     pub fn json(&self) -> Value {
         json!({
             "seed": self.seed,
+            "replay": self.replay,
             "passed": self.passed(),
             "faults": self.faults.iter().map(|f| json!({
                 "kind": f.kind.name(), "start": f.start, "end": f.end, "detail": f.detail,
