@@ -26,7 +26,10 @@ use chaos::faults::Kind;
 use chaos::proxy::{Cut, Partition, PartitionProxy};
 use chaos::report::{RoundReport, table};
 use chaos::rng::Rng;
-use support::{enabled, wait_for};
+use support::{
+    Controller, FakePrometheus, Namespace, active_sessions, apply, enabled, http, install_crd,
+    live_pods, pods, policy, ready_replicas, traffic, traffic_summary, wait_for,
+};
 
 fn run(cfg: &Config) -> RoundReport {
     let report = chaos::round(cfg);
@@ -342,5 +345,110 @@ fn a_seed_gives_the_same_schedule_and_fault_lists_parse_with_clear_errors() {
     assert!(
         e.contains("\"partiton\"") && e.contains("partition-requests-all"),
         "{e}"
+    );
+}
+
+/// The race the soak found (seed 2 of an earlier CI round): a pod that learned of its drain
+/// from a heartbeat reply fails readiness, as apps do while draining. If its heartbeats are then
+/// cut and the drain is cancelled, the pod cannot hear `drain: false`: it stays not Ready and
+/// silent, which is not a sign that it died, and it still holds sessions.
+#[test]
+fn a_partitioned_pod_whose_drain_is_cancelled_is_not_replaced() {
+    if !enabled("a_partitioned_pod_whose_drain_is_cancelled_is_not_replaced") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("chaos-cancelled-drain");
+    let controller = Controller::start(&ns.0, &[]);
+    let proxy = PartitionProxy::start(vec![controller.addr.clone()]);
+    wait_for_leader(&proxy, &controller.addr);
+    let prometheus = FakePrometheus::start(50.0);
+    let mut app = chaos::app(&ns.0, &proxy.url());
+    app = app.replacen(
+        &format!("replicas: {}", chaos::MIN_REPLICAS),
+        "replicas: 3",
+        1,
+    );
+    apply(&app);
+    wait_for(Duration::from_secs(90), "three ready pods", || {
+        ready_replicas(&ns.0, "chat") == 3
+    });
+    let long = |sessions: u32, seed: &str| {
+        traffic(
+            &ns.0,
+            "chat",
+            &[
+                "-shape",
+                "constant:5",
+                "-duration",
+                "20s",
+                "-max-sessions",
+                &sessions.to_string(),
+                "-fixed-length",
+                "100s",
+                "-seed",
+                seed,
+            ],
+        )
+    };
+    let first = long(18, "1");
+    wait_for(Duration::from_secs(30), "18 open sessions", || {
+        active_sessions(&ns.0, "chat") >= 18
+    });
+    apply(&policy(
+        &ns.0,
+        "chat",
+        &chaos::policy_spec(&prometheus.url(), false),
+    ));
+    // 18 sessions want two pods: one drains, and learns it from a heartbeat reply.
+    let mut victim = (String::new(), String::new());
+    wait_for(
+        Duration::from_secs(60),
+        "a pod that knows it drains",
+        || {
+            live_pods(&ns.0, "app=chat").iter().any(|p| {
+                let ip = p["status"]["podIP"].as_str().unwrap_or_default();
+                let (_, body) = http("GET", &format!("{ip}:8080"), "/sessions", &[], "");
+                let knows = p["metadata"]["annotations"]["drainscaler.io/draining"] == "true"
+                    && body.contains(r#""draining":true"#);
+                if knows {
+                    victim = (support::pod_name(p), ip.to_owned());
+                }
+                knows
+            })
+        },
+    );
+    let (pod, ip) = victim;
+    proxy.partition(Partition {
+        cut: Some(Cut::Requests),
+        only: Some(BTreeSet::from([ip.parse().expect("a pod IP")])),
+    });
+    // The load comes back: the drain is cancelled, which the pod cannot hear.
+    let second = long(30, "2");
+    wait_for(Duration::from_secs(60), "the drain to be cancelled", || {
+        !pods(&ns.0, "chat").iter().any(|(n, d)| n == &pod && *d)
+    });
+    // Past the heartbeat timeout and then some, the pod must still be there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        assert!(
+            !live_pods(&ns.0, "app=chat")
+                .iter()
+                .all(|p| support::pod_name(p) != pod),
+            "{pod}, silent behind a partition and not Ready for a drain that was cancelled, was removed holding sessions: {:?}",
+            support::policy_events(&ns.0, "chat", None)
+                .iter()
+                .filter_map(|e| e["message"].as_str().map(str::to_owned))
+                .filter(|m| m.contains(&pod))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    proxy.heal();
+    let (a, b) = (traffic_summary(first), traffic_summary(second));
+    assert_eq!(
+        (a["dropped"].as_u64(), b["dropped"].as_u64()),
+        (Some(0), Some(0)),
+        "{a}\n{b}"
     );
 }

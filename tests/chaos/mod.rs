@@ -127,7 +127,7 @@ fn app_image() -> &'static str {
 
 /// The app: the demo session app sending heartbeats from its pod IP to `heartbeat_url`, with a
 /// Service that routes to serving pods only.
-fn app(ns: &str, heartbeat_url: &str) -> String {
+pub fn app(ns: &str, heartbeat_url: &str) -> String {
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -178,7 +178,7 @@ spec:
 /// The policy under test: sessions at 10 per replica plus a Prometheus metric that asks for
 /// little (so that the sessions decide, and Prometheus going down is a failing metric), drains
 /// that never remove a pod with sessions (`onTimeout: Keep`), lost pods replaced.
-fn policy_spec(prometheus: &str, edited: bool) -> String {
+pub fn policy_spec(prometheus: &str, edited: bool) -> String {
     let (interval, window, drain) = if edited {
         ("3s", 20, "20m")
     } else {
