@@ -244,7 +244,7 @@ impl Soak {
     pub fn tick(&mut self) {
         let mut changed = false;
         for i in 0..self.replicas.len() {
-            if self.replicas[i].exited() {
+            if self.replicas[i].exited().is_some() {
                 let old = self.replicas[i].addr.clone();
                 self.replicas[i] = Controller::start(&self.ns.0, &[]);
                 self.restarts += 1;
