@@ -30,6 +30,7 @@ CONNECTIONS=${2:-32}
 SECONDS_LOAD=${3:-20}
 NS=${BENCH_NAMESPACE:-drainscaler-bench-heartbeats}
 PORT=${BENCH_PORT:-18098}
+METRICS_PORT=${BENCH_METRICS_PORT:-18097}
 KUBECTL=${DRAINSCALER_KUBECTL:-kubectl}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${DRAINSCALER_CACHE:-$HOME/.cache/drainscaler}/target}
 
@@ -75,7 +76,7 @@ awk 1 "$WORK"/token-* >"$WORK/tokens" # one a line
 (( $(wc -l <"$WORK/tokens") == PODS )) || { log "expected $PODS tokens"; exit 1; }
 
 "$DIR/drainscaler" run --namespace "$NS" --lease-namespace "$NS" --lease-name bench \
-	--listen "127.0.0.1:$PORT" --log-format json >"$WORK/drainscaler.log" 2>&1 &
+	--listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" --log-format json >"$WORK/drainscaler.log" 2>&1 &
 PID=$!
 # Leading once the server stops answering 503 (not the leader) to an unauthenticated heartbeat.
 deadline=$((SECONDS + 60))
@@ -87,7 +88,7 @@ done
 log "leading; warming the TokenReview cache with one heartbeat per pod"
 "$DIR/examples/heartbeat_load" "127.0.0.1:$PORT" "$WORK/tokens" 4 1 >/dev/null
 
-metric() { curl -s "127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m {n += $2} END {print n + 0}'; }
+metric() { curl -s "127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" '$1 == m {n += $2} END {print n + 0}'; }
 cpu() { awk '{print ($14 + $15) / 100}' "/proc/$PID/stat"; }
 reviews0=$(metric 'drainscaler_api_requests_total{verb="POST"}'); cpu0=$(cpu)
 log "driving heartbeats from $CONNECTIONS connections for ${SECONDS_LOAD}s"
@@ -96,7 +97,7 @@ reviews1=$(metric 'drainscaler_api_requests_total{verb="POST"}'); cpu1=$(cpu)
 rss=$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$PID/status")
 
 cat <<REPORT
-server heartbeats:        $(curl -s "127.0.0.1:$PORT/metrics" | awk '/^drainscaler_heartbeats_total/ {printf "%s ", $0}')
+server heartbeats:        $(curl -s "127.0.0.1:$METRICS_PORT/metrics" | awk '/^drainscaler_heartbeats_total/ {printf "%s ", $0}')
 TokenReviews during load: $((reviews1 - reviews0))
 server CPU (load):        $(echo "scale=2; ($cpu1 - $cpu0) / $SECONDS_LOAD" | bc) cores
 server peak RSS:          ${rss} MiB

@@ -1,67 +1,68 @@
 //! HTTP: `POST /v1/heartbeats` (TokenReview-authenticated, the sender's pod taken from its
-//! token), `/metrics`, `/healthz`, `/readyz`.
+//! token) on the heartbeat port; `/metrics`, `/healthz`, `/readyz` on the operations port.
+//! Connections, timeouts and TLS are `listener`'s.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use k8s_openapi::api::authentication::v1::TokenReviewStatus;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::engine::Heartbeat;
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::names::{DRAINING_ANNOTATION, POD_NAME_EXTRA, POD_UID_EXTRA, TOKEN_AUDIENCE};
 use crate::observe::heartbeats::{Heartbeats, PodKey};
 use crate::observe::pods::time;
+use crate::tokens::TokenCache;
 
 /// Heartbeat bodies larger than this are refused.
 pub const MAX_BODY_BYTES: usize = 4096;
-const TOKEN_TTL: Duration = Duration::from_secs(60);
-const REJECTED_TOKEN_TTL: Duration = Duration::from_secs(10);
-const MAX_CACHED_TOKENS: usize = 50_000;
+/// The most sessions one pod may report. Far above what one process holds (about two million
+/// connections is the known record for one server), low enough that sums over any number of
+/// pods cannot overflow.
+pub const MAX_SESSIONS_PER_POD: u64 = 10_000_000;
 
 /// Shared with the controller: the server answers heartbeats only while `pods` is set, that is
 /// while this replica leads.
 pub struct ServerState {
-    pub client: Client,
     pub heartbeats: Heartbeats,
     pub metrics: Arc<Metrics>,
     pub pods: RwLock<Option<Store<Pod>>>,
     pub insecure_dev_heartbeats: bool,
-    tokens: Mutex<HashMap<TokenHash, CachedReview>>,
+    pub tokens: TokenCache,
+    /// The longest a client may take to send a heartbeat's body once its headers are in.
+    pub body_read_timeout: Duration,
+    /// Heartbeats handled at once; more are answered 503 at once.
+    requests: Semaphore,
 }
-
-/// SHA-256 of a token: the cache never holds tokens themselves.
-type TokenHash = [u8; 32];
-/// A review's outcome and until when it may be reused.
-type CachedReview = (Result<PodIdentity, ApiError>, Instant);
 
 impl ServerState {
     pub fn new(
-        client: Client,
+        tokens: TokenCache,
         heartbeats: Heartbeats,
         metrics: Arc<Metrics>,
         insecure_dev_heartbeats: bool,
+        limits: &RequestLimits,
     ) -> ServerState {
         ServerState {
-            client,
             heartbeats,
             metrics,
             pods: RwLock::new(None),
             insecure_dev_heartbeats,
-            tokens: Mutex::new(HashMap::new()),
+            tokens,
+            body_read_timeout: limits.body_read_timeout,
+            requests: Semaphore::new(limits.concurrent_requests.max(1)),
         }
     }
 
@@ -71,14 +72,35 @@ impl ServerState {
     }
 }
 
-pub fn router(state: Arc<ServerState>) -> Router {
+/// Per-request limits of the heartbeat port.
+#[derive(Clone, Debug)]
+pub struct RequestLimits {
+    pub body_read_timeout: Duration,
+    pub concurrent_requests: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> RequestLimits {
+        RequestLimits {
+            body_read_timeout: Duration::from_secs(5),
+            concurrent_requests: 1024,
+        }
+    }
+}
+
+/// The heartbeat port: `POST /v1/heartbeats` and nothing else.
+pub fn heartbeat_router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/v1/heartbeats", post(heartbeat))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES * 4))
         .with_state(state)
+}
+
+/// The operations port: `/metrics`, `/healthz` (liveness), `/readyz` (readiness).
+pub fn ops_router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics).with_state(metrics))
+        .route("/healthz", get(healthz).with_state(Arc::clone(&health)))
+        .route("/readyz", get(readyz).with_state(health))
 }
 
 /// A heartbeat as sent: `{"sessions": 12}`, plus `"pod": "ns/name"` in development mode.
@@ -111,7 +133,11 @@ pub struct ApiError {
     pub result: &'static str,
 }
 
-fn api_error(status: StatusCode, result: &'static str, message: impl Into<String>) -> ApiError {
+pub(crate) fn api_error(
+    status: StatusCode,
+    result: &'static str,
+    message: impl Into<String>,
+) -> ApiError {
     ApiError {
         status,
         result,
@@ -138,7 +164,7 @@ pub fn parse_request(body: &[u8]) -> Result<HeartbeatRequest, ApiError> {
             format!("the body is larger than {MAX_BODY_BYTES} bytes"),
         ));
     }
-    serde_json::from_slice(body).map_err(|e| {
+    let request: HeartbeatRequest = serde_json::from_slice(body).map_err(|e| {
         api_error(
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -146,7 +172,18 @@ pub fn parse_request(body: &[u8]) -> Result<HeartbeatRequest, ApiError> {
                 "expected a JSON body like {{\"sessions\": 12}} with sessions a non-negative integer: {e}"
             ),
         )
-    })
+    })?;
+    if request.sessions > MAX_SESSIONS_PER_POD {
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "sessions is {}, above the maximum of {MAX_SESSIONS_PER_POD} per pod",
+                request.sessions
+            ),
+        ));
+    }
+    Ok(request)
 }
 
 /// `ns/name` as development heartbeats name their pod.
@@ -225,61 +262,25 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-async fn review(state: &ServerState, token: &str) -> Result<PodIdentity, ApiError> {
-    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let now = Instant::now();
-    if let Some((cached, until)) = state
-        .tokens
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&hash)
-        && *until > now
-    {
-        return cached.clone();
-    }
-    let review = TokenReview {
-        metadata: ObjectMeta::default(),
-        spec: TokenReviewSpec {
-            token: Some(token.to_owned()),
-            audiences: Some(vec![TOKEN_AUDIENCE.to_owned()]),
-        },
-        status: None,
-    };
-    let api: Api<TokenReview> = Api::all(state.client.clone());
-    let result = match api.create(&PostParams::default(), &review).await {
-        Ok(r) => identity_from_review(&r.status.unwrap_or_default()),
-        Err(e) => {
-            // Not cached: the API server may be back in a moment.
-            tracing::warn!(error = %e, "TokenReview failed");
-            return Err(api_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "review_failed",
-                "could not review the token; retry",
-            ));
-        }
-    };
-    let ttl = if result.is_ok() {
-        TOKEN_TTL
-    } else {
-        REJECTED_TOKEN_TTL
-    };
-    let mut tokens = state.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-    if tokens.len() >= MAX_CACHED_TOKENS {
-        tokens.retain(|_, (_, until)| *until > now);
-        if tokens.len() >= MAX_CACHED_TOKENS {
-            tokens.clear();
-        }
-    }
-    tokens.insert(hash, (result.clone(), now + ttl));
-    result
-}
-
 async fn heartbeat(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    match handle_heartbeat(&state, &headers, &body).await {
+    let Ok(_handling) = state.requests.try_acquire() else {
+        state.metrics.refused("concurrency");
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many heartbeats at once; retry",
+        )
+        .into_response();
+    };
+    let answer = match read_body(&state, body).await {
+        Ok(body) => handle_heartbeat(&state, &headers, &body).await,
+        Err(e) => Err(e),
+    };
+    match answer {
         Ok(reply) => {
             state.metrics.heartbeat("accepted");
             axum::Json(reply).into_response()
@@ -291,7 +292,36 @@ async fn heartbeat(
     }
 }
 
-async fn handle_heartbeat(
+/// The body, read within the body-read timeout and never beyond `MAX_BODY_BYTES` (plus one
+/// byte, to tell a body of exactly the maximum from a larger one).
+async fn read_body(state: &ServerState, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    match tokio::time::timeout(
+        state.body_read_timeout,
+        axum::body::to_bytes(body, MAX_BODY_BYTES + 1),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(api_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than {MAX_BODY_BYTES} bytes, or was cut off"),
+        )),
+        Err(_) => {
+            state.metrics.refused("body_timeout");
+            Err(api_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {:?}",
+                    state.body_read_timeout
+                ),
+            ))
+        }
+    }
+}
+
+pub(crate) async fn handle_heartbeat(
     state: &ServerState,
     headers: &HeaderMap,
     body: &[u8],
@@ -315,7 +345,7 @@ async fn handle_heartbeat(
             uid: None,
         },
         (Some(token), claimed, _) => {
-            let identity = review(state, token).await?;
+            let identity = state.tokens.identify(token).await?;
             if let Some(claimed) = claimed
                 && parse_pod_ref(claimed)? != identity.key
             {
@@ -377,8 +407,8 @@ async fn handle_heartbeat(
     Ok(HeartbeatReply { drain })
 }
 
-async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
-    match state.metrics.encode() {
+async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+    match metrics.encode() {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -388,6 +418,29 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
         )
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn healthz(State(health): State<Arc<Health>>) -> Response {
+    probe(health.live())
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> Response {
+    probe(health.ready())
+}
+
+/// 200 `ok`, or 503 with every reason on its own line.
+fn probe(verdict: Result<(), Vec<String>>) -> Response {
+    match verdict {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(reasons) => {
+            let mut response =
+                (StatusCode::SERVICE_UNAVAILABLE, reasons.join("\n") + "\n").into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
     }
 }
 
