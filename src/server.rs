@@ -445,6 +445,9 @@ fn probe(verdict: Result<(), Vec<String>>) -> Response {
 }
 
 #[cfg(test)]
+mod handler_tests;
+
+#[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
