@@ -445,6 +445,8 @@ fn probe(verdict: Result<(), Vec<String>>) -> Response {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod handler_tests;
 
 #[cfg(test)]
