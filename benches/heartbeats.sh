@@ -5,7 +5,12 @@
 # pods, each pod's token reused as in steady state. Loopback only; stops by itself.
 #
 #   scripts/cluster up && eval "$(scripts/cluster env)"
-#   benches/heartbeats.sh [PODS] [CONNECTIONS] [SECONDS]
+#   benches/heartbeats.sh [PODS] [CONNECTIONS] [SECONDS] [FLOOD_CONNECTIONS]
+#
+# With FLOOD_CONNECTIONS > 0 the load runs twice: alone, then while FLOOD_CONNECTIONS more
+# connections send heartbeats with forged tokens (JWT-shaped, audience drainscaler, unexpired,
+# each one new, so none is refused unread or from the cache). It prints the legitimate
+# throughput and p99 of both runs and the TokenReviews per second the flood caused.
 #
 # The pods name a scheduler that does not exist, so they stay Pending: the server needs only the
 # pod in its cache and the token's bound-pod claims (name and UID). The controller runs as the
@@ -28,6 +33,7 @@ cd "$(dirname "$0")/.."
 PODS=${1:-100}
 CONNECTIONS=${2:-32}
 SECONDS_LOAD=${3:-20}
+FLOOD=${4:-0}
 NS=${BENCH_NAMESPACE:-drainscaler-bench-heartbeats}
 PORT=${BENCH_PORT:-18098}
 METRICS_PORT=${BENCH_METRICS_PORT:-18097}
@@ -90,16 +96,26 @@ log "leading; warming the TokenReview cache with one heartbeat per pod"
 
 metric() { curl -s "127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" '$1 == m {n += $2} END {print n + 0}'; }
 cpu() { awk '{print ($14 + $15) / 100}' "/proc/$PID/stat"; }
-reviews0=$(metric 'drainscaler_api_requests_total{verb="POST"}'); cpu0=$(cpu)
+load() { # FLOOD_CONNECTIONS
+	local reviews0 cpu0 reviews1 cpu1
+	reviews0=$(metric 'drainscaler_api_requests_total{verb="POST"}'); cpu0=$(cpu)
+	"$DIR/examples/heartbeat_load" "127.0.0.1:$PORT" "$WORK/tokens" "$CONNECTIONS" "$SECONDS_LOAD" "$1"
+	reviews1=$(metric 'drainscaler_api_requests_total{verb="POST"}'); cpu1=$(cpu)
+	echo "TokenReviews during load: $((reviews1 - reviews0)) ($(echo "scale=1; ($reviews1 - $reviews0) / $SECONDS_LOAD" | bc)/s)"
+	echo "server CPU (load):        $(echo "scale=2; ($cpu1 - $cpu0) / $SECONDS_LOAD" | bc) cores"
+}
 log "driving heartbeats from $CONNECTIONS connections for ${SECONDS_LOAD}s"
-"$DIR/examples/heartbeat_load" "127.0.0.1:$PORT" "$WORK/tokens" "$CONNECTIONS" "$SECONDS_LOAD"
-reviews1=$(metric 'drainscaler_api_requests_total{verb="POST"}'); cpu1=$(cpu)
+load 0
+if (( FLOOD > 0 )); then
+	log "again, while $FLOOD connections send forged tokens"
+	echo "--- with a flood of forged tokens from $FLOOD connections"
+	load "$FLOOD"
+fi
 rss=$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$PID/status")
 
 cat <<REPORT
 server heartbeats:        $(curl -s "127.0.0.1:$METRICS_PORT/metrics" | awk '/^drainscaler_heartbeats_total/ {printf "%s ", $0}')
-TokenReviews during load: $((reviews1 - reviews0))
-server CPU (load):        $(echo "scale=2; ($cpu1 - $cpu0) / $SECONDS_LOAD" | bc) cores
+server token reviews:     $(curl -s "127.0.0.1:$METRICS_PORT/metrics" | awk '/^drainscaler_token_reviews_total/ {printf "%s ", $0}')
 server peak RSS:          ${rss} MiB
 load average:             $(cut -d' ' -f1-3 /proc/loadavg)
 REPORT
