@@ -7,10 +7,12 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::api::{OnLost, OnTimeout, TargetKind};
+use crate::engine::metric_replicas;
 use crate::engine::{
-    Draining, Event, EventReason, Instance, InstanceCounts, Observation, Phase, Reading, Time,
+    Draining, Event, EventReason, Heartbeat, Instance, InstanceCounts, Observation, Phase, Reading,
+    Time,
 };
-use crate::policy::Policy;
+use crate::policy::{Heartbeat as HeartbeatPolicy, HeartbeatSource, MetricTarget, Policy};
 
 /// The deletion cost given to removable pods so that the ReplicaSet deletes them first.
 pub const REMOVABLE_DELETION_COST: i32 = i32::MIN;
@@ -56,9 +58,10 @@ pub struct Removal {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RemovalCause {
-    /// A heartbeat after the drain began reported zero sessions (or the pod never ran).
+    /// A heartbeat taken while the pod knew it drained reported zero sessions (or the pod
+    /// never ran).
     Drained,
-    /// The pod stopped heartbeating.
+    /// The pod is Lost: silent, and not Ready for as long.
     Lost,
     /// The drain timed out with `onTimeout: Remove`.
     TimedOut,
@@ -66,13 +69,14 @@ pub enum RemovalCause {
     Undrained,
 }
 
-/// Whether a running pod has stopped heartbeating for longer than the timeout. Nothing is Lost
-/// until one timeout has passed since heartbeats began to be collected.
-pub fn is_lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool {
+/// Whether a pod that has run has sent no heartbeat for one timeout. Nothing is Silent until
+/// one timeout has passed since heartbeats began to be collected. Silence alone proves nothing
+/// about the pod: the path between it and the controller may be what broke.
+pub fn is_silent(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool {
     let (Some(hb), Some(started)) = (&policy.heartbeat, pod.started) else {
         return false;
     };
-    if pod.phase != Phase::Running {
+    if pod.phase == Phase::Pending {
         return false;
     }
     let last = pod
@@ -80,6 +84,64 @@ pub fn is_lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -
         .map_or(started, |h| h.at.max(started))
         .max(seen.heartbeats_since);
     now.since(last) >= hb.timeout
+}
+
+/// Kubernetes corroborates a Silent pod's silence: the kubelet has reported it not Ready for
+/// at least one heartbeat timeout as well.
+fn corroborated(policy: &Policy, pod: &Instance, now: Time) -> bool {
+    let Some(hb) = &policy.heartbeat else {
+        return false;
+    };
+    !pod.ready
+        && pod
+            .not_ready_since
+            .is_some_and(|t| now.since(t) >= hb.timeout)
+}
+
+/// What the heartbeats say about a policy's pods at `now`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Liveness {
+    /// Per pod: sent no heartbeat for one timeout.
+    pub silent: Vec<bool>,
+    /// Per pod: Silent and not Ready for one timeout, outside a broad outage.
+    pub lost: Vec<bool>,
+    /// Most started pods are Silent at once: the path, not the pods, has most likely broken.
+    pub outage: Option<Outage>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outage {
+    pub silent: usize,
+    pub started: usize,
+}
+
+/// Silent and Lost pods, and whether their silence is a broad outage. During a broad outage
+/// nothing is Lost: replacing or removing pods cannot mend a broken path and would cut the
+/// sessions they still hold.
+pub fn liveness(policy: &Policy, seen: &Observation, pods: &[&Instance], now: Time) -> Liveness {
+    let silent: Vec<bool> = pods
+        .iter()
+        .map(|p| is_silent(policy, seen, p, now))
+        .collect();
+    let started = pods
+        .iter()
+        .filter(|p| p.started.is_some() && p.phase != Phase::Pending)
+        .count();
+    let silent_n = silent.iter().filter(|&&s| s).count();
+    let outage = (silent_n > 0 && silent_n * 2 > started).then_some(Outage {
+        silent: silent_n,
+        started,
+    });
+    let lost = pods
+        .iter()
+        .zip(&silent)
+        .map(|(p, &s)| s && outage.is_none() && corroborated(policy, p, now))
+        .collect();
+    Liveness {
+        silent,
+        lost,
+        outage,
+    }
 }
 
 /// Why a draining pod may be removed now, if it may.
@@ -96,10 +158,10 @@ fn removable(
     if lost {
         return Some(RemovalCause::Lost);
     }
-    if policy.heartbeat.is_some() {
+    if let Some(hb) = &policy.heartbeat {
         let reported_empty = pod
             .heartbeat
-            .is_some_and(|h| h.at > since && h.sessions == 0);
+            .is_some_and(|h| h.sessions == 0 && counts_after_drain(hb, &h, since));
         if reported_empty || pod.started.is_none() {
             return Some(RemovalCause::Drained);
         }
@@ -114,6 +176,17 @@ fn removable(
         (true, false, _) => Some(RemovalCause::Drained),
         (true, true, OnTimeout::Remove) => Some(RemovalCause::TimedOut),
         _ => None,
+    }
+}
+
+/// Whether a heartbeat's count was taken after the pod stopped taking new sessions for the
+/// drain that began at `since`. A pushed count must have been taken while the pod knew it was
+/// draining. A Prometheus sample cannot say so: it counts only once the drain marks have had
+/// one heartbeat timeout to take the pod out of its Services.
+pub fn counts_after_drain(hb: &HeartbeatPolicy, h: &Heartbeat, since: Time) -> bool {
+    match hb.source {
+        HeartbeatSource::Push => h.draining && h.at > since,
+        HeartbeatSource::Prometheus { .. } => h.at >= since.plus(hb.timeout),
     }
 }
 
@@ -138,12 +211,16 @@ fn sessions_since(pod: &Instance, since: Time) -> Option<u64> {
     }
 }
 
-/// The `sessions` metric: known sessions over all pods, unavailable while heartbeats are too
-/// new to be trusted and some running pod has not reported.
+/// The `sessions` metric. Silent pods count with their last report; a broad outage makes the
+/// reading fail (it holds the count) rather than fall; pods that never reported are unknown,
+/// never zero. Unavailable while heartbeats are too new to be trusted and some running pod has
+/// not reported.
 pub fn sessions_reading(
     policy: &Policy,
     seen: &Observation,
     pods: &[&Instance],
+    live: &Liveness,
+    metric: SessionsMetric,
     now: Time,
 ) -> Reading {
     let Some(hb) = &policy.heartbeat else {
@@ -151,11 +228,21 @@ pub fn sessions_reading(
             reason: "the policy has no heartbeat source".to_owned(),
         };
     };
-    let (mut unknown, mut total) = (0usize, 0u64);
+    if let Some(o) = live.outage {
+        return Reading::Unavailable {
+            reason: format!(
+                "{} of {} instances sent no heartbeat for {}s: the sessions they hold cannot be known",
+                o.silent,
+                o.started,
+                hb.timeout.as_secs()
+            ),
+        };
+    }
+    let (mut unknown, mut total) = (0u32, 0u64);
     for p in pods {
         match p.sessions() {
             Some(s) => total = total.saturating_add(s),
-            None => unknown += 1,
+            None => unknown = unknown.saturating_add(1),
         }
     }
     if unknown > 0 && now.since(seen.heartbeats_since) < hb.timeout {
@@ -166,22 +253,47 @@ pub fn sessions_reading(
             ),
         };
     }
-    Reading::Value(total as f64)
+    Reading::Value(with_unknown(total as f64, unknown, metric))
 }
 
-/// Instance counts for status; `lost` is `is_lost` for each pod.
-pub fn counts(pods: &[&Instance], lost: &[bool]) -> InstanceCounts {
+/// The metric's target and the count it is read against, for estimating unknown pods.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SessionsMetric {
+    pub target: MetricTarget,
+    pub current: u32,
+    pub tolerance: f64,
+}
+
+/// Known sessions plus an estimate for pods that never reported, as the HPA treats pods
+/// without metrics: when the known pods alone would lower the count, each unknown pod counts as
+/// holding the target; otherwise as holding nothing.
+fn with_unknown(known: f64, unknown: u32, m: SessionsMetric) -> f64 {
+    if unknown == 0 || metric_replicas(m.target, known, m.current, m.tolerance) >= m.current {
+        return known;
+    }
+    let per_pod = match m.target {
+        MetricTarget::AverageValue(t) => t,
+        MetricTarget::Value(t) => t / f64::from(m.current.max(1)),
+    };
+    known + f64::from(unknown) * per_pod
+}
+
+/// Instance counts for status.
+pub fn counts(pods: &[&Instance], live: &Liveness) -> InstanceCounts {
     let mut counts = InstanceCounts::default();
-    for (p, &lost) in pods.iter().zip(lost) {
+    for (i, p) in pods.iter().enumerate() {
         if p.draining_since.is_some() {
             counts.draining += 1;
         } else if p.ready {
             counts.ready += 1;
         }
-        if lost {
+        if live.silent[i] {
+            counts.silent += 1;
+        }
+        if live.lost[i] {
             counts.lost += 1;
         }
-        counts.sessions += p.sessions().unwrap_or(0);
+        counts.sessions = counts.sessions.saturating_add(p.sessions().unwrap_or(0));
     }
     counts
 }
@@ -483,7 +595,7 @@ pub fn plan(
             RemovalCause::Lost => Some((
                 EventReason::InstanceLost,
                 format!(
-                    "pod {} sent no heartbeat while draining; removing it",
+                    "pod {} sent no heartbeat while draining and Kubernetes has reported it not Ready as long: it is Lost; removing it",
                     pods[i].name
                 ),
             )),
@@ -540,7 +652,7 @@ pub fn plan(
             plan.events.push(Event {
                 reason: EventReason::InstanceLost,
                 message: format!(
-                    "pod {} sent no heartbeat for {}s; {what}",
+                    "pod {} sent no heartbeat and was not Ready for {}s: it is Lost; {what}",
                     pods[i].name,
                     hb.timeout.as_secs()
                 ),

@@ -229,6 +229,9 @@ pub async fn readings(
                         Heartbeat {
                             at: now,
                             sessions: sessions.round() as u64,
+                            // A sample cannot say the pod knew of its drain; the engine
+                            // waits one timeout after the drain mark instead.
+                            draining: false,
                         },
                     );
                 }

@@ -160,19 +160,22 @@ prop_compose! {
         terminating in pbool::weighted(0.1),
         cost in sample::select(vec![0, 0, 0, -5, 5, REMOVABLE_DELETION_COST]),
         draining in option::weighted(0.35, 0u64..3600),
-        heartbeat in option::weighted(0.8, (0u64..600, prop_oneof![2 => Just(0u64), 3 => 1u64..20])),
+        heartbeat in option::weighted(0.8, (0u64..600, prop_oneof![2 => Just(0u64), 3 => 1u64..20], pbool::ANY)),
+        not_ready_for in option::weighted(0.8, 0u64..600),
         created in 0u64..7200,
         // Now and then a pod of a second ReplicaSet: a rollout.
         new_replica_set in pbool::weighted(0.05),
     ) -> Instance {
         let phase = if scheduled { phase } else { Phase::Pending };
         let started = (phase != Phase::Pending).then(|| ago(started));
+        let ready = phase == Phase::Running && ready;
         Instance {
             name: String::new(),
             created: ago(created),
             scheduled,
             phase,
-            ready: phase == Phase::Running && ready,
+            ready,
+            not_ready_since: not_ready_for.filter(|_| !ready).map(ago),
             started,
             restarts,
             terminating,
@@ -183,7 +186,7 @@ prop_compose! {
             // A pod that never ran has never heartbeated.
             heartbeat: heartbeat
                 .filter(|_| started.is_some())
-                .map(|(at, sessions)| Heartbeat { at: ago(at), sessions }),
+                .map(|(at, sessions, draining)| Heartbeat { at: ago(at), sessions, draining }),
         }
     }
 }
@@ -192,6 +195,7 @@ fn arb_reading() -> impl Strategy<Value = Option<Reading>> {
     prop_oneof![
         6 => (0u32..3000).prop_map(|v| Some(Reading::Value(f64::from(v)))),
         1 => Just(Some(Reading::Unavailable { reason: "timeout".to_owned() })),
+        1 => Just(Some(Reading::Pending { reason: "waiting".to_owned() })),
         1 => Just(None),
     ]
 }
@@ -259,18 +263,20 @@ fn may_go(policy: &Policy, seen: &Observation, pod: &Instance, since: Time, now:
         return true;
     }
     let lost = lost(policy, seen, pod, now);
+    // Only a count taken while the pod knew of this drain: a zero sent before it was told may
+    // have crossed the drain mark while the pod still took sessions.
     let reported_empty = policy.heartbeat.is_some()
         && pod
             .heartbeat
-            .is_some_and(|h| h.at > since && h.sessions == 0);
+            .is_some_and(|h| h.draining && h.at > since && h.sessions == 0);
     let timed_out = now.since(since) >= policy.drain.timeout
         && (policy.drain.on_timeout == OnTimeout::Remove || policy.heartbeat.is_none());
     lost || reported_empty || timed_out
 }
 
-/// DESIGN.md §4 and §5: no heartbeat for one timeout, counted from the pod's start and from
-/// when heartbeats began to be collected.
-fn lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool {
+/// DESIGN.md §4: no heartbeat for one timeout, counted from the pod's start and from when
+/// heartbeats began to be collected. Silence is not zero.
+fn silent(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool {
     policy.heartbeat.as_ref().is_some_and(|hb| {
         let heard = pod.heartbeat.map(|h| h.at);
         let last = [heard, pod.started, Some(seen.heartbeats_since)]
@@ -278,8 +284,28 @@ fn lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool 
             .flatten()
             .max()
             .unwrap_or(seen.heartbeats_since);
-        pod.started.is_some() && now.since(last) >= hb.timeout
+        pod.started.is_some() && pod.phase != Phase::Pending && now.since(last) >= hb.timeout
     })
+}
+
+/// DESIGN.md §4: Lost is Silent corroborated by Kubernetes (not Ready for one timeout too),
+/// and never while most of the policy's running pods are Silent at once.
+fn lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool {
+    let Some(hb) = &policy.heartbeat else {
+        return false;
+    };
+    let live: Vec<&Instance> = seen.instances.iter().filter(|p| !p.terminating).collect();
+    let started = live
+        .iter()
+        .filter(|p| p.started.is_some() && p.phase != Phase::Pending)
+        .count();
+    let quiet = live.iter().filter(|p| silent(policy, seen, p, now)).count();
+    let broad = quiet * 2 > started;
+    let not_ready_long = !pod.ready
+        && pod
+            .not_ready_since
+            .is_some_and(|t| now.since(t) >= hb.timeout);
+    silent(policy, seen, pod, now) && not_ready_long && !broad
 }
 
 /// The pods after the decision is carried out, before the workload acts on `replicas`.
@@ -563,8 +589,22 @@ fn the_reference_rule_agrees_with_the_engine_on_a_known_case() {
     // Guards the test's own restatement of the rule against drifting into vacuity.
     let policy = crate::testing::policy().heartbeat(secs(30)).build();
     let seen = crate::testing::observation().build();
-    let pod = crate::testing::pod("d").sessions(3).build();
-    assert!(!may_go(&policy, &seen, &pod, ago(60), NOW));
-    let pod = crate::testing::pod("d").sessions(0).build();
-    assert!(may_go(&policy, &seen, &pod, ago(60), NOW));
+    let draining = || crate::testing::pod("d").ready().draining_since(ago(60));
+    assert!(!may_go(
+        &policy,
+        &seen,
+        &draining().sessions(3).build(),
+        ago(60),
+        NOW
+    ));
+    assert!(may_go(
+        &policy,
+        &seen,
+        &draining().sessions(0).build(),
+        ago(60),
+        NOW
+    ));
+    // The zero that crossed the drain mark before the pod heard of it.
+    let untold = draining().sessions(0).untold().build();
+    assert!(!may_go(&policy, &seen, &untold, ago(60), NOW));
 }
