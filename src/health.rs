@@ -4,8 +4,9 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// When the leader last renewed its lease (`None`: not yet). Provided by the leader election.
-pub type LastRenewal = Box<dyn Fn() -> Option<Instant> + Send + Sync>;
+/// How long ago, at the given time, the leader last renewed its lease (`None`: not yet).
+/// Provided by the leader election (`Leadership::age` fits).
+pub type LastRenewal = Box<dyn Fn(Instant) -> Option<Duration> + Send + Sync>;
 
 /// How stale a signal may be before the replica counts as unhealthy.
 #[derive(Clone, Debug)]
@@ -131,9 +132,8 @@ impl Health {
     }
 
     fn stale_renewal(&self, leader: &Leader, now: Instant) -> Option<String> {
-        let renewed = leader.last_renewal.as_ref()?;
-        let last = renewed().unwrap_or(leader.since);
-        let age = now.saturating_duration_since(last);
+        let renewal_age = leader.last_renewal.as_ref()?;
+        let age = renewal_age(now).unwrap_or_else(|| now.saturating_duration_since(leader.since));
         (age > self.limits.renewal_stale).then(|| {
             format!(
                 "leading, but the lease was last renewed {}s ago (limit {}s)",
@@ -207,8 +207,9 @@ mod tests {
         let read = Arc::clone(&renewed_secs);
         h.leading(
             t0,
-            Some(Box::new(move || {
-                Some(t0 + Duration::from_secs(read.load(Ordering::SeqCst)))
+            Some(Box::new(move |now: Instant| {
+                let renewed = t0 + Duration::from_secs(read.load(Ordering::SeqCst));
+                Some(now.saturating_duration_since(renewed))
             })),
         );
         h.synced();
