@@ -154,11 +154,21 @@ pub(crate) fn api_error(
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let retry = matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        );
+        let mut response = (
             self.status,
             axum::Json(serde_json::json!({"error": self.message})),
         )
-            .into_response()
+            .into_response();
+        if retry {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -185,6 +185,8 @@ proptest! {
             .expect("the router is infallible");
         let status = answer.status();
         assert!(ANSWERS.contains(&status), "undocumented answer {status}");
+        let retry = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.headers().contains_key(header::RETRY_AFTER), retry, "Retry-After on {status}");
         if status == StatusCode::OK {
             let sessions = state
                 .heartbeats
