@@ -52,6 +52,7 @@ pub struct Metrics {
     pub http_refused: Family<ResultLabels, Counter>,
     pub api_requests: Family<VerbLabels, Counter>,
     pub api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram>,
+    pub fenced_writes: Family<ResultLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -76,6 +77,7 @@ impl Default for Metrics {
         let api_requests = Family::<VerbLabels, Counter>::default();
         let api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
+        let fenced_writes = Family::<ResultLabels, Counter>::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -131,6 +133,11 @@ impl Default for Metrics {
             "Time until the Kubernetes API answered, by verb (watches are not timed)",
             api_seconds.clone(),
         );
+        registry.register(
+            "fenced_writes",
+            "Writes to the Kubernetes API, sent or refused because leadership was not fresh",
+            fenced_writes.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -146,6 +153,7 @@ impl Default for Metrics {
             http_refused,
             api_requests,
             api_seconds,
+            fenced_writes,
         }
     }
 }
@@ -195,6 +203,15 @@ impl Metrics {
         self.http_refused
             .get_or_create(&ResultLabels {
                 result: limit.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one write the fence let through (`sent`) or stopped (`refused`).
+    pub fn fenced_write(&self, result: &str) {
+        self.fenced_writes
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
             })
             .inc();
     }

@@ -318,6 +318,7 @@ heartbeat: {source: Push, timeout: 30s}
 
     fn seen(rps: Reading) -> Observation {
         Observation {
+            ordinals_start: 0,
             replicas: 2,
             readings: [("rps".to_owned(), rps)].into_iter().collect(),
             instances: vec![pod("chat-a", 3), pod("chat-b", 4)],

@@ -367,6 +367,7 @@ pub fn observation() -> ObservationBuilder {
         readings: BTreeMap::new(),
         pods: Vec::new(),
         heartbeats_since: ago(86_400),
+        ordinals_start: 0,
     }
 }
 
@@ -376,6 +377,7 @@ pub struct ObservationBuilder {
     readings: BTreeMap<String, Reading>,
     pods: Vec<Instance>,
     heartbeats_since: Time,
+    ordinals_start: u32,
 }
 
 impl ObservationBuilder {
@@ -388,7 +390,13 @@ impl ObservationBuilder {
             readings: self.readings,
             instances: self.pods,
             heartbeats_since: self.heartbeats_since,
+            ordinals_start: self.ordinals_start,
         }
+    }
+    /// A StatefulSet whose ordinals begin at `start` (`spec.ordinals.start`).
+    pub fn ordinals_start(mut self, start: u32) -> Self {
+        self.ordinals_start = start;
+        self
     }
     pub fn replicas(mut self, n: u32) -> Self {
         self.replicas = Some(n);

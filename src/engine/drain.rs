@@ -87,15 +87,19 @@ pub fn is_silent(policy: &Policy, seen: &Observation, pod: &Instance, now: Time)
 }
 
 /// Kubernetes corroborates a Silent pod's silence: the kubelet has reported it not Ready for
-/// at least one heartbeat timeout as well.
+/// at least one heartbeat timeout as well. Not for a draining pod that went not Ready once its
+/// drain began: apps commonly fail readiness on purpose while they drain, so that tells
+/// nothing about whether it still holds sessions. The drain's start is moved one timeout
+/// earlier so that a node clock behind the controller's cannot make a drain's own
+/// unreadiness look older than the drain.
 fn corroborated(policy: &Policy, pod: &Instance, now: Time) -> bool {
-    let Some(hb) = &policy.heartbeat else {
+    let (Some(hb), Some(not_ready)) = (&policy.heartbeat, pod.not_ready_since) else {
         return false;
     };
-    !pod.ready
-        && pod
-            .not_ready_since
-            .is_some_and(|t| now.since(t) >= hb.timeout)
+    let by_the_drain = pod
+        .draining_since
+        .is_some_and(|since| not_ready >= since.minus(hb.timeout));
+    !pod.ready && !by_the_drain && now.since(not_ready) >= hb.timeout
 }
 
 /// What the heartbeats say about a policy's pods at `now`.
@@ -105,14 +109,17 @@ pub struct Liveness {
     pub silent: Vec<bool>,
     /// Per pod: Silent and not Ready for one timeout, outside a broad outage.
     pub lost: Vec<bool>,
-    /// Most started pods are Silent at once: the path, not the pods, has most likely broken.
+    /// Most pods whose state is known are Silent at once: the path, not the pods, has most
+    /// likely broken.
     pub outage: Option<Outage>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outage {
     pub silent: usize,
-    pub started: usize,
+    /// Silent pods plus those that reported within the timeout; pods too new to be due are in
+    /// neither, so that new pods do not hide an outage that will silence them too.
+    pub known: usize,
 }
 
 /// Silent and Lost pods, and whether their silence is a broad outage. During a broad outage
@@ -123,14 +130,18 @@ pub fn liveness(policy: &Policy, seen: &Observation, pods: &[&Instance], now: Ti
         .iter()
         .map(|p| is_silent(policy, seen, p, now))
         .collect();
-    let started = pods
+    let timeout = policy.heartbeat.as_ref().map(|hb| hb.timeout);
+    let reporting = pods
         .iter()
-        .filter(|p| p.started.is_some() && p.phase != Phase::Pending)
+        .zip(&silent)
+        .filter(|(p, s)| {
+            !**s && timeout.is_some_and(|t| p.heartbeat.is_some_and(|h| now.since(h.at) < t))
+        })
         .count();
     let silent_n = silent.iter().filter(|&&s| s).count();
-    let outage = (silent_n > 0 && silent_n * 2 > started).then_some(Outage {
+    let outage = (silent_n > reporting).then_some(Outage {
         silent: silent_n,
-        started,
+        known: silent_n + reporting,
     });
     let lost = pods
         .iter()
@@ -233,7 +244,7 @@ pub fn sessions_reading(
             reason: format!(
                 "{} of {} instances sent no heartbeat for {}s: the sessions they hold cannot be known",
                 o.silent,
-                o.started,
+                o.known,
                 hb.timeout.as_secs()
             ),
         };
@@ -392,22 +403,45 @@ fn by_deletion_order<'a>(pods: &'a [&Instance]) -> impl Fn(usize, usize) -> Orde
     }
 }
 
-/// Stand-ins for the StatefulSet ordinals below `replicas` that have no live pod: never
-/// started, so holding nothing and never Lost.
-fn empty_slots(replicas: u32, pods: &[&Instance]) -> Vec<Instance> {
-    let mut taken = vec![false; replicas as usize];
-    for p in pods {
-        if let Some(slot) = p.ordinal.and_then(|o| taken.get_mut(o as usize)) {
-            *slot = true;
-        }
+/// The most StatefulSet ordinals without a pod, below its highest live one, that a plan
+/// stands in for: one per ordinal, so a hostile or mistaken `spec.replicas` or pod-index label
+/// cannot make a decision allocate without bound.
+pub const MAX_EMPTY_ORDINALS: u64 = 10_000;
+
+/// Stand-ins for the StatefulSet ordinals in `[start, start + replicas)` that have no live pod:
+/// never started, so holding nothing and never Lost. Those above the highest live ordinal are
+/// all alike and go first on a scale-in, so at most `desired` of them are made: more would
+/// only be removed again. `None` when the ordinals missing below the highest live one exceed
+/// `MAX_EMPTY_ORDINALS`.
+fn empty_slots(
+    start: u32,
+    replicas: u32,
+    desired: u32,
+    pods: &[&Instance],
+) -> Option<Vec<Instance>> {
+    let (start, end) = (u64::from(start), u64::from(start) + u64::from(replicas));
+    let live: BTreeSet<u64> = pods
+        .iter()
+        .filter_map(|p| p.ordinal.map(u64::from))
+        .filter(|o| (start..end).contains(o))
+        .collect();
+    let above = live.last().map_or(start, |&o| o + 1);
+    let missing_below = (above - start) - live.len() as u64;
+    if missing_below > MAX_EMPTY_ORDINALS {
+        return None;
     }
-    (0..replicas)
-        .filter(|&o| !taken[o as usize])
-        .map(|o| Instance {
-            ordinal: Some(o),
-            ..Instance::default()
-        })
-        .collect()
+    let trailing = (end - above).min(u64::from(desired));
+    let slot = |o: u64| Instance {
+        ordinal: Some(u32::try_from(o).unwrap_or(u32::MAX)),
+        ..Instance::default()
+    };
+    Some(
+        (start..above)
+            .filter(|o| !live.contains(o))
+            .chain(above..above + trailing)
+            .map(slot)
+            .collect(),
+    )
 }
 
 /// Pods of more than one owner: a Deployment rolling out a new ReplicaSet.
@@ -416,6 +450,19 @@ fn in_rollout(pods: &[&Instance]) -> bool {
     owners
         .next()
         .is_some_and(|first| owners.any(|other| other != first))
+}
+
+/// Holds everything: the StatefulSet's ordinals are too sparse to plan over.
+fn too_many_empty_ordinals(seen: &Observation) -> DrainPlan {
+    let mut plan = DrainPlan::hold(seen.replicas);
+    plan.events.push(Event {
+        reason: EventReason::ScalingHeld,
+        message: format!(
+            "the StatefulSet has more than {MAX_EMPTY_ORDINALS} ordinals without a pod below its highest pod (spec.replicas {}, ordinals from {}): holding the count and every drain; set spec.replicas to the pods it runs",
+            seen.replicas, seen.ordinals_start
+        ),
+    });
+    plan
 }
 
 /// Plans drains, cancellations, removals and the replica count that serves `desired`;
@@ -434,7 +481,12 @@ pub fn plan(
     // replaced, or not created yet) will be back, so planning counts it as a slot that serves
     // and holds nothing; counting pods instead would delete a draining pod with sessions.
     let empty = match kind {
-        TargetKind::StatefulSet => empty_slots(seen.replicas, pods),
+        TargetKind::StatefulSet => {
+            match empty_slots(seen.ordinals_start, seen.replicas, desired, pods) {
+                Some(empty) => empty,
+                None => return too_many_empty_ordinals(seen),
+            }
+        }
         TargetKind::Deployment => Vec::new(),
     };
     let real = pods.len();

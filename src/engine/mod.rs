@@ -72,6 +72,8 @@ pub struct Observation {
     pub readings: BTreeMap<String, Reading>,
     /// The target's pods.
     pub instances: Vec<Instance>,
+    /// A StatefulSet's first ordinal (`spec.ordinals.start`); 0 for a Deployment.
+    pub ordinals_start: u32,
     /// Since when heartbeats have been collected (the leader's start). Nothing is declared
     /// Lost before one heartbeat timeout has passed since then.
     pub heartbeats_since: Time,
@@ -270,6 +272,8 @@ pub enum EventReason {
     HeartbeatsMissing,
     MetricUnavailable,
     FallbackActive,
+    /// Nothing is scaled or drained because the target cannot be planned over.
+    ScalingHeld,
 }
 
 impl EventReason {
@@ -286,6 +290,7 @@ impl EventReason {
             EventReason::HeartbeatsMissing => "HeartbeatsMissing",
             EventReason::MetricUnavailable => "MetricUnavailable",
             EventReason::FallbackActive => "FallbackActive",
+            EventReason::ScalingHeld => "ScalingHeld",
         }
     }
 
@@ -298,6 +303,7 @@ impl EventReason {
                 | EventReason::HeartbeatsMissing
                 | EventReason::MetricUnavailable
                 | EventReason::FallbackActive
+                | EventReason::ScalingHeld
         )
     }
 }
@@ -343,7 +349,11 @@ impl Decision {
 
 /// Decides the replica count and the drains for one policy at `now`.
 pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time) -> Decision {
-    let pods: Vec<&Instance> = seen.instances.iter().filter(|i| !i.terminating).collect();
+    let pods: Vec<&Instance> = seen
+        .instances
+        .iter()
+        .filter(|i| !i.terminating && in_ordinal_range(policy, seen, i))
+        .collect();
     let draining_now = pods.iter().filter(|i| i.draining_since.is_some()).count();
     let current = seen
         .replicas
@@ -527,6 +537,17 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
     }
 }
 
+/// A StatefulSet pod whose ordinal lies beyond `spec.replicas` is being deleted by the
+/// StatefulSet controller already: like a terminating pod, it is no longer planned over.
+fn in_ordinal_range(policy: &Policy, seen: &Observation, pod: &Instance) -> bool {
+    let (Some(ordinal), crate::api::TargetKind::StatefulSet) = (pod.ordinal, policy.target.kind)
+    else {
+        return true;
+    };
+    let start = u64::from(seen.ordinals_start);
+    (start..start + u64::from(seen.replicas)).contains(&u64::from(ordinal))
+}
+
 fn read_metrics(
     policy: &Policy,
     seen: &Observation,
@@ -607,7 +628,7 @@ fn silence_events(policy: &Policy, pods: &[&Instance], live: &drain::Liveness) -
             reason: EventReason::HeartbeatsMissing,
             message: format!(
                 "{} of {} instances sent no heartbeat for {timeout}s at once: most likely the path to drainscaler is broken (network, NetworkPolicy, the heartbeat Service, TokenReview), not the instances; replacing and removing nothing for silence and holding the count",
-                o.silent, o.started
+                o.silent, o.known
             ),
         });
         return events;
@@ -807,7 +828,7 @@ fn heartbeats_condition(
             reason: "HeartbeatsMissing",
             message: format!(
                 "{} of {} instances sent no heartbeat for {timeout}s: replacing and removing nothing for silence, and the sessions metric holds the count until they report again",
-                o.silent, o.started
+                o.silent, o.known
             ),
         },
         None if instances.silent > 0 => Condition {

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::collection::vec;
 use proptest::strategy::{Just, Strategy};
-use proptest::test_runner::Config;
+use proptest::test_runner::{Config, FileFailurePersistence};
 use proptest::{
     bool as pbool, option, prop_assert, prop_assert_eq, prop_compose, prop_oneof, proptest, sample,
 };
@@ -208,11 +208,15 @@ prop_compose! {
         slots in vec(option::weighted(0.85, arb_pod()), 0..10),
         readings in vec(arb_reading(), 3),
         heartbeats_since in prop_oneof![Just(86_400u64), 0u64..300],
+        ordinals_start in prop_oneof![3 => Just(0u32), 1 => 1u32..20],
+        // Now and then more live pods than spec.replicas (a scale-in the workload has not
+        // carried out yet, or pods outside the count).
+        surplus in prop_oneof![4 => Just(0usize), 1 => 1usize..3],
     ) -> Observation {
         let mut instances = Vec::new();
         for (i, slot) in slots.iter().enumerate() {
             if let Some(p) = slot {
-                let ordinal = u32::try_from(i).unwrap_or(u32::MAX);
+                let ordinal = ordinals_start + u32::try_from(i).unwrap_or(u32::MAX);
                 instances.push(Instance {
                     name: format!("pod-{i}"),
                     ordinal: Some(ordinal),
@@ -226,10 +230,11 @@ prop_compose! {
             .filter_map(|(i, r)| r.map(|r| (format!("m{i}"), r)))
             .collect();
         Observation {
-            replicas: u32::try_from(slots.len()).unwrap_or(u32::MAX),
+            replicas: u32::try_from(slots.len().saturating_sub(surplus)).unwrap_or(u32::MAX),
             readings,
             instances,
             heartbeats_since: ago(heartbeats_since),
+            ordinals_start,
         }
     }
 }
@@ -289,22 +294,30 @@ fn silent(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> boo
 }
 
 /// DESIGN.md §4: Lost is Silent corroborated by Kubernetes (not Ready for one timeout too),
-/// and never while most of the policy's running pods are Silent at once.
+/// and never while most of the policy's pods are Silent at once (of those Silent or reporting
+/// within the timeout: a pod too new to be due tells nothing).
 fn lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool {
     let Some(hb) = &policy.heartbeat else {
         return false;
     };
-    let live: Vec<&Instance> = seen.instances.iter().filter(|p| !p.terminating).collect();
-    let started = live
+    // Terminating pods, and StatefulSet pods past spec.replicas, are leaving.
+    let live: Vec<&Instance> = seen
+        .instances
         .iter()
-        .filter(|p| p.started.is_some() && p.phase != Phase::Pending)
-        .count();
+        .filter(|p| !p.terminating && fills_a_slot(policy, seen, p))
+        .collect();
     let quiet = live.iter().filter(|p| silent(policy, seen, p, now)).count();
-    let broad = quiet * 2 > started;
+    let reporting = live
+        .iter()
+        .filter(|p| !silent(policy, seen, p, now))
+        .filter(|p| p.heartbeat.is_some_and(|h| now.since(h.at) < hb.timeout))
+        .count();
+    let broad = quiet > reporting;
+    // An app may fail readiness on purpose once it drains: that corroborates nothing.
     let not_ready_long = !pod.ready
-        && pod
-            .not_ready_since
-            .is_some_and(|t| now.since(t) >= hb.timeout);
+        && pod.not_ready_since.is_some_and(|t| {
+            now.since(t) >= hb.timeout && pod.draining_since.is_none_or(|d| t < d.minus(hb.timeout))
+        });
     silent(policy, seen, pod, now) && not_ready_long && !broad
 }
 
@@ -341,12 +354,29 @@ fn rank(p: &Instance) -> (bool, Phase, bool, i32) {
     (p.scheduled, p.phase, p.ready, p.deletion_cost)
 }
 
+/// Whether a pod counts towards `spec.replicas`: for a StatefulSet, only ordinals in
+/// `[start, start + replicas)`.
+fn fills_a_slot(policy: &Policy, seen: &Observation, p: &Instance) -> bool {
+    let start = u64::from(seen.ordinals_start);
+    policy.target.kind == TargetKind::Deployment
+        || p.ordinal
+            .is_none_or(|o| (start..start + u64::from(seen.replicas)).contains(&u64::from(o)))
+}
+
 /// Every pod the workload might delete once `replicas` is written.
-fn deletable(kind: TargetKind, pods: &[Instance], replicas: u32) -> Vec<&Instance> {
+fn deletable<'a>(
+    kind: TargetKind,
+    seen: &Observation,
+    pods: &'a [Instance],
+    replicas: u32,
+) -> Vec<&'a Instance> {
     match kind {
         TargetKind::StatefulSet => pods
             .iter()
-            .filter(|p| p.ordinal.unwrap_or(u32::MAX) >= replicas)
+            .filter(|p| {
+                u64::from(p.ordinal.unwrap_or(u32::MAX))
+                    >= u64::from(seen.ordinals_start) + u64::from(replicas)
+            })
             .collect(),
         TargetKind::Deployment => {
             let excess = pods.len().saturating_sub(replicas as usize);
@@ -408,8 +438,16 @@ fn check_safety(policy: &Policy, seen: &Observation, d: &Decision) -> Result<(),
         }
     }
     if policy.drains() && d.mode != Mode::Paused {
-        for p in deletable(policy.target.kind, &after, d.replicas) {
-            judge(&p.name, &format!("writing replicas {}", d.replicas))?;
+        // What the workload deletes because of this write: pods beyond `spec.replicas` already
+        // go whatever drainscaler writes.
+        let anyway: BTreeSet<&str> = deletable(policy.target.kind, seen, &after, seen.replicas)
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        for p in deletable(policy.target.kind, seen, &after, d.replicas) {
+            if !anyway.contains(p.name.as_str()) {
+                judge(&p.name, &format!("writing replicas {}", d.replicas))?;
+            }
         }
     }
     Ok(())
@@ -421,7 +459,11 @@ fn config() -> Config {
     let deep = std::env::var_os("PROPTEST_CASES").is_some();
     Config {
         cases: if deep { base.cases } else { 512 },
-        failure_persistence: None,
+        // A failing case is saved beside this file (proptest-regressions/) and replayed first
+        // on every run once committed.
+        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
+            "proptest-regressions",
+        ))),
         ..base
     }
 }
@@ -459,7 +501,10 @@ proptest! {
             .iter()
             .filter(|p| p.draining_since.is_some() && !removed.contains(p.name.as_str()))
             .count();
-        let missing = seen.replicas as usize - after.len().min(seen.replicas as usize);
+        // Slots below spec.replicas without a pod; a StatefulSet pod past spec.replicas is
+        // leaving and fills none.
+        let in_range = after.iter().filter(|p| fills_a_slot(&policy, &seen, p)).count();
+        let missing = seen.replicas as usize - in_range.min(seen.replicas as usize);
         let slack = u32::try_from(draining + missing).unwrap_or(u32::MAX);
         prop_assert!(d.replicas >= d.desired, "replicas {} below desired {}", d.replicas, d.desired);
         // A rollout holds the count where it is (scale-in waits for it to end).
@@ -502,7 +547,10 @@ proptest! {
             (false, _) => {
                 prop_assert!(d.current > max || d.desired >= d.current,
                     "desired {} below current {}", d.desired, d.current);
-                if d.desired >= d.current {
+                // With more pods than spec.replicas the workload is removing some already.
+                let surplus = seen.instances.iter().filter(|p| !p.terminating).count()
+                    > seen.replicas as usize;
+                if d.desired >= d.current && !surplus {
                     prop_assert!(d.plan.start.is_empty(), "drains started: {:?}", d.plan.start);
                 }
             }
@@ -566,6 +614,10 @@ fn carry_out(seen: &Observation, d: &Decision, now: Time) -> Observation {
         .into_iter()
         .filter(|p| !removed.contains(p.name.as_str()) && !replaced.contains(p.name.as_str()))
         .collect();
+    // Pods beyond the count go, first in the ReplicaSet's ranking.
+    instances.sort_by_key(rank);
+    let excess = instances.len().saturating_sub(d.replicas as usize);
+    instances.drain(..excess);
     let missing = (d.replicas as usize).saturating_sub(instances.len());
     instances.extend((0..missing).map(|i| Instance {
         name: format!("new-{i}"),
@@ -581,6 +633,7 @@ fn carry_out(seen: &Observation, d: &Decision, now: Time) -> Observation {
         readings: seen.readings.clone(),
         instances,
         heartbeats_since: seen.heartbeats_since,
+        ordinals_start: seen.ordinals_start,
     }
 }
 

@@ -303,6 +303,35 @@ fn a_draining_pod_is_removable_once_it_reports_zero_sessions_after_the_drain_beg
 }
 
 #[test]
+fn a_draining_pod_that_fails_readiness_for_its_drain_and_goes_silent_is_not_lost() {
+    // The demo app, like many, fails readiness while it drains. A partition then silences it:
+    // its unreadiness began with the drain and proves nothing.
+    let p = sessions();
+    let draining = |not_ready: u64| {
+        one_draining(
+            pod("d")
+                .sessions(4)
+                .heartbeat_at(ago(120))
+                .draining_since(ago(200))
+                .not_ready_since(ago(not_ready)),
+        )
+    };
+    let d = run(p.clone(), draining(195), history());
+    assert!(d.plan.remove.is_empty(), "removed {:?}", d.plan.remove);
+    assert_eq!((d.instances.silent, d.instances.lost), (1, 0));
+    // Within one timeout before the drain began still counts as the drain's (clock skew).
+    assert!(
+        run(p.clone(), draining(225), history())
+            .plan
+            .remove
+            .is_empty()
+    );
+    // Not Ready well before its drain began: that unreadiness was not the drain's.
+    let d = run(p, draining(600), history());
+    assert_eq!(removed(&d), [("d", RemovalCause::Lost)]);
+}
+
+#[test]
 fn a_zero_counted_before_the_pod_heard_of_its_drain_does_not_end_the_drain() {
     // The race: the pod counted 0 and sent it while the drain mark was being written; the
     // heartbeat arrives after the mark, but the pod still took sessions when it counted.
@@ -1048,4 +1077,58 @@ fn a_statefulset_drops_missing_top_ordinals_without_draining_anyone() {
     assert!(d.plan.start.is_empty());
     assert!(d.plan.remove.is_empty(), "nothing real is removed");
     assert_eq!(d.replicas, 3);
+}
+
+#[test]
+fn a_statefulset_whose_ordinals_start_above_zero_plans_over_its_own_ordinals() {
+    // spec.ordinals.start 10: web-10..web-12 with 3 replicas. Counting ordinals from 0 would
+    // see ten missing slots below them, and the count would run away.
+    let pods = (10..13).map(|i| pod(&format!("web-{i}")).ordinal(i).ready().sessions(10));
+    let seen = || wanting(3, pods.clone()).replicas(3).ordinals_start(10);
+    let d = run(sessions().statefulset(), seen(), history());
+    assert_eq!(d.replicas, 3, "steady");
+    assert!(d.plan.start.is_empty());
+    let d = run(
+        sessions().statefulset(),
+        wanting(
+            2,
+            (10..13).map(|i| pod(&format!("web-{i}")).ordinal(i).ready().sessions(10)),
+        )
+        .replicas(3)
+        .ordinals_start(10),
+        history(),
+    );
+    assert_eq!(names(&d.plan.start), ["web-12"]);
+    assert_eq!(d.replicas, 3, "web-12 drains first");
+}
+
+#[test]
+fn a_huge_statefulset_count_is_planned_without_a_slot_per_replica() {
+    // spec.replicas near u32::MAX over three pods: the missing top ordinals go at once, and
+    // the plan makes no stand-in for each of them.
+    let pods = (0..3).map(|i| pod(&format!("web-{i}")).ordinal(i).ready().sessions(10));
+    let d = run(
+        sessions().statefulset(),
+        wanting(3, pods).replicas(u32::MAX - 1),
+        history(),
+    );
+    assert_eq!(d.replicas, 20, "moves inward to maxReplicas at once");
+    assert!(d.plan.start.is_empty());
+    assert!(d.plan.remove.is_empty(), "nothing real is removed");
+}
+
+#[test]
+fn a_statefulset_pod_with_an_absurd_ordinal_holds_the_plan_instead_of_allocating() {
+    let mut pods: Vec<PodBuilder> = (0..3)
+        .map(|i| pod(&format!("web-{i}")).ordinal(i).ready().sessions(10))
+        .collect();
+    pods.push(pod("stray").ordinal(4_000_000_000).ready().sessions(1));
+    let d = run(
+        sessions().statefulset(),
+        wanting(2, pods).replicas(u32::MAX - 1),
+        history(),
+    );
+    assert_eq!(d.replicas, u32::MAX - 1, "held");
+    assert!(d.plan.start.is_empty() && d.plan.remove.is_empty());
+    assert_eq!(events(&d, EventReason::ScalingHeld).len(), 1);
 }
