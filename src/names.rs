@@ -16,6 +16,10 @@ pub use crate::engine::REMOVABLE_DELETION_COST;
 /// The StatefulSet controller's ordinal label.
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
+/// A Secret named in a policy's `spec.prometheus` is used only with this label set to `"true"`:
+/// its owner's consent to have it sent to the policy's Prometheus address.
+pub const PROMETHEUS_AUTH_LABEL: &str = "drainscaler.io/prometheus-auth";
+
 /// The one field manager for every write.
 pub const FIELD_MANAGER: &str = "drainscaler";
 /// The controller name on events.
@@ -38,6 +42,8 @@ pub enum ShellReason {
     InvalidPolicy,
     TargetNotFound,
     Conflict,
+    /// The policy's Prometheus credentials cannot be used as they are.
+    PrometheusAuth,
 }
 
 impl ShellReason {
@@ -47,6 +53,7 @@ impl ShellReason {
             ShellReason::InvalidPolicy => "InvalidPolicy",
             ShellReason::TargetNotFound => "TargetNotFound",
             ShellReason::Conflict => "Conflict",
+            ShellReason::PrometheusAuth => "PrometheusAuth",
         }
     }
 }
