@@ -1,15 +1,18 @@
 //! Applying a `Decision` in `Mode::Act`: cancel drains, start drains, mark removable pods,
-//! patch `/scale`, delete lost pods. Every write is a merge patch that states the end value,
-//! under one field manager, so repeating it changes nothing. Needs a client.
+//! patch `/scale`, delete lost pods; and restoring the pods a policy marked when it lets go of
+//! its target (deleted, paused, dry run). Every write is a merge patch that states the end
+//! value, under one field manager, so repeating it changes nothing. Needs a client, except
+//! `to_restore` and the patches.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::{Api, Client};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::Selector;
+use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::api::TargetKind;
-use crate::engine::{Decision, Mode, Observation, Time};
+use crate::engine::{Decision, Instance, Mode, Observation, Time};
 use crate::error::Error;
 use crate::names::{
     DELETION_COST_ANNOTATION, DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, FIELD_MANAGER,
@@ -93,6 +96,107 @@ pub async fn act(
     Ok(applied)
 }
 
+/// A pod's drain marks, as restoring reads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marks {
+    pub pod: String,
+    /// Carries the draining annotation.
+    pub draining: bool,
+    /// Carries the deletion cost drainscaler gives removable pods.
+    pub removable: bool,
+    pub terminating: bool,
+}
+
+impl Marks {
+    pub fn of_instance(i: &Instance) -> Marks {
+        Marks {
+            pod: i.name.clone(),
+            draining: i.draining_since.is_some(),
+            removable: i.deletion_cost == REMOVABLE_DELETION_COST,
+            terminating: i.terminating,
+        }
+    }
+
+    pub fn of_pod(p: &Pod) -> Marks {
+        let annotation = |key: &str| p.annotations().get(key).map(String::as_str);
+        Marks {
+            pod: p.name_any(),
+            draining: annotation(DRAINING_ANNOTATION) == Some("true"),
+            removable: annotation(DELETION_COST_ANNOTATION).and_then(|c| c.parse::<i32>().ok())
+                == Some(REMOVABLE_DELETION_COST),
+            terminating: p.metadata.deletion_timestamp.is_some(),
+        }
+    }
+}
+
+/// A pod to put back into service, and whether the deletion cost on it is drainscaler's to
+/// drop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restore {
+    pub pod: String,
+    pub drop_cost: bool,
+}
+
+/// The pods to put back into service when drainscaler lets go of a target whose `spec.replicas`
+/// is `replicas`: every pod it marked, except terminating ones (on their way out) and, while the
+/// workload's controller still has a lower count to carry out (more live pods than `replicas`),
+/// the removable ones: that count removes them, and unmarking them would let the controller
+/// pick a pod that holds sessions instead. Pure.
+pub fn to_restore(pods: &[Marks], replicas: u32) -> Vec<Restore> {
+    let live = pods.iter().filter(|p| !p.terminating).count();
+    let scale_in_under_way = live > usize::try_from(replicas).unwrap_or(usize::MAX);
+    pods.iter()
+        .filter(|p| !p.terminating && (p.draining || p.removable))
+        .filter(|p| !(p.removable && scale_in_under_way))
+        .map(|p| Restore {
+            pod: p.pod.clone(),
+            drop_cost: p.removable,
+        })
+        .collect()
+}
+
+/// The marks on the pods `selector` picks in `namespace`, listed from the API server rather
+/// than the cache: a mark written by the reconcile just before must not be missed when nothing
+/// will look again (the policy is going away). Needs a client.
+pub async fn marked_pods(
+    client: &Client,
+    namespace: &str,
+    selector: &Selector,
+) -> Result<Vec<Marks>, Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&selector.to_string()))
+        .await
+        .map_err(|source| Error::ListPods { source })?;
+    Ok(list.items.iter().map(Marks::of_pod).collect())
+}
+
+/// Puts `pods` back into service: no draining annotations, serving again, and the deletion
+/// cost dropped where it is drainscaler's. Needs a client.
+pub async fn restore(client: &Client, namespace: &str, pods: &[Restore]) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    for r in pods {
+        patch_pod(&api, &params, &r.pod, cancel_patch(r.drop_cost)).await?;
+    }
+    Ok(())
+}
+
+/// Clears the marks `restored` took off, in an observation taken before.
+pub fn forget_marks(instances: &mut [Instance], restored: &[Restore]) {
+    for i in instances.iter_mut() {
+        if let Some(r) = restored.iter().find(|r| r.pod == i.name) {
+            i.draining_since = None;
+            if r.drop_cost {
+                i.deletion_cost = 0;
+            }
+        }
+    }
+}
+
 async fn patch_pod(
     pods: &Api<Pod>,
     params: &PatchParams,
@@ -174,8 +278,78 @@ pub fn removable_patch() -> Value {
 mod tests {
     use serde_json::json;
 
-    use super::{cancel_patch, drain_patch, removable_patch};
+    use super::{Marks, Restore, cancel_patch, drain_patch, removable_patch, to_restore};
     use crate::engine::Time;
+
+    fn marks(pod: &str) -> Marks {
+        Marks {
+            pod: pod.to_owned(),
+            draining: false,
+            removable: false,
+            terminating: false,
+        }
+    }
+
+    fn draining(pod: &str) -> Marks {
+        Marks {
+            draining: true,
+            ..marks(pod)
+        }
+    }
+
+    fn removable(pod: &str) -> Marks {
+        Marks {
+            removable: true,
+            ..draining(pod)
+        }
+    }
+
+    fn restored(pods: &[(&str, bool)]) -> Vec<Restore> {
+        pods.iter()
+            .map(|&(pod, drop_cost)| Restore {
+                pod: pod.to_owned(),
+                drop_cost,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn letting_go_restores_every_marked_pod_and_drops_only_its_own_cost() {
+        let pods = [marks("a"), draining("b"), removable("c")];
+        assert_eq!(to_restore(&pods, 3), restored(&[("b", false), ("c", true)]));
+    }
+
+    #[test]
+    fn a_removable_pod_stays_marked_while_the_lower_count_is_still_being_carried_out() {
+        // Three live pods for two replicas: the ReplicaSet is about to remove the cheapest one.
+        let pods = [marks("a"), draining("b"), removable("c")];
+        assert_eq!(to_restore(&pods, 2), restored(&[("b", false)]));
+    }
+
+    #[test]
+    fn terminating_pods_are_left_to_go() {
+        let gone = Marks {
+            terminating: true,
+            ..removable("c")
+        };
+        let pods = [marks("a"), draining("b"), gone];
+        // The terminating pod does not count as live: two live pods for two replicas.
+        assert_eq!(to_restore(&pods, 2), restored(&[("b", false)]));
+    }
+
+    #[test]
+    fn a_cost_left_without_a_drain_is_dropped_too() {
+        let stray = Marks {
+            removable: true,
+            ..marks("a")
+        };
+        assert_eq!(to_restore(&[stray], 1), restored(&[("a", true)]));
+    }
+
+    #[test]
+    fn nothing_marked_restores_nothing() {
+        assert!(to_restore(&[marks("a"), marks("b")], 1).is_empty());
+    }
 
     #[test]
     fn a_drain_annotates_the_pod_and_takes_it_out_of_service() {

@@ -16,6 +16,10 @@ pub use crate::engine::REMOVABLE_DELETION_COST;
 /// The StatefulSet controller's ordinal label.
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
+/// The finalizer on every policy the controller has seen: deleting the policy waits until the
+/// pods it marked draining serve again.
+pub const FINALIZER: &str = "drainscaler.io/restore-pods";
+
 /// The one field manager for every write.
 pub const FIELD_MANAGER: &str = "drainscaler";
 /// The controller name on events.
@@ -38,6 +42,8 @@ pub enum ShellReason {
     InvalidPolicy,
     TargetNotFound,
     Conflict,
+    /// Drains put back into service because the policy was deleted, paused or put in dry run.
+    DrainCancelled,
 }
 
 impl ShellReason {
@@ -47,6 +53,7 @@ impl ShellReason {
             ShellReason::InvalidPolicy => "InvalidPolicy",
             ShellReason::TargetNotFound => "TargetNotFound",
             ShellReason::Conflict => "Conflict",
+            ShellReason::DrainCancelled => "DrainCancelled",
         }
     }
 }

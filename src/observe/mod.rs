@@ -54,8 +54,18 @@ pub async fn target(
     namespace: &str,
     policy: &Policy,
 ) -> Result<Result<Target, Blocked>, Error> {
-    let name = &policy.target.name;
-    let scale = match policy.target.kind {
+    target_named(client, namespace, policy.target.kind, &policy.target.name).await
+}
+
+/// `target` from the kind and name alone, for a policy that may not validate (one being
+/// deleted).
+pub async fn target_named(
+    client: &Client,
+    namespace: &str,
+    kind: TargetKind,
+    name: &str,
+) -> Result<Result<Target, Blocked>, Error> {
+    let scale = match kind {
         TargetKind::Deployment => {
             Api::<Deployment>::namespaced(client.clone(), namespace)
                 .get_scale(name)
@@ -67,7 +77,7 @@ pub async fn target(
                 .await
         }
     };
-    let kind = kind_name(policy.target.kind);
+    let kind = kind_name(kind);
     let scale = match scale {
         Ok(s) => s,
         Err(kube::Error::Api(e)) if e.code == 404 => {
