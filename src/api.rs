@@ -488,6 +488,11 @@ pub struct MetricStatus {
 pub struct InstancesStatus {
     pub ready: i32,
     pub draining: i32,
+    /// Instances that sent no heartbeat for one heartbeat timeout. They are kept, with their
+    /// last count, unless Kubernetes also reports them not Ready for as long (then Lost).
+    #[serde(default)]
+    pub silent: i32,
+    /// Silent instances that Kubernetes has reported not Ready for one heartbeat timeout too.
     pub lost: i32,
     /// Sessions reported by heartbeats; instances that have not reported count as zero here.
     pub sessions: i64,

@@ -467,7 +467,6 @@ pub async fn run(
     on_ready: impl FnOnce(Store<Pod>),
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), String> {
-    let heartbeats_since = pods::time(Timestamp::now());
     let (pod_store, writer) = reflector::store_shared::<Pod>(4096);
     let subscriber = writer.subscribe().ok_or("the pod cache cannot be shared")?;
     let (pods_api, policies_api): (Api<Pod>, Api<ScalingPolicy>) = match &config.namespace {
@@ -493,7 +492,10 @@ pub async fn run(
         .await
         .map_err(|e| format!("pod cache: {e}"))?;
     tracing::info!(pods = pod_store.state().len(), "pod cache ready");
+    // Heartbeats are answered, and so collected, only from now on: the wait before anything
+    // counts as Silent starts here, not when the cache began to fill.
     on_ready(pod_store.clone());
+    let heartbeats_since = pods::time(Timestamp::now());
 
     // HorizontalPodAutoscalers, watched rather than listed per reconcile; one that appears or
     // goes away triggers the policies of its target at once. The controller drives this

@@ -22,7 +22,9 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::Heartbeat;
 use crate::metrics::Metrics;
-use crate::names::{DRAINING_ANNOTATION, POD_NAME_EXTRA, POD_UID_EXTRA, TOKEN_AUDIENCE};
+use crate::names::{
+    DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, POD_NAME_EXTRA, POD_UID_EXTRA, TOKEN_AUDIENCE,
+};
 use crate::observe::heartbeats::{Heartbeats, PodKey};
 use crate::observe::pods::time;
 
@@ -82,12 +84,17 @@ pub fn router(state: Arc<ServerState>) -> Router {
 }
 
 /// A heartbeat as sent: `{"sessions": 12}`, plus `"pod": "ns/name"` in development mode.
+/// `"draining": true` says the count was taken while the instance knew it was draining (an
+/// earlier reply said so, or it read its `drainscaler.io/draining` annotation) and took no new
+/// sessions.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     pub sessions: u64,
     #[serde(default)]
     pub pod: Option<String>,
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -360,21 +367,40 @@ async fn handle_heartbeat(
         ));
     }
     let uid = identity.uid.clone().or_else(|| pod.metadata.uid.clone());
-    state.heartbeats.record(
+    let drain_mark = drain_mark(&pod);
+    let told = state.heartbeats.told_drain(&identity.key, uid.as_deref());
+    state.heartbeats.record_reply(
         identity.key,
         uid,
         Heartbeat {
             at: time(Timestamp::now()),
             sessions: request.sessions,
+            draining: knew_of_drain(&request, drain_mark.as_deref(), told.as_deref()),
         },
+        drain_mark.clone(),
     );
-    let drain = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(DRAINING_ANNOTATION))
-        .is_some_and(|v| v == "true");
+    let drain = drain_mark.is_some();
     Ok(HeartbeatReply { drain })
+}
+
+/// The drain a pod is in, as the pod cache shows it: its `draining-since` mark (empty when
+/// the mark has no time), or `None` when it is not draining.
+fn drain_mark(pod: &Pod) -> Option<String> {
+    let annotations = pod.metadata.annotations.as_ref()?;
+    (annotations.get(DRAINING_ANNOTATION)? == "true").then(|| {
+        annotations
+            .get(DRAINING_SINCE_ANNOTATION)
+            .cloned()
+            .unwrap_or_default()
+    })
+}
+
+/// Whether a heartbeat's count was taken while the pod knew of its current drain: it says so,
+/// or the previous reply already told it `drain: true` for this same drain. A count sent
+/// before any such reply may have crossed the drain mark in flight, taken while the pod still
+/// accepted sessions.
+pub fn knew_of_drain(request: &HeartbeatRequest, mark: Option<&str>, told: Option<&str>) -> bool {
+    request.draining || mark.is_some_and(|m| told == Some(m))
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
@@ -398,7 +424,7 @@ mod tests {
     use axum::http::StatusCode;
     use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 
-    use super::{identity_from_review, parse_pod_ref, parse_request};
+    use super::{identity_from_review, knew_of_drain, parse_pod_ref, parse_request};
     use crate::observe::heartbeats::PodKey;
 
     #[test]
@@ -422,6 +448,23 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert!(e.message.contains("sessions"), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn a_count_proves_a_drain_only_once_the_pod_knew_of_that_drain() {
+        let plain = parse_request(br#"{"sessions": 0}"#).expect("parses");
+        let says = parse_request(br#"{"sessions": 0, "draining": true}"#).expect("parses");
+        let mark = Some("2026-01-01T00:00:00Z");
+        // The first heartbeat after the drain mark: the pod was not told yet.
+        assert!(!knew_of_drain(&plain, mark, None));
+        // The previous reply told it about this drain.
+        assert!(knew_of_drain(&plain, mark, mark));
+        // It was told about an earlier drain that was cancelled: not this one.
+        assert!(!knew_of_drain(&plain, mark, Some("2025-12-31T00:00:00Z")));
+        // Not draining at all.
+        assert!(!knew_of_drain(&plain, None, None));
+        // It read its annotation and says so.
+        assert!(knew_of_drain(&says, mark, None));
     }
 
     #[test]

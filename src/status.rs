@@ -124,6 +124,7 @@ pub fn render(
         instances: Some(InstancesStatus {
             ready: int(decision.instances.ready),
             draining: int(decision.instances.draining),
+            silent: int(decision.instances.silent),
             lost: int(decision.instances.lost),
             sessions: i64::try_from(decision.instances.sessions).unwrap_or(i64::MAX),
         }),
@@ -309,6 +310,7 @@ heartbeat: {source: Push, timeout: 30s}
             heartbeat: Some(Heartbeat {
                 at: Time::from_secs(995),
                 sessions,
+                draining: false,
             }),
             ..Instance::default()
         }
@@ -316,6 +318,7 @@ heartbeat: {source: Push, timeout: 30s}
 
     fn seen(rps: Reading) -> Observation {
         Observation {
+            ordinals_start: 0,
             replicas: 2,
             readings: [("rps".to_owned(), rps)].into_iter().collect(),
             instances: vec![pod("chat-a", 3), pod("chat-b", 4)],
@@ -365,7 +368,8 @@ heartbeat: {source: Push, timeout: 30s}
                 "AbleToScale",
                 "ScalingLimited",
                 "Draining",
-                "Fallback"
+                "Fallback",
+                "Heartbeats",
             ]
         );
         assert_eq!(st.recommendations.len(), 1);

@@ -130,6 +130,15 @@ impl PolicyBuilder {
         });
         self
     }
+    /// Heartbeats read from Prometheus with `query`.
+    pub fn prometheus_heartbeats(mut self, query: &str) -> Self {
+        if let Some(h) = &mut self.0.heartbeat {
+            h.source = HeartbeatSource::Prometheus {
+                query: query.to_owned(),
+            };
+        }
+        self
+    }
     pub fn on_lost(mut self, on_lost: OnLost) -> Self {
         if let Some(h) = &mut self.0.heartbeat {
             h.on_lost = on_lost;
@@ -238,6 +247,7 @@ pub fn pod(name: &str) -> PodBuilder {
         },
         sessions: None,
         heartbeat_at: None,
+        untold: false,
     }
 }
 
@@ -246,6 +256,7 @@ pub struct PodBuilder {
     pod: Instance,
     sessions: Option<u64>,
     heartbeat_at: Option<Time>,
+    untold: bool,
 }
 
 impl PodBuilder {
@@ -253,10 +264,18 @@ impl PodBuilder {
     /// said otherwise, with zero sessions unless said otherwise.
     pub fn build(self) -> Instance {
         let mut pod = self.pod;
+        // Not Ready since creation, unless said otherwise.
+        pod.not_ready_since = if pod.ready {
+            None
+        } else {
+            pod.not_ready_since.or(Some(pod.created))
+        };
         if self.sessions.is_some() || self.heartbeat_at.is_some() {
             pod.heartbeat = Some(Heartbeat {
                 at: self.heartbeat_at.unwrap_or(NOW),
                 sessions: self.sessions.unwrap_or(0),
+                // A draining pod reports having heard of its drain unless `untold`.
+                draining: pod.draining_since.is_some() && !self.untold,
             });
         }
         pod
@@ -267,6 +286,18 @@ impl PodBuilder {
     }
     pub fn not_ready(mut self) -> Self {
         self.pod.ready = false;
+        self
+    }
+    /// Not Ready since `at` (the Ready condition's last transition).
+    pub fn not_ready_since(mut self, at: Time) -> Self {
+        self.pod.ready = false;
+        self.pod.not_ready_since = Some(at);
+        self
+    }
+    /// Its heartbeat was counted before it heard of its drain: the zero that crosses the drain
+    /// mark in flight.
+    pub fn untold(mut self) -> Self {
+        self.untold = true;
         self
     }
     pub fn sessions(mut self, n: u64) -> Self {
@@ -336,6 +367,7 @@ pub fn observation() -> ObservationBuilder {
         readings: BTreeMap::new(),
         pods: Vec::new(),
         heartbeats_since: ago(86_400),
+        ordinals_start: 0,
     }
 }
 
@@ -345,6 +377,7 @@ pub struct ObservationBuilder {
     readings: BTreeMap<String, Reading>,
     pods: Vec<Instance>,
     heartbeats_since: Time,
+    ordinals_start: u32,
 }
 
 impl ObservationBuilder {
@@ -357,7 +390,13 @@ impl ObservationBuilder {
             readings: self.readings,
             instances: self.pods,
             heartbeats_since: self.heartbeats_since,
+            ordinals_start: self.ordinals_start,
         }
+    }
+    /// A StatefulSet whose ordinals begin at `start` (`spec.ordinals.start`).
+    pub fn ordinals_start(mut self, start: u32) -> Self {
+        self.ordinals_start = start;
+        self
     }
     pub fn replicas(mut self, n: u32) -> Self {
         self.replicas = Some(n);

@@ -442,6 +442,9 @@ func (s *server) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 type heartbeat struct {
 	Sessions int    `json:"sessions"`
 	Pod      string `json:"pod,omitempty"` // dev mode only
+	// The count was taken while this instance refused new sessions: drainscaler may take a
+	// zero sent so as the end of a drain.
+	Draining bool `json:"draining,omitempty"`
 }
 
 type heartbeatReply struct {
@@ -481,7 +484,9 @@ func (s *server) heartbeatLoop(ctx context.Context) {
 
 func (s *server) sendHeartbeat(ctx context.Context, client *http.Client, url string) error {
 	s.mu.Lock()
-	hb := heartbeat{Sessions: len(s.open)}
+	// Counted under the same lock as the drain state, so "draining" says the count was taken
+	// while no new session could be accepted.
+	hb := heartbeat{Sessions: len(s.open), Draining: s.drain.on()}
 	s.mu.Unlock()
 	// Read the token every time: the kubelet (here: the local node) rotates it.
 	token, err := os.ReadFile(s.cfg.tokenFile)

@@ -7,10 +7,12 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::api::{OnLost, OnTimeout, TargetKind};
+use crate::engine::metric_replicas;
 use crate::engine::{
-    Draining, Event, EventReason, Instance, InstanceCounts, Observation, Phase, Reading, Time,
+    Draining, Event, EventReason, Heartbeat, Instance, InstanceCounts, Observation, Phase, Reading,
+    Time,
 };
-use crate::policy::Policy;
+use crate::policy::{Heartbeat as HeartbeatPolicy, HeartbeatSource, MetricTarget, Policy};
 
 /// The deletion cost given to removable pods so that the ReplicaSet deletes them first.
 pub const REMOVABLE_DELETION_COST: i32 = i32::MIN;
@@ -56,9 +58,10 @@ pub struct Removal {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RemovalCause {
-    /// A heartbeat after the drain began reported zero sessions (or the pod never ran).
+    /// A heartbeat taken while the pod knew it drained reported zero sessions (or the pod
+    /// never ran).
     Drained,
-    /// The pod stopped heartbeating.
+    /// The pod is Lost: silent, and not Ready for as long.
     Lost,
     /// The drain timed out with `onTimeout: Remove`.
     TimedOut,
@@ -66,13 +69,14 @@ pub enum RemovalCause {
     Undrained,
 }
 
-/// Whether a running pod has stopped heartbeating for longer than the timeout. Nothing is Lost
-/// until one timeout has passed since heartbeats began to be collected.
-pub fn is_lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool {
+/// Whether a pod that has run has sent no heartbeat for one timeout. Nothing is Silent until
+/// one timeout has passed since heartbeats began to be collected. Silence alone proves nothing
+/// about the pod: the path between it and the controller may be what broke.
+pub fn is_silent(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool {
     let (Some(hb), Some(started)) = (&policy.heartbeat, pod.started) else {
         return false;
     };
-    if pod.phase != Phase::Running {
+    if pod.phase == Phase::Pending {
         return false;
     }
     let last = pod
@@ -80,6 +84,71 @@ pub fn is_lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -
         .map_or(started, |h| h.at.max(started))
         .max(seen.heartbeats_since);
     now.since(last) >= hb.timeout
+}
+
+/// Kubernetes corroborates a Silent pod's silence: the kubelet has reported it not Ready for
+/// at least one heartbeat timeout as well.
+fn corroborated(policy: &Policy, pod: &Instance, now: Time) -> bool {
+    let Some(hb) = &policy.heartbeat else {
+        return false;
+    };
+    !pod.ready
+        && pod
+            .not_ready_since
+            .is_some_and(|t| now.since(t) >= hb.timeout)
+}
+
+/// What the heartbeats say about a policy's pods at `now`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Liveness {
+    /// Per pod: sent no heartbeat for one timeout.
+    pub silent: Vec<bool>,
+    /// Per pod: Silent and not Ready for one timeout, outside a broad outage.
+    pub lost: Vec<bool>,
+    /// Most pods whose state is known are Silent at once: the path, not the pods, has most
+    /// likely broken.
+    pub outage: Option<Outage>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outage {
+    pub silent: usize,
+    /// Silent pods plus those that reported within the timeout; pods too new to be due are in
+    /// neither, so that new pods do not hide an outage that will silence them too.
+    pub known: usize,
+}
+
+/// Silent and Lost pods, and whether their silence is a broad outage. During a broad outage
+/// nothing is Lost: replacing or removing pods cannot mend a broken path and would cut the
+/// sessions they still hold.
+pub fn liveness(policy: &Policy, seen: &Observation, pods: &[&Instance], now: Time) -> Liveness {
+    let silent: Vec<bool> = pods
+        .iter()
+        .map(|p| is_silent(policy, seen, p, now))
+        .collect();
+    let timeout = policy.heartbeat.as_ref().map(|hb| hb.timeout);
+    let reporting = pods
+        .iter()
+        .zip(&silent)
+        .filter(|(p, s)| {
+            !**s && timeout.is_some_and(|t| p.heartbeat.is_some_and(|h| now.since(h.at) < t))
+        })
+        .count();
+    let silent_n = silent.iter().filter(|&&s| s).count();
+    let outage = (silent_n > reporting).then_some(Outage {
+        silent: silent_n,
+        known: silent_n + reporting,
+    });
+    let lost = pods
+        .iter()
+        .zip(&silent)
+        .map(|(p, &s)| s && outage.is_none() && corroborated(policy, p, now))
+        .collect();
+    Liveness {
+        silent,
+        lost,
+        outage,
+    }
 }
 
 /// Why a draining pod may be removed now, if it may.
@@ -96,10 +165,10 @@ fn removable(
     if lost {
         return Some(RemovalCause::Lost);
     }
-    if policy.heartbeat.is_some() {
+    if let Some(hb) = &policy.heartbeat {
         let reported_empty = pod
             .heartbeat
-            .is_some_and(|h| h.at > since && h.sessions == 0);
+            .is_some_and(|h| h.sessions == 0 && counts_after_drain(hb, &h, since));
         if reported_empty || pod.started.is_none() {
             return Some(RemovalCause::Drained);
         }
@@ -114,6 +183,17 @@ fn removable(
         (true, false, _) => Some(RemovalCause::Drained),
         (true, true, OnTimeout::Remove) => Some(RemovalCause::TimedOut),
         _ => None,
+    }
+}
+
+/// Whether a heartbeat's count was taken after the pod stopped taking new sessions for the
+/// drain that began at `since`. A pushed count must have been taken while the pod knew it was
+/// draining. A Prometheus sample cannot say so: it counts only once the drain marks have had
+/// one heartbeat timeout to take the pod out of its Services.
+pub fn counts_after_drain(hb: &HeartbeatPolicy, h: &Heartbeat, since: Time) -> bool {
+    match hb.source {
+        HeartbeatSource::Push => h.draining && h.at > since,
+        HeartbeatSource::Prometheus { .. } => h.at >= since.plus(hb.timeout),
     }
 }
 
@@ -138,12 +218,16 @@ fn sessions_since(pod: &Instance, since: Time) -> Option<u64> {
     }
 }
 
-/// The `sessions` metric: known sessions over all pods, unavailable while heartbeats are too
-/// new to be trusted and some running pod has not reported.
+/// The `sessions` metric. Silent pods count with their last report; a broad outage makes the
+/// reading fail (it holds the count) rather than fall; pods that never reported are unknown,
+/// never zero. Unavailable while heartbeats are too new to be trusted and some running pod has
+/// not reported.
 pub fn sessions_reading(
     policy: &Policy,
     seen: &Observation,
     pods: &[&Instance],
+    live: &Liveness,
+    metric: SessionsMetric,
     now: Time,
 ) -> Reading {
     let Some(hb) = &policy.heartbeat else {
@@ -151,11 +235,21 @@ pub fn sessions_reading(
             reason: "the policy has no heartbeat source".to_owned(),
         };
     };
-    let (mut unknown, mut total) = (0usize, 0u64);
+    if let Some(o) = live.outage {
+        return Reading::Unavailable {
+            reason: format!(
+                "{} of {} instances sent no heartbeat for {}s: the sessions they hold cannot be known",
+                o.silent,
+                o.known,
+                hb.timeout.as_secs()
+            ),
+        };
+    }
+    let (mut unknown, mut total) = (0u32, 0u64);
     for p in pods {
         match p.sessions() {
             Some(s) => total = total.saturating_add(s),
-            None => unknown += 1,
+            None => unknown = unknown.saturating_add(1),
         }
     }
     if unknown > 0 && now.since(seen.heartbeats_since) < hb.timeout {
@@ -166,22 +260,47 @@ pub fn sessions_reading(
             ),
         };
     }
-    Reading::Value(total as f64)
+    Reading::Value(with_unknown(total as f64, unknown, metric))
 }
 
-/// Instance counts for status; `lost` is `is_lost` for each pod.
-pub fn counts(pods: &[&Instance], lost: &[bool]) -> InstanceCounts {
+/// The metric's target and the count it is read against, for estimating unknown pods.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SessionsMetric {
+    pub target: MetricTarget,
+    pub current: u32,
+    pub tolerance: f64,
+}
+
+/// Known sessions plus an estimate for pods that never reported, as the HPA treats pods
+/// without metrics: when the known pods alone would lower the count, each unknown pod counts as
+/// holding the target; otherwise as holding nothing.
+fn with_unknown(known: f64, unknown: u32, m: SessionsMetric) -> f64 {
+    if unknown == 0 || metric_replicas(m.target, known, m.current, m.tolerance) >= m.current {
+        return known;
+    }
+    let per_pod = match m.target {
+        MetricTarget::AverageValue(t) => t,
+        MetricTarget::Value(t) => t / f64::from(m.current.max(1)),
+    };
+    known + f64::from(unknown) * per_pod
+}
+
+/// Instance counts for status.
+pub fn counts(pods: &[&Instance], live: &Liveness) -> InstanceCounts {
     let mut counts = InstanceCounts::default();
-    for (p, &lost) in pods.iter().zip(lost) {
+    for (i, p) in pods.iter().enumerate() {
         if p.draining_since.is_some() {
             counts.draining += 1;
         } else if p.ready {
             counts.ready += 1;
         }
-        if lost {
+        if live.silent[i] {
+            counts.silent += 1;
+        }
+        if live.lost[i] {
             counts.lost += 1;
         }
-        counts.sessions += p.sessions().unwrap_or(0);
+        counts.sessions = counts.sessions.saturating_add(p.sessions().unwrap_or(0));
     }
     counts
 }
@@ -280,22 +399,45 @@ fn by_deletion_order<'a>(pods: &'a [&Instance]) -> impl Fn(usize, usize) -> Orde
     }
 }
 
-/// Stand-ins for the StatefulSet ordinals below `replicas` that have no live pod: never
-/// started, so holding nothing and never Lost.
-fn empty_slots(replicas: u32, pods: &[&Instance]) -> Vec<Instance> {
-    let mut taken = vec![false; replicas as usize];
-    for p in pods {
-        if let Some(slot) = p.ordinal.and_then(|o| taken.get_mut(o as usize)) {
-            *slot = true;
-        }
+/// The most StatefulSet ordinals without a pod, below its highest live one, that a plan
+/// stands in for: one per ordinal, so a hostile or mistaken `spec.replicas` or pod-index label
+/// cannot make a decision allocate without bound.
+pub const MAX_EMPTY_ORDINALS: u64 = 10_000;
+
+/// Stand-ins for the StatefulSet ordinals in `[start, start + replicas)` that have no live pod:
+/// never started, so holding nothing and never Lost. Those above the highest live ordinal are
+/// all alike and go first on a scale-in, so at most `desired` of them are made: more would
+/// only be removed again. `None` when the ordinals missing below the highest live one exceed
+/// `MAX_EMPTY_ORDINALS`.
+fn empty_slots(
+    start: u32,
+    replicas: u32,
+    desired: u32,
+    pods: &[&Instance],
+) -> Option<Vec<Instance>> {
+    let (start, end) = (u64::from(start), u64::from(start) + u64::from(replicas));
+    let live: BTreeSet<u64> = pods
+        .iter()
+        .filter_map(|p| p.ordinal.map(u64::from))
+        .filter(|o| (start..end).contains(o))
+        .collect();
+    let above = live.last().map_or(start, |&o| o + 1);
+    let missing_below = (above - start) - live.len() as u64;
+    if missing_below > MAX_EMPTY_ORDINALS {
+        return None;
     }
-    (0..replicas)
-        .filter(|&o| !taken[o as usize])
-        .map(|o| Instance {
-            ordinal: Some(o),
-            ..Instance::default()
-        })
-        .collect()
+    let trailing = (end - above).min(u64::from(desired));
+    let slot = |o: u64| Instance {
+        ordinal: Some(u32::try_from(o).unwrap_or(u32::MAX)),
+        ..Instance::default()
+    };
+    Some(
+        (start..above)
+            .filter(|o| !live.contains(o))
+            .chain(above..above + trailing)
+            .map(slot)
+            .collect(),
+    )
 }
 
 /// Pods of more than one owner: a Deployment rolling out a new ReplicaSet.
@@ -304,6 +446,19 @@ fn in_rollout(pods: &[&Instance]) -> bool {
     owners
         .next()
         .is_some_and(|first| owners.any(|other| other != first))
+}
+
+/// Holds everything: the StatefulSet's ordinals are too sparse to plan over.
+fn too_many_empty_ordinals(seen: &Observation) -> DrainPlan {
+    let mut plan = DrainPlan::hold(seen.replicas);
+    plan.events.push(Event {
+        reason: EventReason::ScalingHeld,
+        message: format!(
+            "the StatefulSet has more than {MAX_EMPTY_ORDINALS} ordinals without a pod below its highest pod (spec.replicas {}, ordinals from {}): holding the count and every drain; set spec.replicas to the pods it runs",
+            seen.replicas, seen.ordinals_start
+        ),
+    });
+    plan
 }
 
 /// Plans drains, cancellations, removals and the replica count that serves `desired`;
@@ -322,7 +477,12 @@ pub fn plan(
     // replaced, or not created yet) will be back, so planning counts it as a slot that serves
     // and holds nothing; counting pods instead would delete a draining pod with sessions.
     let empty = match kind {
-        TargetKind::StatefulSet => empty_slots(seen.replicas, pods),
+        TargetKind::StatefulSet => {
+            match empty_slots(seen.ordinals_start, seen.replicas, desired, pods) {
+                Some(empty) => empty,
+                None => return too_many_empty_ordinals(seen),
+            }
+        }
         TargetKind::Deployment => Vec::new(),
     };
     let real = pods.len();
@@ -483,7 +643,7 @@ pub fn plan(
             RemovalCause::Lost => Some((
                 EventReason::InstanceLost,
                 format!(
-                    "pod {} sent no heartbeat while draining; removing it",
+                    "pod {} sent no heartbeat while draining and Kubernetes has reported it not Ready as long: it is Lost; removing it",
                     pods[i].name
                 ),
             )),
@@ -540,7 +700,7 @@ pub fn plan(
             plan.events.push(Event {
                 reason: EventReason::InstanceLost,
                 message: format!(
-                    "pod {} sent no heartbeat for {}s; {what}",
+                    "pod {} sent no heartbeat and was not Ready for {}s: it is Lost; {what}",
                     pods[i].name,
                     hb.timeout.as_secs()
                 ),

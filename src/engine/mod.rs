@@ -72,6 +72,8 @@ pub struct Observation {
     pub readings: BTreeMap<String, Reading>,
     /// The target's pods.
     pub instances: Vec<Instance>,
+    /// A StatefulSet's first ordinal (`spec.ordinals.start`); 0 for a Deployment.
+    pub ordinals_start: u32,
     /// Since when heartbeats have been collected (the leader's start). Nothing is declared
     /// Lost before one heartbeat timeout has passed since then.
     pub heartbeats_since: Time,
@@ -100,6 +102,9 @@ pub struct Instance {
     /// The ReplicaSet (or other controller) that owns the pod: pods of two ReplicaSets mean a
     /// Deployment rollout.
     pub owner: Option<String>,
+    /// Since when the kubelet has reported the pod not Ready; `None` while it is Ready or when
+    /// the time is not known. A Silent pod is Lost only when this corroborates it.
+    pub not_ready_since: Option<Time>,
     /// The latest heartbeat.
     pub heartbeat: Option<Heartbeat>,
 }
@@ -112,10 +117,15 @@ pub enum Phase {
     Running,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Heartbeat {
     pub at: Time,
     pub sessions: u64,
+    /// The count was taken while the pod knew it was draining: an earlier reply told it
+    /// `drain: true` for this drain, or it said it read its annotation. Only such a count can
+    /// end a Push drain: a zero that crossed the drain mark in flight was counted while the pod
+    /// still took new sessions.
+    pub draining: bool,
 }
 
 impl Instance {
@@ -199,6 +209,8 @@ pub struct MetricOutcome {
 pub struct InstanceCounts {
     pub ready: u32,
     pub draining: u32,
+    /// Sent no heartbeat for one timeout (Lost ones included).
+    pub silent: u32,
     pub lost: u32,
     /// Known sessions over all instances.
     pub sessions: u64,
@@ -221,6 +233,8 @@ pub enum ConditionType {
     ScalingLimited,
     Draining,
     Fallback,
+    /// Only for policies with a heartbeat source.
+    Heartbeats,
 }
 
 impl ConditionType {
@@ -231,6 +245,7 @@ impl ConditionType {
             ConditionType::ScalingLimited => "ScalingLimited",
             ConditionType::Draining => "Draining",
             ConditionType::Fallback => "Fallback",
+            ConditionType::Heartbeats => "Heartbeats",
         }
     }
 }
@@ -253,8 +268,12 @@ pub enum EventReason {
     DrainCompleted,
     DrainTimedOut,
     InstanceLost,
+    InstanceSilent,
+    HeartbeatsMissing,
     MetricUnavailable,
     FallbackActive,
+    /// Nothing is scaled or drained because the target cannot be planned over.
+    ScalingHeld,
 }
 
 impl EventReason {
@@ -267,8 +286,11 @@ impl EventReason {
             EventReason::DrainCompleted => "DrainCompleted",
             EventReason::DrainTimedOut => "DrainTimedOut",
             EventReason::InstanceLost => "InstanceLost",
+            EventReason::InstanceSilent => "InstanceSilent",
+            EventReason::HeartbeatsMissing => "HeartbeatsMissing",
             EventReason::MetricUnavailable => "MetricUnavailable",
             EventReason::FallbackActive => "FallbackActive",
+            EventReason::ScalingHeld => "ScalingHeld",
         }
     }
 
@@ -277,8 +299,11 @@ impl EventReason {
             self,
             EventReason::DrainTimedOut
                 | EventReason::InstanceLost
+                | EventReason::InstanceSilent
+                | EventReason::HeartbeatsMissing
                 | EventReason::MetricUnavailable
                 | EventReason::FallbackActive
+                | EventReason::ScalingHeld
         )
     }
 }
@@ -324,13 +349,18 @@ impl Decision {
 
 /// Decides the replica count and the drains for one policy at `now`.
 pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time) -> Decision {
-    let pods: Vec<&Instance> = seen.instances.iter().filter(|i| !i.terminating).collect();
+    let pods: Vec<&Instance> = seen
+        .instances
+        .iter()
+        .filter(|i| !i.terminating && in_ordinal_range(policy, seen, i))
+        .collect();
     let draining_now = pods.iter().filter(|i| i.draining_since.is_some()).count();
     let current = seen
         .replicas
         .saturating_sub(u32::try_from(draining_now).unwrap_or(u32::MAX));
 
-    let metrics = read_metrics(policy, seen, &pods, current, now);
+    let live = drain::liveness(policy, seen, &pods, now);
+    let metrics = read_metrics(policy, seen, &pods, &live, current, now);
     let metrics_failed = metrics
         .iter()
         .any(|m| matches!(m.reading, Reading::Unavailable { .. }));
@@ -364,6 +394,14 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
             .max()
             .unwrap_or(current);
         if any_active { asked.max(1) } else { asked }
+    };
+
+    // A broad heartbeat outage holds the serving count, whatever other metrics say: the
+    // instances' state cannot be known, and a scale-in would start drains that cannot end.
+    let recommendation = if live.outage.is_some() {
+        recommendation.max(current)
+    } else {
+        recommendation
     };
 
     let mut events = Vec::new();
@@ -414,16 +452,13 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
         });
     }
 
-    let lost: Vec<bool> = pods
-        .iter()
-        .map(|p| drain::is_lost(policy, seen, p, now))
-        .collect();
     let mut plan = if policy.paused {
         DrainPlan::hold(seen.replicas)
     } else {
-        drain::plan(policy, seen, &pods, &lost, desired, now)
+        drain::plan(policy, seen, &pods, &live.lost, desired, now)
     };
-    let instances = drain::counts(&pods, &lost);
+    events.extend(silence_events(policy, &pods, &live));
+    let instances = drain::counts(&pods, &live);
     let draining = drain::draining_status(&pods, &plan);
     events.append(&mut plan.events);
 
@@ -481,6 +516,7 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
         instances,
         current,
         desired,
+        live: &live,
     });
     Decision {
         mode,
@@ -501,10 +537,22 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
     }
 }
 
+/// A StatefulSet pod whose ordinal lies beyond `spec.replicas` is being deleted by the
+/// StatefulSet controller already: like a terminating pod, it is no longer planned over.
+fn in_ordinal_range(policy: &Policy, seen: &Observation, pod: &Instance) -> bool {
+    let (Some(ordinal), crate::api::TargetKind::StatefulSet) = (pod.ordinal, policy.target.kind)
+    else {
+        return true;
+    };
+    let start = u64::from(seen.ordinals_start);
+    (start..start + u64::from(seen.replicas)).contains(&u64::from(ordinal))
+}
+
 fn read_metrics(
     policy: &Policy,
     seen: &Observation,
     pods: &[&Instance],
+    live: &drain::Liveness,
     current: u32,
     now: Time,
 ) -> Vec<MetricOutcome> {
@@ -521,7 +569,18 @@ fn read_metrics(
                             reason: "no reading was taken".to_owned(),
                         })
                 }
-                Source::Sessions => drain::sessions_reading(policy, seen, pods, now),
+                Source::Sessions => drain::sessions_reading(
+                    policy,
+                    seen,
+                    pods,
+                    live,
+                    drain::SessionsMetric {
+                        target: m.target,
+                        current,
+                        tolerance: policy.tolerance,
+                    },
+                    now,
+                ),
             };
             let (replicas, active) = match &reading {
                 Reading::Value(v) => (
@@ -553,6 +612,42 @@ struct ConditionInputs<'a> {
     instances: InstanceCounts,
     current: u32,
     desired: u32,
+    live: &'a drain::Liveness,
+}
+
+/// Warnings for Silent pods that are kept (still Ready, or in a broad outage), and for the
+/// outage itself; Lost pods get theirs from the plan.
+fn silence_events(policy: &Policy, pods: &[&Instance], live: &drain::Liveness) -> Vec<Event> {
+    let Some(hb) = &policy.heartbeat else {
+        return Vec::new();
+    };
+    let timeout = hb.timeout.as_secs();
+    let mut events = Vec::new();
+    if let Some(o) = live.outage {
+        events.push(Event {
+            reason: EventReason::HeartbeatsMissing,
+            message: format!(
+                "{} of {} instances sent no heartbeat for {timeout}s at once: most likely the path to drainscaler is broken (network, NetworkPolicy, the heartbeat Service, TokenReview), not the instances; replacing and removing nothing for silence and holding the count",
+                o.silent, o.known
+            ),
+        });
+        return events;
+    }
+    for (i, p) in pods.iter().enumerate() {
+        if live.silent[i] && !live.lost[i] {
+            let last = p.heartbeat.map_or("no count yet".to_owned(), |h| {
+                format!("{} sessions", h.sessions)
+            });
+            events.push(Event {
+                reason: EventReason::InstanceSilent,
+                message: format!(
+                    "pod {} sent no heartbeat for {timeout}s but Kubernetes does not report it not Ready for as long: keeping it and its last count ({last})",
+                    p.name
+                ),
+            });
+        }
+    }
+    events
 }
 
 /// Why the first pending metric is pending.
@@ -713,7 +808,45 @@ fn conditions(c: ConditionInputs<'_>) -> Vec<Condition> {
             message: "every metric was read".to_owned(),
         },
     };
-    vec![scaling_active, able, limited, draining, fallback]
+    let mut all = vec![scaling_active, able, limited, draining, fallback];
+    if let Some(hb) = &c.policy.heartbeat {
+        all.push(heartbeats_condition(hb, c.instances, c.live));
+    }
+    all
+}
+
+fn heartbeats_condition(
+    hb: &crate::policy::Heartbeat,
+    instances: InstanceCounts,
+    live: &drain::Liveness,
+) -> Condition {
+    let timeout = hb.timeout.as_secs();
+    match live.outage {
+        Some(o) => Condition {
+            type_: ConditionType::Heartbeats,
+            status: false,
+            reason: "HeartbeatsMissing",
+            message: format!(
+                "{} of {} instances sent no heartbeat for {timeout}s: replacing and removing nothing for silence, and the sessions metric holds the count until they report again",
+                o.silent, o.known
+            ),
+        },
+        None if instances.silent > 0 => Condition {
+            type_: ConditionType::Heartbeats,
+            status: true,
+            reason: "SomeInstancesSilent",
+            message: format!(
+                "{} instances sent no heartbeat for {timeout}s ({} of them also not Ready as long, so Lost); the rest report",
+                instances.silent, instances.lost
+            ),
+        },
+        None => Condition {
+            type_: ConditionType::Heartbeats,
+            status: true,
+            reason: "HeartbeatsReceived",
+            message: "every running instance reports".to_owned(),
+        },
+    }
 }
 
 #[cfg(test)]

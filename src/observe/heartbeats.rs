@@ -34,6 +34,9 @@ struct Keyed {
     /// inherit its predecessor's heartbeat.
     uid: Option<String>,
     entry: Entry,
+    /// The drain (its `draining-since` mark) that the last reply told the pod about with
+    /// `drain: true`; `None` when the last reply said `drain: false`.
+    told_drain: Option<String>,
 }
 
 /// Shared by the server and the reconcilers.
@@ -44,14 +47,36 @@ pub struct Heartbeats {
 
 impl Heartbeats {
     pub fn record(&self, pod: PodKey, uid: Option<String>, heartbeat: Heartbeat) {
+        self.record_reply(pod, uid, heartbeat, None);
+    }
+
+    /// Records a pushed heartbeat and the drain its reply tells the pod about, if any.
+    pub fn record_reply(
+        &self,
+        pod: PodKey,
+        uid: Option<String>,
+        heartbeat: Heartbeat,
+        told_drain: Option<String>,
+    ) {
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         map.insert(
             pod,
             Keyed {
                 uid,
                 entry: Entry { heartbeat },
+                told_drain,
             },
         );
+    }
+
+    /// The drain that the last reply to this very pod (same UID when known) announced.
+    pub fn told_drain(&self, pod: &PodKey, uid: Option<&str>) -> Option<String> {
+        let map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let k = map.get(pod)?;
+        match (&k.uid, uid) {
+            (Some(a), Some(b)) if a != b => None,
+            _ => k.told_drain.clone(),
+        }
     }
 
     /// The latest heartbeat of `pod`, if it came from this very pod (same UID when known).
@@ -91,6 +116,7 @@ mod tests {
         Heartbeat {
             at: Time::from_secs(secs),
             sessions,
+            draining: false,
         }
     }
 

@@ -38,6 +38,8 @@ pub struct Sources {
 pub struct Target {
     pub replicas: u32,
     pub selector: Selector,
+    /// A StatefulSet's `spec.ordinals.start`; 0 for a Deployment.
+    pub ordinals_start: u32,
 }
 
 /// Why a policy must not act, found while observing.
@@ -104,7 +106,26 @@ pub async fn target_named(
         .spec
         .and_then(|s| s.replicas)
         .map_or(0, |r| u32::try_from(r).unwrap_or(0));
-    Ok(Ok(Target { replicas, selector }))
+    // `/scale` does not show where a StatefulSet's ordinals begin, and planning from the
+    // wrong start would count ordinals that do not exist.
+    let ordinals_start = match policy.target.kind {
+        TargetKind::Deployment => 0,
+        TargetKind::StatefulSet => {
+            let set = Api::<StatefulSet>::namespaced(client.clone(), namespace)
+                .get(name)
+                .await
+                .map_err(|source| Error::ReadScale { source })?;
+            set.spec
+                .and_then(|s| s.ordinals)
+                .and_then(|o| o.start)
+                .map_or(0, |s| u32::try_from(s).unwrap_or(0))
+        }
+    };
+    Ok(Ok(Target {
+        replicas,
+        selector,
+        ordinals_start,
+    }))
 }
 
 /// Another policy or a HorizontalPodAutoscaler that scales the same target, from the
@@ -239,6 +260,9 @@ pub async fn readings(
                         Heartbeat {
                             at: now,
                             sessions: sessions.round() as u64,
+                            // A sample cannot say the pod knew of its drain; the engine
+                            // waits one timeout after the drain mark instead.
+                            draining: false,
                         },
                     );
                 }
@@ -274,6 +298,7 @@ pub fn observe(
         .collect();
     Observation {
         replicas: target.replicas,
+        ordinals_start: target.ordinals_start,
         readings,
         instances,
         heartbeats_since: sources.heartbeats_since,

@@ -95,9 +95,23 @@ pub fn instance(pod: &Pod, heartbeat: Option<Heartbeat>, now: Time) -> Instance 
             .find(|c| c.type_ == type_)
             .is_some_and(|c| c.status == "True")
     };
+    let ready_condition = conditions
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready");
+    let ready = ready_condition.is_some_and(|c| c.status == "True");
+    // Since when the kubelet says it is not Ready: the condition's last transition, or the
+    // pod's creation when it never reported one.
+    let not_ready_since = (!ready).then(|| {
+        ready_condition
+            .and_then(|c| c.last_transition_time.as_ref())
+            .or(meta.creation_timestamp.as_ref())
+            .map(|t| time(t.0))
+    });
     let containers = status.and_then(|s| s.container_statuses.as_ref());
-    // The latest container start: heartbeats are expected once every container runs.
-    let started = if phase == Phase::Running {
+    // The latest container start: heartbeats are expected once every container runs. A pod
+    // in phase Unknown (its node stopped reporting) did run: it may hold sessions.
+    let started = if phase != Phase::Pending {
         containers
             .into_iter()
             .flatten()
@@ -131,7 +145,8 @@ pub fn instance(pod: &Pod, heartbeat: Option<Heartbeat>, now: Time) -> Instance 
         scheduled: pod.spec.as_ref().is_some_and(|s| s.node_name.is_some())
             || condition("PodScheduled"),
         phase,
-        ready: condition("Ready"),
+        ready,
+        not_ready_since: not_ready_since.flatten(),
         started,
         restarts,
         terminating: meta.deletion_timestamp.is_some(),
@@ -292,6 +307,22 @@ mod tests {
                 });
             self
         }
+        fn condition(mut self, type_: &str, status: &str, since: i64) -> Self {
+            let s = self.0.status.get_or_insert_with(Default::default);
+            s.conditions
+                .get_or_insert_with(Vec::new)
+                .push(PodCondition {
+                    type_: type_.to_owned(),
+                    status: status.to_owned(),
+                    last_transition_time: Some(KubeTime(timestamp(Time::from_secs(since)))),
+                    ..Default::default()
+                });
+            self
+        }
+        fn phase(mut self, phase: &str) -> Self {
+            self.0.status.get_or_insert_with(Default::default).phase = Some(phase.to_owned());
+            self
+        }
         fn annotation(mut self, k: &str, v: &str) -> Self {
             self.0
                 .metadata
@@ -311,6 +342,7 @@ mod tests {
         let hb = Heartbeat {
             at: Time::from_secs(210),
             sessions: 4,
+            draining: false,
         };
         let i = instance(&p, Some(hb), Time::from_secs(300));
         assert_eq!(i.name, "chat-abc");
@@ -322,6 +354,38 @@ mod tests {
         assert_eq!(i.heartbeat, Some(hb));
         assert_eq!(i.draining_since, None);
         assert!(!i.terminating);
+    }
+
+    #[test]
+    fn a_pod_whose_node_stopped_reporting_did_run_and_may_hold_sessions() {
+        // Phase Unknown: the node is lost, not the pod's history.
+        let p = pod("chat-abc")
+            .running_since(200)
+            .phase("Unknown")
+            .condition("Ready", "Unknown", 250)
+            .build();
+        let i = instance(&p, None, Time::from_secs(300));
+        assert_eq!(i.phase, Phase::Unknown);
+        assert_eq!(i.started, Some(Time::from_secs(200)));
+        assert_eq!(i.sessions(), None, "unknown, not zero");
+        assert_eq!(i.not_ready_since, Some(Time::from_secs(250)));
+    }
+
+    #[test]
+    fn not_ready_since_is_the_ready_conditions_last_transition() {
+        let p = pod("a")
+            .running_since(200)
+            .condition("Ready", "False", 230)
+            .build();
+        let i = instance(&p, None, Time::from_secs(300));
+        assert!(!i.ready);
+        assert_eq!(i.not_ready_since, Some(Time::from_secs(230)));
+        // Never reported a Ready condition: not Ready since it was created.
+        let i = instance(&pod("b").running_since(200).build(), None, Time(0));
+        assert_eq!(i.not_ready_since, Some(Time::from_secs(100)));
+        // Ready: none.
+        let i = instance(&pod("c").running_since(200).ready().build(), None, Time(0));
+        assert_eq!(i.not_ready_since, None);
     }
 
     #[test]

@@ -133,6 +133,7 @@ impl Run for Drainscaler<'_> {
             readings: self.setup.readings(row),
             instances: self.world.instances(now, policy.heartbeat.is_some()),
             heartbeats_since: Time(0),
+            ordinals_start: 0,
         };
         let decision = engine::decide(policy, &seen, &self.history, Time(now));
         self.history = next_history(policy, &self.history, &decision, Time(now));

@@ -152,6 +152,8 @@ impl World {
                     instance.heartbeat = Some(Heartbeat {
                         at: Time(now),
                         sessions: pod.sessions(),
+                        // The simulated app learns of its drain at once.
+                        draining: instance.draining_since.is_some(),
                     });
                 }
                 instance

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::collection::vec;
 use proptest::strategy::{Just, Strategy};
-use proptest::test_runner::Config;
+use proptest::test_runner::{Config, FileFailurePersistence};
 use proptest::{
     bool as pbool, option, prop_assert, prop_assert_eq, prop_compose, prop_oneof, proptest, sample,
 };
@@ -160,19 +160,22 @@ prop_compose! {
         terminating in pbool::weighted(0.1),
         cost in sample::select(vec![0, 0, 0, -5, 5, REMOVABLE_DELETION_COST]),
         draining in option::weighted(0.35, 0u64..3600),
-        heartbeat in option::weighted(0.8, (0u64..600, prop_oneof![2 => Just(0u64), 3 => 1u64..20])),
+        heartbeat in option::weighted(0.8, (0u64..600, prop_oneof![2 => Just(0u64), 3 => 1u64..20], pbool::ANY)),
+        not_ready_for in option::weighted(0.8, 0u64..600),
         created in 0u64..7200,
         // Now and then a pod of a second ReplicaSet: a rollout.
         new_replica_set in pbool::weighted(0.05),
     ) -> Instance {
         let phase = if scheduled { phase } else { Phase::Pending };
         let started = (phase != Phase::Pending).then(|| ago(started));
+        let ready = phase == Phase::Running && ready;
         Instance {
             name: String::new(),
             created: ago(created),
             scheduled,
             phase,
-            ready: phase == Phase::Running && ready,
+            ready,
+            not_ready_since: not_ready_for.filter(|_| !ready).map(ago),
             started,
             restarts,
             terminating,
@@ -183,7 +186,7 @@ prop_compose! {
             // A pod that never ran has never heartbeated.
             heartbeat: heartbeat
                 .filter(|_| started.is_some())
-                .map(|(at, sessions)| Heartbeat { at: ago(at), sessions }),
+                .map(|(at, sessions, draining)| Heartbeat { at: ago(at), sessions, draining }),
         }
     }
 }
@@ -192,6 +195,7 @@ fn arb_reading() -> impl Strategy<Value = Option<Reading>> {
     prop_oneof![
         6 => (0u32..3000).prop_map(|v| Some(Reading::Value(f64::from(v)))),
         1 => Just(Some(Reading::Unavailable { reason: "timeout".to_owned() })),
+        1 => Just(Some(Reading::Pending { reason: "waiting".to_owned() })),
         1 => Just(None),
     ]
 }
@@ -204,11 +208,15 @@ prop_compose! {
         slots in vec(option::weighted(0.85, arb_pod()), 0..10),
         readings in vec(arb_reading(), 3),
         heartbeats_since in prop_oneof![Just(86_400u64), 0u64..300],
+        ordinals_start in prop_oneof![3 => Just(0u32), 1 => 1u32..20],
+        // Now and then more live pods than spec.replicas (a scale-in the workload has not
+        // carried out yet, or pods outside the count).
+        surplus in prop_oneof![4 => Just(0usize), 1 => 1usize..3],
     ) -> Observation {
         let mut instances = Vec::new();
         for (i, slot) in slots.iter().enumerate() {
             if let Some(p) = slot {
-                let ordinal = u32::try_from(i).unwrap_or(u32::MAX);
+                let ordinal = ordinals_start + u32::try_from(i).unwrap_or(u32::MAX);
                 instances.push(Instance {
                     name: format!("pod-{i}"),
                     ordinal: Some(ordinal),
@@ -222,10 +230,11 @@ prop_compose! {
             .filter_map(|(i, r)| r.map(|r| (format!("m{i}"), r)))
             .collect();
         Observation {
-            replicas: u32::try_from(slots.len()).unwrap_or(u32::MAX),
+            replicas: u32::try_from(slots.len().saturating_sub(surplus)).unwrap_or(u32::MAX),
             readings,
             instances,
             heartbeats_since: ago(heartbeats_since),
+            ordinals_start,
         }
     }
 }
@@ -259,18 +268,20 @@ fn may_go(policy: &Policy, seen: &Observation, pod: &Instance, since: Time, now:
         return true;
     }
     let lost = lost(policy, seen, pod, now);
+    // Only a count taken while the pod knew of this drain: a zero sent before it was told may
+    // have crossed the drain mark while the pod still took sessions.
     let reported_empty = policy.heartbeat.is_some()
         && pod
             .heartbeat
-            .is_some_and(|h| h.at > since && h.sessions == 0);
+            .is_some_and(|h| h.draining && h.at > since && h.sessions == 0);
     let timed_out = now.since(since) >= policy.drain.timeout
         && (policy.drain.on_timeout == OnTimeout::Remove || policy.heartbeat.is_none());
     lost || reported_empty || timed_out
 }
 
-/// DESIGN.md §4 and §5: no heartbeat for one timeout, counted from the pod's start and from
-/// when heartbeats began to be collected.
-fn lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool {
+/// DESIGN.md §4: no heartbeat for one timeout, counted from the pod's start and from when
+/// heartbeats began to be collected. Silence is not zero.
+fn silent(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool {
     policy.heartbeat.as_ref().is_some_and(|hb| {
         let heard = pod.heartbeat.map(|h| h.at);
         let last = [heard, pod.started, Some(seen.heartbeats_since)]
@@ -278,8 +289,35 @@ fn lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool 
             .flatten()
             .max()
             .unwrap_or(seen.heartbeats_since);
-        pod.started.is_some() && now.since(last) >= hb.timeout
+        pod.started.is_some() && pod.phase != Phase::Pending && now.since(last) >= hb.timeout
     })
+}
+
+/// DESIGN.md §4: Lost is Silent corroborated by Kubernetes (not Ready for one timeout too),
+/// and never while most of the policy's pods are Silent at once (of those Silent or reporting
+/// within the timeout: a pod too new to be due tells nothing).
+fn lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool {
+    let Some(hb) = &policy.heartbeat else {
+        return false;
+    };
+    // Terminating pods, and StatefulSet pods past spec.replicas, are leaving.
+    let live: Vec<&Instance> = seen
+        .instances
+        .iter()
+        .filter(|p| !p.terminating && fills_a_slot(policy, seen, p))
+        .collect();
+    let quiet = live.iter().filter(|p| silent(policy, seen, p, now)).count();
+    let reporting = live
+        .iter()
+        .filter(|p| !silent(policy, seen, p, now))
+        .filter(|p| p.heartbeat.is_some_and(|h| now.since(h.at) < hb.timeout))
+        .count();
+    let broad = quiet > reporting;
+    let not_ready_long = !pod.ready
+        && pod
+            .not_ready_since
+            .is_some_and(|t| now.since(t) >= hb.timeout);
+    silent(policy, seen, pod, now) && not_ready_long && !broad
 }
 
 /// The pods after the decision is carried out, before the workload acts on `replicas`.
@@ -315,12 +353,29 @@ fn rank(p: &Instance) -> (bool, Phase, bool, i32) {
     (p.scheduled, p.phase, p.ready, p.deletion_cost)
 }
 
+/// Whether a pod counts towards `spec.replicas`: for a StatefulSet, only ordinals in
+/// `[start, start + replicas)`.
+fn fills_a_slot(policy: &Policy, seen: &Observation, p: &Instance) -> bool {
+    let start = u64::from(seen.ordinals_start);
+    policy.target.kind == TargetKind::Deployment
+        || p.ordinal
+            .is_none_or(|o| (start..start + u64::from(seen.replicas)).contains(&u64::from(o)))
+}
+
 /// Every pod the workload might delete once `replicas` is written.
-fn deletable(kind: TargetKind, pods: &[Instance], replicas: u32) -> Vec<&Instance> {
+fn deletable<'a>(
+    kind: TargetKind,
+    seen: &Observation,
+    pods: &'a [Instance],
+    replicas: u32,
+) -> Vec<&'a Instance> {
     match kind {
         TargetKind::StatefulSet => pods
             .iter()
-            .filter(|p| p.ordinal.unwrap_or(u32::MAX) >= replicas)
+            .filter(|p| {
+                u64::from(p.ordinal.unwrap_or(u32::MAX))
+                    >= u64::from(seen.ordinals_start) + u64::from(replicas)
+            })
             .collect(),
         TargetKind::Deployment => {
             let excess = pods.len().saturating_sub(replicas as usize);
@@ -382,8 +437,16 @@ fn check_safety(policy: &Policy, seen: &Observation, d: &Decision) -> Result<(),
         }
     }
     if policy.drains() && d.mode != Mode::Paused {
-        for p in deletable(policy.target.kind, &after, d.replicas) {
-            judge(&p.name, &format!("writing replicas {}", d.replicas))?;
+        // What the workload deletes because of this write: pods beyond `spec.replicas` already
+        // go whatever drainscaler writes.
+        let anyway: BTreeSet<&str> = deletable(policy.target.kind, seen, &after, seen.replicas)
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        for p in deletable(policy.target.kind, seen, &after, d.replicas) {
+            if !anyway.contains(p.name.as_str()) {
+                judge(&p.name, &format!("writing replicas {}", d.replicas))?;
+            }
         }
     }
     Ok(())
@@ -395,7 +458,11 @@ fn config() -> Config {
     let deep = std::env::var_os("PROPTEST_CASES").is_some();
     Config {
         cases: if deep { base.cases } else { 512 },
-        failure_persistence: None,
+        // A failing case is saved beside this file (proptest-regressions/) and replayed first
+        // on every run once committed.
+        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
+            "proptest-regressions",
+        ))),
         ..base
     }
 }
@@ -433,7 +500,10 @@ proptest! {
             .iter()
             .filter(|p| p.draining_since.is_some() && !removed.contains(p.name.as_str()))
             .count();
-        let missing = seen.replicas as usize - after.len().min(seen.replicas as usize);
+        // Slots below spec.replicas without a pod; a StatefulSet pod past spec.replicas is
+        // leaving and fills none.
+        let in_range = after.iter().filter(|p| fills_a_slot(&policy, &seen, p)).count();
+        let missing = seen.replicas as usize - in_range.min(seen.replicas as usize);
         let slack = u32::try_from(draining + missing).unwrap_or(u32::MAX);
         prop_assert!(d.replicas >= d.desired, "replicas {} below desired {}", d.replicas, d.desired);
         // A rollout holds the count where it is (scale-in waits for it to end).
@@ -476,7 +546,10 @@ proptest! {
             (false, _) => {
                 prop_assert!(d.current > max || d.desired >= d.current,
                     "desired {} below current {}", d.desired, d.current);
-                if d.desired >= d.current {
+                // With more pods than spec.replicas the workload is removing some already.
+                let surplus = seen.instances.iter().filter(|p| !p.terminating).count()
+                    > seen.replicas as usize;
+                if d.desired >= d.current && !surplus {
                     prop_assert!(d.plan.start.is_empty(), "drains started: {:?}", d.plan.start);
                 }
             }
@@ -540,6 +613,10 @@ fn carry_out(seen: &Observation, d: &Decision, now: Time) -> Observation {
         .into_iter()
         .filter(|p| !removed.contains(p.name.as_str()) && !replaced.contains(p.name.as_str()))
         .collect();
+    // Pods beyond the count go, first in the ReplicaSet's ranking.
+    instances.sort_by_key(rank);
+    let excess = instances.len().saturating_sub(d.replicas as usize);
+    instances.drain(..excess);
     let missing = (d.replicas as usize).saturating_sub(instances.len());
     instances.extend((0..missing).map(|i| Instance {
         name: format!("new-{i}"),
@@ -555,6 +632,7 @@ fn carry_out(seen: &Observation, d: &Decision, now: Time) -> Observation {
         readings: seen.readings.clone(),
         instances,
         heartbeats_since: seen.heartbeats_since,
+        ordinals_start: seen.ordinals_start,
     }
 }
 
@@ -563,8 +641,22 @@ fn the_reference_rule_agrees_with_the_engine_on_a_known_case() {
     // Guards the test's own restatement of the rule against drifting into vacuity.
     let policy = crate::testing::policy().heartbeat(secs(30)).build();
     let seen = crate::testing::observation().build();
-    let pod = crate::testing::pod("d").sessions(3).build();
-    assert!(!may_go(&policy, &seen, &pod, ago(60), NOW));
-    let pod = crate::testing::pod("d").sessions(0).build();
-    assert!(may_go(&policy, &seen, &pod, ago(60), NOW));
+    let draining = || crate::testing::pod("d").ready().draining_since(ago(60));
+    assert!(!may_go(
+        &policy,
+        &seen,
+        &draining().sessions(3).build(),
+        ago(60),
+        NOW
+    ));
+    assert!(may_go(
+        &policy,
+        &seen,
+        &draining().sessions(0).build(),
+        ago(60),
+        NOW
+    ));
+    // The zero that crossed the drain mark before the pod heard of it.
+    let untold = draining().sessions(0).untold().build();
+    assert!(!may_go(&policy, &seen, &untold, ago(60), NOW));
 }

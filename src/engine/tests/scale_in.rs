@@ -46,7 +46,7 @@ fn mixed_pods() -> Vec<PodBuilder> {
         pod("a").ready().sessions(5),
         pod("b").ready().sessions(1),
         pod("c").not_ready().sessions(9),
-        pod("d").ready().sessions(7).heartbeat_at(ago(60)), // Lost
+        pod("d").sessions(7).heartbeat_at(ago(60)), // Lost: silent, not Ready since created
         pod("e").ready().sessions(0),
     ]
 }
@@ -189,7 +189,6 @@ fn lost_draining_pods_are_not_put_back_into_service() {
             [
                 pod("s").ready().sessions(20),
                 pod("gone")
-                    .ready()
                     .sessions(3)
                     .heartbeat_at(ago(100))
                     .draining_since(ago(60)),
@@ -304,6 +303,116 @@ fn a_draining_pod_is_removable_once_it_reports_zero_sessions_after_the_drain_beg
 }
 
 #[test]
+fn a_zero_counted_before_the_pod_heard_of_its_drain_does_not_end_the_drain() {
+    // The race: the pod counted 0 and sent it while the drain mark was being written; the
+    // heartbeat arrives after the mark, but the pod still took sessions when it counted.
+    let p = sessions().heartbeat(secs(120));
+    let d = run(
+        p.clone(),
+        one_draining(
+            pod("d")
+                .sessions(0)
+                .heartbeat_at(ago(10))
+                .untold()
+                .draining_since(ago(60)),
+        ),
+        history(),
+    );
+    assert!(d.plan.remove.is_empty(), "removed {:?}", d.plan.remove);
+    assert!(d.plan.mark_removable.is_empty());
+    assert_eq!(d.replicas, 3);
+    // The next heartbeat, counted after the reply told it to drain, ends it.
+    let d = run(
+        p,
+        one_draining(
+            pod("d")
+                .sessions(0)
+                .heartbeat_at(ago(5))
+                .draining_since(ago(60)),
+        ),
+        history(),
+    );
+    assert_eq!(removed(&d), [("d", RemovalCause::Drained)]);
+}
+
+#[test]
+fn a_prometheus_zero_ends_a_drain_only_once_the_marks_had_a_timeout_to_take_effect() {
+    // A sample cannot say the pod knew of its drain; the marks get one heartbeat timeout
+    // (30 s) to take the pod out of its Services first.
+    let p = sessions().prometheus_heartbeats("sum by (pod) (sessions)");
+    let seen = |drain_began: u64| {
+        one_draining(
+            pod("d")
+                .sessions(0)
+                .heartbeat_at(ago(5))
+                .untold()
+                .draining_since(ago(drain_began)),
+        )
+    };
+    assert!(run(p.clone(), seen(20), history()).plan.remove.is_empty());
+    assert!(run(p.clone(), seen(34), history()).plan.remove.is_empty());
+    assert_eq!(
+        removed(&run(p, seen(35), history())),
+        [("d", RemovalCause::Drained)]
+    );
+}
+
+#[test]
+fn pods_that_never_reported_count_as_holding_the_target_when_the_rest_would_scale_in() {
+    // Four pods at 10 sessions, two new ones that never reported (past the leader's wait):
+    // counting them as zero would ask for 40/80 -> 1 replica.
+    let p = policy()
+        .max(20)
+        .heartbeat(secs(30))
+        .sessions_metric(80.0)
+        .scale_down(rules().percent(100, 15));
+    let mut pods: Vec<PodBuilder> = (0..4)
+        .map(|i| pod(&format!("s{i}")).ready().sessions(10))
+        .collect();
+    pods.push(pod("new1").ready().started(ago(60)));
+    pods.push(pod("new2").ready().started(ago(60)));
+    let d = run(p.clone(), observation().pods(pods), history());
+    assert_eq!(
+        d.metrics[0].reading,
+        crate::engine::Reading::Value(200.0),
+        "40 known + 2 x 80"
+    );
+    assert_eq!(d.recommendation, 3);
+    // Scaling up, the unknown pods count as holding nothing (as the HPA does).
+    let mut pods: Vec<PodBuilder> = (0..2)
+        .map(|i| pod(&format!("s{i}")).ready().sessions(100))
+        .collect();
+    pods.push(pod("new1").ready().started(ago(60)));
+    let d = run(p, observation().pods(pods), history());
+    assert_eq!(d.metrics[0].reading, crate::engine::Reading::Value(200.0));
+}
+
+#[test]
+fn a_broad_outage_makes_the_sessions_metric_fail_instead_of_falling() {
+    let p = policy()
+        .max(20)
+        .heartbeat(secs(30))
+        .sessions_metric(10.0)
+        .scale_down(rules().percent(100, 15));
+    let d = run(
+        p,
+        observation().pods([
+            pod("a").ready().sessions(30).heartbeat_at(ago(60)),
+            pod("b").ready().sessions(30).heartbeat_at(ago(60)),
+            pod("c").ready().sessions(0),
+        ]),
+        history(),
+    );
+    assert!(
+        matches!(&d.metrics[0].reading, crate::engine::Reading::Unavailable { reason } if reason.starts_with("2 of 3 instances sent no heartbeat for 30s")),
+        "{:?}",
+        d.metrics[0].reading
+    );
+    assert!(d.metrics_failed);
+    assert_eq!(d.desired, 3, "the count holds");
+}
+
+#[test]
 fn a_lost_draining_pod_is_removable() {
     let d = run(
         sessions(),
@@ -318,7 +427,9 @@ fn a_lost_draining_pod_is_removable() {
     assert_eq!(removed(&d), [("d", RemovalCause::Lost)]);
     assert_eq!(
         events(&d, EventReason::InstanceLost),
-        ["pod d sent no heartbeat while draining; removing it"]
+        [
+            "pod d sent no heartbeat while draining and Kubernetes has reported it not Ready as long: it is Lost; removing it"
+        ]
     );
 }
 
@@ -583,7 +694,7 @@ fn lost_is_declared_only_one_timeout_after_heartbeats_began_to_be_collected() {
             .heartbeats_since(ago(since))
             .pods([
                 pod("a").ready().sessions(3),
-                pod("b").ready().sessions(3).heartbeat_at(ago(600)),
+                pod("b").sessions(3).heartbeat_at(ago(600)),
             ])
     };
     let d = run(sessions(), seen(10), history());
@@ -612,7 +723,7 @@ fn a_started_pod_that_never_reports_is_lost_one_timeout_after_it_started() {
     let seen = |started: u64| {
         observation().reading("rps", 200.0).pods([
             pod("a").ready().sessions(3),
-            pod("b").ready().started(ago(started)),
+            pod("b").started(ago(started)).not_ready_since(ago(started)),
         ])
     };
     assert_eq!(run(sessions(), seen(29), history()).instances.lost, 0);
@@ -627,7 +738,7 @@ fn lost_pods_are_replaced_while_other_instances_heartbeat() {
             2,
             [
                 pod("ok").ready().sessions(3),
-                pod("gone").ready().sessions(3).heartbeat_at(ago(40)),
+                pod("gone").sessions(3).heartbeat_at(ago(40)),
             ],
         ),
         history(),
@@ -635,42 +746,161 @@ fn lost_pods_are_replaced_while_other_instances_heartbeat() {
     assert_eq!(names(&d.plan.replace), ["gone"]);
     assert_eq!(
         events(&d, EventReason::InstanceLost),
-        ["pod gone sent no heartbeat for 30s; replacing it"]
+        ["pod gone sent no heartbeat and was not Ready for 30s: it is Lost; replacing it"]
     );
     assert_eq!(d.replicas, 2, "replacing keeps the count");
 }
 
 #[test]
-fn lost_pods_are_not_replaced_when_no_instance_heartbeats() {
+fn a_broad_outage_replaces_and_removes_nothing_and_holds_the_count() {
+    // Every pod silent at once, two of them draining and not Ready as long: the path to the
+    // controller broke, not the pods.
+    let d = run(
+        sessions(),
+        wanting(
+            1,
+            [
+                pod("a").ready().sessions(3).heartbeat_at(ago(40)),
+                pod("b").sessions(5).heartbeat_at(ago(40)),
+                pod("c")
+                    .sessions(2)
+                    .heartbeat_at(ago(40))
+                    .draining_since(ago(100)),
+            ],
+        ),
+        history(),
+    );
+    assert!(d.plan.replace.is_empty(), "replaced {:?}", d.plan.replace);
+    assert!(d.plan.remove.is_empty(), "removed {:?}", d.plan.remove);
+    assert!(d.plan.start.is_empty(), "drains started {:?}", d.plan.start);
+    assert_eq!((d.instances.silent, d.instances.lost), (3, 0));
+    assert!(events(&d, EventReason::InstanceLost).is_empty());
+    assert_eq!(
+        events(&d, EventReason::HeartbeatsMissing),
+        [
+            "3 of 3 instances sent no heartbeat for 30s at once: most likely the path to drainscaler is broken (network, NetworkPolicy, the heartbeat Service, TokenReview), not the instances; replacing and removing nothing for silence and holding the count"
+        ]
+    );
+    let c = condition(&d, ConditionType::Heartbeats);
+    assert_eq!((c.status, c.reason), (false, "HeartbeatsMissing"));
+    assert_eq!(d.replicas, 3, "the count holds");
+}
+
+#[test]
+fn heartbeats_recover_by_themselves_when_the_instances_report_again() {
     let d = run(
         sessions(),
         wanting(
             2,
+            [pod("a").ready().sessions(3), pod("b").ready().sessions(5)],
+        ),
+        history(),
+    );
+    let c = condition(&d, ConditionType::Heartbeats);
+    assert_eq!((c.status, c.reason), (true, "HeartbeatsReceived"));
+    assert_eq!(d.instances.silent, 0);
+    assert!(events(&d, EventReason::HeartbeatsMissing).is_empty());
+}
+
+#[test]
+fn policies_without_heartbeats_have_no_heartbeats_condition() {
+    let d = run(
+        policy().average("rps", 100.0),
+        wanting(2, [pod("a").ready(), pod("b").ready()]),
+        history(),
+    );
+    assert!(
+        !d.conditions
+            .iter()
+            .any(|c| c.type_ == ConditionType::Heartbeats)
+    );
+}
+
+#[test]
+fn a_silent_pod_that_kubernetes_still_reports_ready_is_kept_with_its_last_count() {
+    let d = run(
+        sessions(),
+        wanting(
+            3,
             [
-                pod("a").ready().sessions(3).heartbeat_at(ago(40)),
-                pod("b").ready().sessions(3).heartbeat_at(ago(40)),
+                pod("a").ready().sessions(3),
+                pod("b").ready().sessions(4),
+                pod("quiet").ready().sessions(6).heartbeat_at(ago(600)),
             ],
         ),
         history(),
     );
     assert!(d.plan.replace.is_empty());
+    assert_eq!((d.instances.silent, d.instances.lost), (1, 0));
+    assert_eq!(d.instances.sessions, 13, "its last count still counts");
     assert_eq!(
-        events(&d, EventReason::InstanceLost),
+        events(&d, EventReason::InstanceSilent),
         [
-            "pod a sent no heartbeat for 30s; not replacing it while no instance reports",
-            "pod b sent no heartbeat for 30s; not replacing it while no instance reports"
+            "pod quiet sent no heartbeat for 30s but Kubernetes does not report it not Ready for as long: keeping it and its last count (6 sessions)"
         ]
     );
+    let c = condition(&d, ConditionType::Heartbeats);
+    assert_eq!((c.status, c.reason), (true, "SomeInstancesSilent"));
+}
+
+#[test]
+fn a_silent_pod_not_ready_for_less_than_the_timeout_is_not_lost_yet() {
+    let seen = |not_ready: u64| {
+        wanting(
+            3,
+            [
+                pod("a").ready().sessions(3),
+                pod("b").ready().sessions(4),
+                pod("quiet")
+                    .sessions(6)
+                    .heartbeat_at(ago(600))
+                    .not_ready_since(ago(not_ready)),
+            ],
+        )
+    };
+    let d = run(sessions(), seen(29), history());
+    assert_eq!((d.instances.silent, d.instances.lost), (1, 0));
+    assert!(d.plan.replace.is_empty());
+    let d = run(sessions(), seen(30), history());
+    assert_eq!((d.instances.silent, d.instances.lost), (1, 1));
+    assert_eq!(names(&d.plan.replace), ["quiet"]);
+}
+
+#[test]
+fn draining_pods_cut_off_from_the_controller_while_ready_are_not_removed() {
+    // The partition seen in the field: 7 pods, two draining with 3 and 5 sessions, their
+    // heartbeats dropped for 60 s while the kubelet still reports them Ready.
+    let quiet = |name: &str, n: u64| {
+        pod(name)
+            .ready()
+            .sessions(n)
+            .heartbeat_at(ago(60))
+            .draining_since(ago(90))
+    };
+    let mut pods: Vec<PodBuilder> = (0..5)
+        .map(|i| pod(&format!("s{i}")).ready().sessions(4))
+        .collect();
+    pods.push(quiet("d1", 3));
+    pods.push(quiet("d2", 5));
+    let d = run(sessions(), wanting(5, pods), history());
+    assert!(d.plan.remove.is_empty(), "removed {:?}", d.plan.remove);
+    assert!(d.plan.replace.is_empty(), "replaced {:?}", d.plan.replace);
+    assert!(d.plan.mark_removable.is_empty());
+    assert_eq!(d.replicas, 7, "both draining pods stay counted");
+    assert_eq!((d.instances.silent, d.instances.lost), (2, 0));
 }
 
 #[test]
 fn replacements_are_bounded_by_max_concurrent_replacements_less_terminating_pods() {
-    let lost = |name: &str| pod(name).ready().sessions(1).heartbeat_at(ago(40));
+    let lost = |name: &str| pod(name).sessions(1).heartbeat_at(ago(40));
     let seen = |terminating: usize| {
         wanting(
-            4,
+            7,
             [
-                pod("ok").ready().sessions(3),
+                pod("ok1").ready().sessions(3),
+                pod("ok2").ready().sessions(3),
+                pod("ok3").ready().sessions(3),
+                pod("ok4").ready().sessions(3),
                 lost("l1"),
                 lost("l2"),
                 lost("l3"),
@@ -688,8 +918,8 @@ fn replacements_are_bounded_by_max_concurrent_replacements_less_terminating_pods
     assert_eq!(
         events(&d, EventReason::InstanceLost)[1..],
         [
-            "pod l2 sent no heartbeat for 30s; waiting to replace it",
-            "pod l3 sent no heartbeat for 30s; waiting to replace it"
+            "pod l2 sent no heartbeat and was not Ready for 30s: it is Lost; waiting to replace it",
+            "pod l3 sent no heartbeat and was not Ready for 30s: it is Lost; waiting to replace it"
         ]
     );
     assert!(run(p, seen(2), history()).plan.replace.is_empty());
@@ -703,7 +933,7 @@ fn on_lost_keep_reports_lost_pods_and_leaves_them() {
             2,
             [
                 pod("ok").ready().sessions(3),
-                pod("gone").ready().sessions(3).heartbeat_at(ago(40)),
+                pod("gone").sessions(3).heartbeat_at(ago(40)),
             ],
         ),
         history(),
@@ -712,7 +942,9 @@ fn on_lost_keep_reports_lost_pods_and_leaves_them() {
     assert_eq!(d.instances.lost, 1);
     assert_eq!(
         events(&d, EventReason::InstanceLost),
-        ["pod gone sent no heartbeat for 30s; keeping it (onLost: Keep)"]
+        [
+            "pod gone sent no heartbeat and was not Ready for 30s: it is Lost; keeping it (onLost: Keep)"
+        ]
     );
 }
 
@@ -816,4 +1048,58 @@ fn a_statefulset_drops_missing_top_ordinals_without_draining_anyone() {
     assert!(d.plan.start.is_empty());
     assert!(d.plan.remove.is_empty(), "nothing real is removed");
     assert_eq!(d.replicas, 3);
+}
+
+#[test]
+fn a_statefulset_whose_ordinals_start_above_zero_plans_over_its_own_ordinals() {
+    // spec.ordinals.start 10: web-10..web-12 with 3 replicas. Counting ordinals from 0 would
+    // see ten missing slots below them, and the count would run away.
+    let pods = (10..13).map(|i| pod(&format!("web-{i}")).ordinal(i).ready().sessions(10));
+    let seen = || wanting(3, pods.clone()).replicas(3).ordinals_start(10);
+    let d = run(sessions().statefulset(), seen(), history());
+    assert_eq!(d.replicas, 3, "steady");
+    assert!(d.plan.start.is_empty());
+    let d = run(
+        sessions().statefulset(),
+        wanting(
+            2,
+            (10..13).map(|i| pod(&format!("web-{i}")).ordinal(i).ready().sessions(10)),
+        )
+        .replicas(3)
+        .ordinals_start(10),
+        history(),
+    );
+    assert_eq!(names(&d.plan.start), ["web-12"]);
+    assert_eq!(d.replicas, 3, "web-12 drains first");
+}
+
+#[test]
+fn a_huge_statefulset_count_is_planned_without_a_slot_per_replica() {
+    // spec.replicas near u32::MAX over three pods: the missing top ordinals go at once, and
+    // the plan makes no stand-in for each of them.
+    let pods = (0..3).map(|i| pod(&format!("web-{i}")).ordinal(i).ready().sessions(10));
+    let d = run(
+        sessions().statefulset(),
+        wanting(3, pods).replicas(u32::MAX - 1),
+        history(),
+    );
+    assert_eq!(d.replicas, 20, "moves inward to maxReplicas at once");
+    assert!(d.plan.start.is_empty());
+    assert!(d.plan.remove.is_empty(), "nothing real is removed");
+}
+
+#[test]
+fn a_statefulset_pod_with_an_absurd_ordinal_holds_the_plan_instead_of_allocating() {
+    let mut pods: Vec<PodBuilder> = (0..3)
+        .map(|i| pod(&format!("web-{i}")).ordinal(i).ready().sessions(10))
+        .collect();
+    pods.push(pod("stray").ordinal(4_000_000_000).ready().sessions(1));
+    let d = run(
+        sessions().statefulset(),
+        wanting(2, pods).replicas(u32::MAX - 1),
+        history(),
+    );
+    assert_eq!(d.replicas, u32::MAX - 1, "held");
+    assert!(d.plan.start.is_empty() && d.plan.remove.is_empty());
+    assert_eq!(events(&d, EventReason::ScalingHeld).len(), 1);
 }
