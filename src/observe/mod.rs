@@ -79,12 +79,12 @@ pub async fn target_named(
                 .await
         }
     };
-    let kind = kind_name(kind);
+    let kind_label = kind_name(kind);
     let scale = match scale {
         Ok(s) => s,
         Err(kube::Error::Api(e)) if e.code == 404 => {
             return Ok(Err(Blocked::TargetNotFound(format!(
-                "{kind} {namespace}/{name} does not exist: create it or fix spec.targetRef"
+                "{kind_label} {namespace}/{name} does not exist: create it or fix spec.targetRef"
             ))));
         }
         Err(source) => return Err(Error::ReadScale { source }),
@@ -98,7 +98,7 @@ pub async fn target_named(
         Ok(s) => s,
         Err(why) => {
             return Ok(Err(Blocked::TargetNotFound(format!(
-                "{kind} {namespace}/{name} has no usable pod selector yet: {why}"
+                "{kind_label} {namespace}/{name} has no usable pod selector yet: {why}"
             ))));
         }
     };
@@ -108,7 +108,7 @@ pub async fn target_named(
         .map_or(0, |r| u32::try_from(r).unwrap_or(0));
     // `/scale` does not show where a StatefulSet's ordinals begin, and planning from the
     // wrong start would count ordinals that do not exist.
-    let ordinals_start = match policy.target.kind {
+    let ordinals_start = match kind {
         TargetKind::Deployment => 0,
         TargetKind::StatefulSet => {
             let set = Api::<StatefulSet>::namespaced(client.clone(), namespace)
