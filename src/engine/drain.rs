@@ -87,15 +87,19 @@ pub fn is_silent(policy: &Policy, seen: &Observation, pod: &Instance, now: Time)
 }
 
 /// Kubernetes corroborates a Silent pod's silence: the kubelet has reported it not Ready for
-/// at least one heartbeat timeout as well.
+/// at least one heartbeat timeout as well. Not for a draining pod that went not Ready once its
+/// drain began: apps commonly fail readiness on purpose while they drain, so that tells
+/// nothing about whether it still holds sessions. The drain's start is moved one timeout
+/// earlier so that a node clock behind the controller's cannot make a drain's own
+/// unreadiness look older than the drain.
 fn corroborated(policy: &Policy, pod: &Instance, now: Time) -> bool {
-    let Some(hb) = &policy.heartbeat else {
+    let (Some(hb), Some(not_ready)) = (&policy.heartbeat, pod.not_ready_since) else {
         return false;
     };
-    !pod.ready
-        && pod
-            .not_ready_since
-            .is_some_and(|t| now.since(t) >= hb.timeout)
+    let by_the_drain = pod
+        .draining_since
+        .is_some_and(|since| not_ready >= since.minus(hb.timeout));
+    !pod.ready && !by_the_drain && now.since(not_ready) >= hb.timeout
 }
 
 /// What the heartbeats say about a policy's pods at `now`.

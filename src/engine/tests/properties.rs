@@ -313,10 +313,11 @@ fn lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool 
         .filter(|p| p.heartbeat.is_some_and(|h| now.since(h.at) < hb.timeout))
         .count();
     let broad = quiet > reporting;
+    // An app may fail readiness on purpose once it drains: that corroborates nothing.
     let not_ready_long = !pod.ready
-        && pod
-            .not_ready_since
-            .is_some_and(|t| now.since(t) >= hb.timeout);
+        && pod.not_ready_since.is_some_and(|t| {
+            now.since(t) >= hb.timeout && pod.draining_since.is_none_or(|d| t < d.minus(hb.timeout))
+        });
     silent(policy, seen, pod, now) && not_ready_long && !broad
 }
 
