@@ -278,8 +278,11 @@ pub fn removable_patch() -> Value {
 mod tests {
     use serde_json::json;
 
-    use super::{Marks, Restore, cancel_patch, drain_patch, removable_patch, to_restore};
-    use crate::engine::Time;
+    use super::{
+        Marks, REMOVABLE_DELETION_COST, Restore, cancel_patch, drain_patch, forget_marks,
+        removable_patch, to_restore,
+    };
+    use crate::engine::{Instance, Time};
 
     fn marks(pod: &str) -> Marks {
         Marks {
@@ -344,6 +347,34 @@ mod tests {
             ..marks("a")
         };
         assert_eq!(to_restore(&[stray], 1), restored(&[("a", true)]));
+    }
+
+    #[test]
+    fn a_restored_pod_is_decided_on_as_serving_with_only_its_own_cost_dropped() {
+        let instance = |name: &str, cost: i32| Instance {
+            name: name.to_owned(),
+            draining_since: Some(Time::from_secs(100)),
+            deletion_cost: cost,
+            ..Instance::default()
+        };
+        let mut instances = vec![
+            instance("a", REMOVABLE_DELETION_COST),
+            instance("b", 7),
+            instance("c", REMOVABLE_DELETION_COST),
+        ];
+        forget_marks(&mut instances, &restored(&[("a", true), ("b", false)]));
+        let left: Vec<(Option<Time>, i32)> = instances
+            .iter()
+            .map(|i| (i.draining_since, i.deletion_cost))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                (None, 0),
+                (None, 7),
+                (Some(Time::from_secs(100)), REMOVABLE_DELETION_COST)
+            ]
+        );
     }
 
     #[test]
