@@ -1,24 +1,26 @@
 //! Applying a `Decision` in `Mode::Act`: cancel drains, start drains, mark removable pods,
-//! patch `/scale`, delete lost pods; and restoring the pods a policy marked when it lets go of
-//! its target (deleted, paused, dry run). Every write is a merge patch that states the end
-//! value, under one field manager, so repeating it changes nothing. Needs a client, except
-//! `to_restore` and the patches.
+//! patch `/scale`, delete lost pods. Every write is a merge patch that states the end value,
+//! under one field manager, so repeating it changes nothing. Every write names exactly what it
+//! was decided on: pod writes carry the pod's UID, the count carries the resourceVersion of
+//! the scale it was computed from. Leadership is checked right before each write. Needs a
+//! client.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::core::Selector;
-use kube::{Api, Client, ResourceExt};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Api, Client};
 use serde_json::{Value, json};
 
 use crate::api::TargetKind;
-use crate::engine::{Decision, Instance, Mode, Observation, Time};
+use crate::engine::{Decision, Mode, Observation, Time};
 use crate::error::Error;
+use crate::leader::Leadership;
 use crate::names::{
     DELETION_COST_ANNOTATION, DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, FIELD_MANAGER,
     REMOVABLE_DELETION_COST, SERVING_LABEL,
 };
 use crate::observe::pods::timestamp;
+use crate::observe::{PodUids, Target};
 use crate::policy::Policy;
 
 /// What was changed, for logs and metrics.
@@ -29,12 +31,35 @@ pub struct Applied {
     pub pods_deleted: usize,
 }
 
+/// Where `act` writes, and the leadership every write needs.
+pub struct Writer<'a> {
+    pub client: &'a Client,
+    pub namespace: &'a str,
+    pub leadership: &'a Leadership,
+}
+
+impl Writer<'_> {
+    /// Fails unless a write may start now; called right before each one.
+    pub fn may_write(&self, write: impl FnOnce() -> String) -> Result<(), Error> {
+        self.leadership.check().map_err(|source| Error::NotLeading {
+            write: write(),
+            source,
+        })
+    }
+}
+
+/// What the decision was computed from: the target's scale and the observed pods' UIDs.
+pub struct Basis<'a> {
+    pub target: &'a Target,
+    pub uids: &'a PodUids,
+}
+
 /// Carries out `decision`; does nothing unless its mode is `Act`.
 pub async fn act(
-    client: &Client,
-    namespace: &str,
+    w: &Writer<'_>,
     policy: &Policy,
     seen: &Observation,
+    basis: &Basis<'_>,
     decision: &Decision,
     now: Time,
 ) -> Result<Applied, Error> {
@@ -42,11 +67,7 @@ pub async fn act(
     if decision.mode != Mode::Act {
         return Ok(applied);
     }
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
+    let pods: Api<Pod> = Api::namespaced(w.client.clone(), w.namespace);
     let plan = &decision.plan;
     let cost_of = |name: &str| {
         seen.instances
@@ -54,15 +75,18 @@ pub async fn act(
             .find(|i| i.name == name)
             .map(|i| i.deletion_cost)
     };
+    let uid_of = |pod: &str| {
+        basis.uids.of(pod).ok_or_else(|| Error::PodWithoutUid {
+            pod: pod.to_owned(),
+        })
+    };
 
     for pod in &plan.cancel {
         let ours = cost_of(pod) == Some(REMOVABLE_DELETION_COST);
-        patch_pod(&pods, &params, pod, cancel_patch(ours)).await?;
-        applied.pods_patched += 1;
+        applied.pods_patched += patch_pod(w, &pods, pod, uid_of(pod)?, cancel_patch(ours)).await?;
     }
     for pod in &plan.start {
-        patch_pod(&pods, &params, pod, drain_patch(now)).await?;
-        applied.pods_patched += 1;
+        applied.pods_patched += patch_pod(w, &pods, pod, uid_of(pod)?, drain_patch(now)).await?;
     }
     // The pods the lower count removes rank first already; marking them again is harmless and
     // guards against a cache that has not seen the mark yet.
@@ -72,19 +96,35 @@ pub async fn act(
         .chain(plan.remove.iter().map(|r| &r.pod))
         .filter(|p| cost_of(p) != Some(REMOVABLE_DELETION_COST));
     for pod in removable {
-        patch_pod(&pods, &params, pod, removable_patch()).await?;
-        applied.pods_patched += 1;
+        applied.pods_patched += patch_pod(w, &pods, pod, uid_of(pod)?, removable_patch()).await?;
     }
 
     if decision.replicas != seen.replicas {
-        patch_scale(client, namespace, policy, &params, decision.replicas).await?;
+        let version = basis
+            .target
+            .resource_version
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .ok_or(Error::UnversionedScale)?;
+        w.may_write(|| format!("scale to {}", decision.replicas))?;
+        patch_scale(w, policy, version, decision.replicas).await?;
         applied.scaled_to = Some(decision.replicas);
     }
 
     for pod in &plan.replace {
-        match pods.delete(pod, &DeleteParams::default()).await {
+        let uid = uid_of(pod)?;
+        w.may_write(|| format!("delete pod {pod}"))?;
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(pod, &params).await {
             Ok(_) => applied.pods_deleted += 1,
             Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(kube::Error::Api(e)) if another_uid(&e) => replaced(pod, uid, &e.message),
             Err(source) => {
                 return Err(Error::DeletePod {
                     pod: pod.clone(),
@@ -96,117 +136,55 @@ pub async fn act(
     Ok(applied)
 }
 
-/// A pod's drain marks, as restoring reads them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Marks {
-    pub pod: String,
-    /// Carries the draining annotation.
-    pub draining: bool,
-    /// Carries the deletion cost drainscaler gives removable pods.
-    pub removable: bool,
-    pub terminating: bool,
-}
-
-impl Marks {
-    pub fn of_instance(i: &Instance) -> Marks {
-        Marks {
-            pod: i.name.clone(),
-            draining: i.draining_since.is_some(),
-            removable: i.deletion_cost == REMOVABLE_DELETION_COST,
-            terminating: i.terminating,
-        }
-    }
-
-    pub fn of_pod(p: &Pod) -> Marks {
-        let annotation = |key: &str| p.annotations().get(key).map(String::as_str);
-        Marks {
-            pod: p.name_any(),
-            draining: annotation(DRAINING_ANNOTATION) == Some("true"),
-            removable: annotation(DELETION_COST_ANNOTATION).and_then(|c| c.parse::<i32>().ok())
-                == Some(REMOVABLE_DELETION_COST),
-            terminating: p.metadata.deletion_timestamp.is_some(),
-        }
-    }
-}
-
-/// A pod to put back into service, and whether the deletion cost on it is drainscaler's to
-/// drop.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Restore {
-    pub pod: String,
-    pub drop_cost: bool,
-}
-
-/// The pods to put back into service when drainscaler lets go of a target whose `spec.replicas`
-/// is `replicas`: every pod it marked, except terminating ones (on their way out) and, while the
-/// workload's controller still has a lower count to carry out (more live pods than `replicas`),
-/// the removable ones: that count removes them, and unmarking them would let the controller
-/// pick a pod that holds sessions instead. Pure.
-pub fn to_restore(pods: &[Marks], replicas: u32) -> Vec<Restore> {
-    let live = pods.iter().filter(|p| !p.terminating).count();
-    let scale_in_under_way = live > usize::try_from(replicas).unwrap_or(usize::MAX);
-    pods.iter()
-        .filter(|p| !p.terminating && (p.draining || p.removable))
-        .filter(|p| !(p.removable && scale_in_under_way))
-        .map(|p| Restore {
-            pod: p.pod.clone(),
-            drop_cost: p.removable,
-        })
-        .collect()
-}
-
-/// The marks on the pods `selector` picks in `namespace`, listed from the API server rather
-/// than the cache: a mark written by the reconcile just before must not be missed when nothing
-/// will look again (the policy is going away). Needs a client.
-pub async fn marked_pods(
-    client: &Client,
-    namespace: &str,
-    selector: &Selector,
-) -> Result<Vec<Marks>, Error> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let list = pods
-        .list(&ListParams::default().labels(&selector.to_string()))
-        .await
-        .map_err(|source| Error::ListPods { source })?;
-    Ok(list.items.iter().map(Marks::of_pod).collect())
-}
-
-/// Puts `pods` back into service: no draining annotations, serving again, and the deletion
-/// cost dropped where it is drainscaler's. Needs a client.
-pub async fn restore(client: &Client, namespace: &str, pods: &[Restore]) -> Result<(), Error> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let params = PatchParams {
+fn params() -> PatchParams {
+    PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
-    };
-    for r in pods {
-        patch_pod(&api, &params, &r.pod, cancel_patch(r.drop_cost)).await?;
-    }
-    Ok(())
-}
-
-/// Clears the marks `restored` took off, in an observation taken before.
-pub fn forget_marks(instances: &mut [Instance], restored: &[Restore]) {
-    for i in instances.iter_mut() {
-        if let Some(r) = restored.iter().find(|r| r.pod == i.name) {
-            i.draining_since = None;
-            if r.drop_cost {
-                i.deletion_cost = 0;
-            }
-        }
     }
 }
 
-async fn patch_pod(
+/// Whether the API server refused a pod write because the pod's UID is not the one the write
+/// names: a delete's UID precondition fails with 409 Conflict; a patch that sets another
+/// `metadata.uid` fails validation with 422 Invalid, the UID being immutable.
+pub fn another_uid(status: &kube::core::Status) -> bool {
+    status.code == 409
+        || (status.code == 422
+            && status
+                .details
+                .as_ref()
+                .is_some_and(|d| d.causes.iter().any(|c| c.field == "metadata.uid")))
+}
+
+/// A pod of that name exists, but not the one observed: it was recreated since.
+fn replaced(pod: &str, uid: &str, why: &str) {
+    tracing::info!(
+        pod,
+        uid,
+        why,
+        "the pod was replaced since it was observed; leaving the new one alone"
+    );
+}
+
+/// Patches `pod` if it is still the one with `uid`; returns how many pods were patched.
+pub(crate) async fn patch_pod(
+    w: &Writer<'_>,
     pods: &Api<Pod>,
-    params: &PatchParams,
     pod: &str,
+    uid: &str,
     patch: Value,
-) -> Result<(), Error> {
-    match pods.patch(pod, params, &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(()),
+) -> Result<usize, Error> {
+    w.may_write(|| format!("patch pod {pod}"))?;
+    match pods
+        .patch(pod, &params(), &Patch::Merge(&with_uid(patch, uid)))
+        .await
+    {
+        Ok(_) => Ok(1),
         // Gone already: the next observation will not list it.
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(0),
+        Err(kube::Error::Api(e)) if another_uid(&e) => {
+            replaced(pod, uid, &e.message);
+            Ok(0)
+        }
         Err(source) => Err(Error::PatchPod {
             pod: pod.to_owned(),
             source,
@@ -215,29 +193,51 @@ async fn patch_pod(
 }
 
 async fn patch_scale(
-    client: &Client,
-    namespace: &str,
+    w: &Writer<'_>,
     policy: &Policy,
-    params: &PatchParams,
+    version: &str,
     replicas: u32,
 ) -> Result<(), Error> {
-    let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
+    let body = scale_patch(version, replicas);
+    let patch = Patch::Merge(&body);
     let name = &policy.target.name;
     let result = match policy.target.kind {
         TargetKind::Deployment => {
-            Api::<Deployment>::namespaced(client.clone(), namespace)
-                .patch_scale(name, params, &patch)
+            Api::<Deployment>::namespaced(w.client.clone(), w.namespace)
+                .patch_scale(name, &params(), &patch)
                 .await
         }
         TargetKind::StatefulSet => {
-            Api::<StatefulSet>::namespaced(client.clone(), namespace)
-                .patch_scale(name, params, &patch)
+            Api::<StatefulSet>::namespaced(w.client.clone(), w.namespace)
+                .patch_scale(name, &params(), &patch)
                 .await
         }
     };
-    result
-        .map(|_| ())
-        .map_err(|source| Error::PatchScale { source })
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::ScaleChanged {
+            source: kube::Error::Api(e),
+        }),
+        Err(source) => Err(Error::PatchScale { source }),
+    }
+}
+
+/// Sets the count if the scale is still at `version`, as the HPA's update does; otherwise the
+/// API server answers 409 Conflict.
+pub fn scale_patch(version: &str, replicas: u32) -> Value {
+    json!({
+        "metadata": {"resourceVersion": version},
+        "spec": {"replicas": replicas},
+    })
+}
+
+/// `patch` made to apply to the pod with `uid` only: the API server refuses a patch whose
+/// `metadata.uid` differs from the object's (422 Invalid: the UID is immutable).
+pub fn with_uid(mut patch: Value, uid: &str) -> Value {
+    if let Some(meta) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("uid".to_owned(), Value::String(uid.to_owned()));
+    }
+    patch
 }
 
 /// Marks a pod draining: annotated for the app and the downward API, out of the serving
@@ -276,110 +276,327 @@ pub fn removable_patch() -> Value {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use std::collections::HashMap;
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use axum::http::{Method, Request, Response};
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use kube::Client;
+    use kube::core::Selector;
+    use serde_json::{Value, json};
 
     use super::{
-        Marks, REMOVABLE_DELETION_COST, Restore, cancel_patch, drain_patch, forget_marks,
-        removable_patch, to_restore,
+        Applied, Basis, Writer, act, cancel_patch, drain_patch, removable_patch, scale_patch,
+        with_uid,
     };
-    use crate::engine::{Instance, Time};
+    use crate::engine::{self, Decision, DrainPlan, History, Mode, Observation, Time};
+    use crate::error::Error;
+    use crate::leader::{Clock, Leadership, ManualClock, NotLeading, WRITE_WINDOW};
+    use crate::observe::{PodUids, Target};
+    use crate::policy::Policy;
+    use crate::testing::{NOW, pod, policy};
 
-    fn marks(pod: &str) -> Marks {
-        Marks {
-            pod: pod.to_owned(),
-            draining: false,
-            removable: false,
-            terminating: false,
+    /// One request the fake API server received: method, path and JSON body.
+    type Seen = (Method, String, Value);
+
+    /// A fake API server that records every request and answers `status_of(method, path)`;
+    /// `on_request` runs as each request arrives.
+    fn fake_api(
+        status_of: impl Fn(&Method, &str) -> u16 + Send + Sync + 'static,
+        on_request: impl Fn() + Send + Sync + 'static,
+    ) -> (Client, Arc<Mutex<Vec<Seen>>>) {
+        let log: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let kept = Arc::clone(&log);
+        let (status_of, on_request) = (Arc::new(status_of), Arc::new(on_request));
+        let service = tower::service_fn(move |request: Request<kube::client::Body>| {
+            let (log, status_of, on_request) = (
+                Arc::clone(&kept),
+                Arc::clone(&status_of),
+                Arc::clone(&on_request),
+            );
+            async move {
+                on_request();
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.expect("a request body");
+                let sent = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let path = parts.uri.path().to_owned();
+                let code = status_of(&parts.method, &path);
+                log.lock().unwrap_or_else(PoisonError::into_inner).push((
+                    parts.method.clone(),
+                    path.clone(),
+                    sent,
+                ));
+                let answer = if code == 422 {
+                    // As the API server answers a patch that sets another UID.
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "Invalid", "code": 422,
+                        "message": "metadata.uid: Invalid value: field is immutable",
+                        "details": {"kind": "Pod", "causes": [{"reason": "FieldValueInvalid",
+                            "message": "field is immutable", "field": "metadata.uid"}]}})
+                } else if code != 200 {
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "Conflict", "code": code,
+                        "message": "Precondition failed"})
+                } else if path.ends_with("/scale") {
+                    json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+                        "metadata": {"name": "app"}, "spec": {"replicas": 1}})
+                } else {
+                    json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "p"}})
+                };
+                let response = Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(answer.to_string())))
+                    .expect("a response");
+                Ok::<_, Infallible>(response)
+            }
+        });
+        (Client::new(service, "ns"), log)
+    }
+
+    /// Three pods `a`, `b` and `c` at 3 replicas: drain `a`, replace `c`, scale to 2.
+    fn world() -> (Policy, Observation, Decision) {
+        let policy = policy().build();
+        let seen = Observation {
+            replicas: 3,
+            ordinals_start: 0,
+            readings: Default::default(),
+            instances: ["a", "b", "c"].map(|n| pod(n).ready().build()).to_vec(),
+            heartbeats_since: NOW,
+        };
+        let mut decision = engine::decide(&policy, &seen, &History::default(), NOW);
+        decision.mode = Mode::Act;
+        decision.replicas = 2;
+        decision.plan = DrainPlan {
+            replicas: 2,
+            start: vec!["a".to_owned()],
+            replace: vec!["c".to_owned()],
+            ..DrainPlan::default()
+        };
+        (policy, seen, decision)
+    }
+
+    fn target() -> Target {
+        Target {
+            replicas: 3,
+            selector: Selector::default(),
+            resource_version: Some("41".to_owned()),
+            ordinals_start: 0,
         }
     }
 
-    fn draining(pod: &str) -> Marks {
-        Marks {
-            draining: true,
-            ..marks(pod)
-        }
+    fn uids() -> PodUids {
+        PodUids(HashMap::from(
+            [("a", "uid-a"), ("b", "uid-b"), ("c", "uid-c")]
+                .map(|(n, u)| (n.to_owned(), u.to_owned())),
+        ))
     }
 
-    fn removable(pod: &str) -> Marks {
-        Marks {
-            removable: true,
-            ..draining(pod)
-        }
-    }
-
-    fn restored(pods: &[(&str, bool)]) -> Vec<Restore> {
-        pods.iter()
-            .map(|&(pod, drop_cost)| Restore {
-                pod: pod.to_owned(),
-                drop_cost,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn letting_go_restores_every_marked_pod_and_drops_only_its_own_cost() {
-        let pods = [marks("a"), draining("b"), removable("c")];
-        assert_eq!(to_restore(&pods, 3), restored(&[("b", false), ("c", true)]));
-    }
-
-    #[test]
-    fn a_removable_pod_stays_marked_while_the_lower_count_is_still_being_carried_out() {
-        // Three live pods for two replicas: the ReplicaSet is about to remove the cheapest one.
-        let pods = [marks("a"), draining("b"), removable("c")];
-        assert_eq!(to_restore(&pods, 2), restored(&[("b", false)]));
-    }
-
-    #[test]
-    fn terminating_pods_are_left_to_go() {
-        let gone = Marks {
-            terminating: true,
-            ..removable("c")
+    async fn run(
+        client: &Client,
+        leadership: &Leadership,
+        target: &Target,
+    ) -> Result<Applied, Error> {
+        let (policy, seen, decision) = world();
+        let writer = Writer {
+            client,
+            namespace: "ns",
+            leadership,
         };
-        let pods = [marks("a"), draining("b"), gone];
-        // The terminating pod does not count as live: two live pods for two replicas.
-        assert_eq!(to_restore(&pods, 2), restored(&[("b", false)]));
+        let uids = uids();
+        let basis = Basis {
+            target,
+            uids: &uids,
+        };
+        act(&writer, &policy, &seen, &basis, &decision, NOW).await
     }
 
-    #[test]
-    fn a_cost_left_without_a_drain_is_dropped_too() {
-        let stray = Marks {
-            removable: true,
-            ..marks("a")
-        };
-        assert_eq!(to_restore(&[stray], 1), restored(&[("a", true)]));
+    fn fresh() -> (Arc<ManualClock>, Leadership) {
+        let clock = ManualClock::new();
+        let leadership = Leadership::new(clock.clone());
+        leadership.renewed(clock.now());
+        (clock, leadership)
     }
 
-    #[test]
-    fn a_restored_pod_is_decided_on_as_serving_with_only_its_own_cost_dropped() {
-        let instance = |name: &str, cost: i32| Instance {
-            name: name.to_owned(),
-            draining_since: Some(Time::from_secs(100)),
-            deletion_cost: cost,
-            ..Instance::default()
+    fn requests(log: &Mutex<Vec<Seen>>) -> Vec<Seen> {
+        log.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    #[tokio::test]
+    async fn every_write_names_the_pod_uid_or_the_scale_version_it_was_decided_on() {
+        let (client, log) = fake_api(|_, _| 200, || {});
+        let (_clock, leadership) = fresh();
+        let applied = run(&client, &leadership, &target()).await;
+        assert!(
+            matches!(&applied, Ok(a) if a.pods_patched == 1 && a.pods_deleted == 1 && a.scaled_to == Some(2)),
+            "{applied:?}"
+        );
+        let sent = requests(&log);
+        let [
+            (patch, pod_a, drain),
+            (scale, scale_path, count),
+            (delete, pod_c, options),
+        ] = sent.as_slice()
+        else {
+            panic!("three writes expected: {sent:#?}");
         };
-        let mut instances = vec![
-            instance("a", REMOVABLE_DELETION_COST),
-            instance("b", 7),
-            instance("c", REMOVABLE_DELETION_COST),
-        ];
-        forget_marks(&mut instances, &restored(&[("a", true), ("b", false)]));
-        let left: Vec<(Option<Time>, i32)> = instances
-            .iter()
-            .map(|i| (i.draining_since, i.deletion_cost))
-            .collect();
         assert_eq!(
-            left,
-            [
-                (None, 0),
-                (None, 7),
-                (Some(Time::from_secs(100)), REMOVABLE_DELETION_COST)
-            ]
+            (patch, pod_a.as_str()),
+            (&Method::PATCH, "/api/v1/namespaces/ns/pods/a")
+        );
+        assert_eq!(drain["metadata"]["uid"], "uid-a");
+        assert_eq!(
+            drain["metadata"]["annotations"]["drainscaler.io/draining"],
+            "true"
+        );
+        assert_eq!(
+            (scale, scale_path.as_str()),
+            (
+                &Method::PATCH,
+                "/apis/apps/v1/namespaces/ns/deployments/app/scale"
+            )
+        );
+        assert_eq!(
+            count,
+            &json!({"metadata": {"resourceVersion": "41"}, "spec": {"replicas": 2}})
+        );
+        assert_eq!(
+            (delete, pod_c.as_str()),
+            (&Method::DELETE, "/api/v1/namespaces/ns/pods/c")
+        );
+        assert_eq!(options["preconditions"], json!({"uid": "uid-c"}));
+    }
+
+    #[tokio::test]
+    async fn a_leader_whose_renewal_is_stale_writes_nothing() {
+        let (client, log) = fake_api(|_, _| 200, || {});
+        let (clock, leadership) = fresh();
+        clock.advance(WRITE_WINDOW);
+        let refused = run(&client, &leadership, &target()).await;
+        assert!(
+            matches!(&refused, Err(Error::NotLeading { source: NotLeading::Stale { .. }, write }) if write == "patch pod a"),
+            "{refused:?}"
+        );
+        assert_eq!(requests(&log), Vec::new());
+    }
+
+    #[tokio::test]
+    async fn leadership_going_stale_mid_batch_stops_the_writes_after_it() {
+        let clock = ManualClock::new();
+        let leadership = Leadership::new(clock.clone());
+        leadership.renewed(clock.now());
+        // The process freezes while its first write is under way.
+        let frozen = Arc::clone(&clock);
+        let (client, log) = fake_api(|_, _| 200, move || frozen.advance(WRITE_WINDOW));
+        let refused = run(&client, &leadership, &target()).await;
+        assert!(
+            matches!(&refused, Err(Error::NotLeading { write, .. }) if write == "scale to 2"),
+            "{refused:?}"
+        );
+        let sent = requests(&log);
+        assert_eq!(sent.len(), 1, "{sent:#?}");
+    }
+
+    #[tokio::test]
+    async fn a_count_changed_since_it_was_read_fails_the_write_and_nothing_follows_it() {
+        let (client, log) = fake_api(
+            |method, path| {
+                if *method == Method::PATCH && path.ends_with("/scale") {
+                    409
+                } else {
+                    200
+                }
+            },
+            || {},
+        );
+        let (_clock, leadership) = fresh();
+        let failed = run(&client, &leadership, &target()).await;
+        assert!(
+            matches!(&failed, Err(Error::ScaleChanged { .. })),
+            "{failed:?}"
+        );
+        let sent = requests(&log);
+        assert!(
+            !sent.iter().any(|(m, _, _)| *m == Method::DELETE),
+            "a pod was deleted after the count failed: {sent:#?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_scale_read_without_a_resource_version_is_not_written() {
+        let (client, log) = fake_api(|_, _| 200, || {});
+        let (_clock, leadership) = fresh();
+        let unversioned = Target {
+            resource_version: None,
+            ..target()
+        };
+        let failed = run(&client, &leadership, &unversioned).await;
+        assert!(
+            matches!(&failed, Err(Error::UnversionedScale)),
+            "{failed:?}"
+        );
+        assert!(
+            !requests(&log).iter().any(|(_, p, _)| p.ends_with("/scale")),
+            "the count was written"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pod_recreated_under_the_same_name_is_left_alone() {
+        // The API server refuses a patch of another UID with 422 and a delete with 409.
+        let (client, log) = fake_api(
+            |method, path| match (method.as_str(), path.rsplit('/').next()) {
+                ("PATCH", Some("a")) => 422,
+                ("DELETE", Some("c")) => 409,
+                _ => 200,
+            },
+            || {},
+        );
+        let (_clock, leadership) = fresh();
+        let applied = run(&client, &leadership, &target()).await;
+        assert_eq!(
+            applied.ok(),
+            Some(Applied {
+                scaled_to: Some(2),
+                pods_patched: 0,
+                pods_deleted: 0,
+            })
+        );
+        assert_eq!(requests(&log).len(), 3);
+    }
+
+    #[tokio::test]
+    async fn another_invalid_patch_is_an_error_not_a_replaced_pod() {
+        let (client, _log) = fake_api(
+            |method, path| match (method.as_str(), path.rsplit('/').next()) {
+                ("PATCH", Some("a")) => 403,
+                _ => 200,
+            },
+            || {},
+        );
+        let (_clock, leadership) = fresh();
+        let failed = run(&client, &leadership, &target()).await;
+        assert!(
+            matches!(&failed, Err(Error::PatchPod { pod, .. }) if pod == "a"),
+            "{failed:?}"
         );
     }
 
     #[test]
-    fn nothing_marked_restores_nothing() {
-        assert!(to_restore(&[marks("a"), marks("b")], 1).is_empty());
+    fn the_uid_goes_into_the_patch_metadata_and_the_version_into_the_scale() {
+        assert_eq!(
+            with_uid(removable_patch(), "u-1"),
+            json!({"metadata": {
+                "uid": "u-1",
+                "annotations": {"controller.kubernetes.io/pod-deletion-cost": "-2147483648"},
+            }})
+        );
+        assert_eq!(
+            scale_patch("7", 4),
+            json!({"metadata": {"resourceVersion": "7"}, "spec": {"replicas": 4}})
+        );
     }
 
     #[test]

@@ -19,21 +19,25 @@ use kube::runtime::utils::Predicate;
 use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::act;
+use crate::act::{self, Basis, Writer};
 use crate::api::ScalingPolicy;
 use crate::engine::{self, Decision, Mode, Time};
 use crate::error::Error;
 use crate::index::{LatestMade, ReadingCache, Reused, SelectorIndex};
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::names::{CONTROLLER_NAME, FINALIZER, ShellReason};
 use crate::observe::{self, Blocked, Sources, pods};
 use crate::policy::{self, Policy};
+use crate::restore;
 use crate::status::{self, Ready};
 
 /// How often a policy that cannot act is looked at again (spec changes trigger at once).
 const BLOCKED_REQUEUE: Duration = Duration::from_secs(30);
 const INVALID_REQUEUE: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How soon a policy whose count changed under its decision decides again.
+const CONFLICT_REQUEUE: Duration = Duration::from_secs(1);
 
 /// Everything a reconcile needs.
 pub struct Context {
@@ -43,6 +47,8 @@ pub struct Context {
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Checked right before every write.
+    pub leadership: Leadership,
     /// Each policy's pod selector, so that pod changes trigger their policy.
     selectors: SelectorIndex,
     /// The last Prometheus readings, reused between intervals.
@@ -97,6 +103,10 @@ impl Context {
         // The recorder folds events with the same reason and action into one series that shows
         // the first note; an action that follows the note keeps "scaled up from 2 to 3" and
         // "from 3 to 5" apart while exact repeats still fold. The API allows 128 characters.
+        if let Err(why) = self.leadership.check() {
+            tracing::warn!(%why, reason, "not publishing an event");
+            return;
+        }
         let action: String = note.chars().take(128).collect();
         let event = KubeEvent {
             type_: if warning {
@@ -170,9 +180,14 @@ async fn clean_up(sp: &ScalingPolicy, ctx: &Context, namespace: &str) -> Result<
         // No target, no pods of it to restore.
         return Ok(Action::await_change());
     };
-    let marks = act::marked_pods(client, namespace, &found.selector).await?;
-    let restore = act::to_restore(&marks, found.replicas);
-    act::restore(client, namespace, &restore).await?;
+    let marks = restore::marked_pods(client, namespace, &found.selector).await?;
+    let restore = restore::to_restore(&marks, found.replicas);
+    let writer = Writer {
+        client,
+        namespace,
+        leadership: &ctx.leadership,
+    };
+    restore::restore(&writer, &restore).await?;
     if !restore.is_empty() {
         let note = format!(
             "the policy is being deleted: cancelled the drains of {}; they serve again",
@@ -201,7 +216,7 @@ fn heir(policies: &Store<ScalingPolicy>, sp: &ScalingPolicy, namespace: &str) ->
         .map(|other| other.name_any())
 }
 
-fn pod_list(pods: &[act::Restore]) -> String {
+fn pod_list(pods: &[restore::Restore]) -> String {
     let names: Vec<&str> = pods.iter().map(|r| r.pod.as_str()).collect();
     format!(
         "pod{} {}",
@@ -271,16 +286,25 @@ async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result
         return blocked(ctx, &sp, &namespace, b, now).await;
     }
     ctx.remember_selector(&sp, Some(target.selector.clone()));
-    let mut seen = observe::observe(&ctx.sources, &namespace, &target, readings, now);
+    let (mut seen, uids) = observe::observe(&ctx.sources, &namespace, &target, readings, now);
     // act (needs a client): paused or in dry run, drainscaler lets go of the target, and the
     // drains in progress are cancelled so that no pod stays out of service with nobody to
     // finish its drain. The decision sees them serving.
     if let Some(field) = letting_go(&policy) {
-        let marks: Vec<act::Marks> = seen.instances.iter().map(act::Marks::of_instance).collect();
-        let restore = act::to_restore(&marks, seen.replicas);
+        let marks: Vec<restore::Marks> = seen
+            .instances
+            .iter()
+            .map(|i| restore::Marks::of_instance(i, &uids))
+            .collect();
+        let restore = restore::to_restore(&marks, seen.replicas);
         if !restore.is_empty() {
-            act::restore(client, &namespace, &restore).await?;
-            act::forget_marks(&mut seen.instances, &restore);
+            let writer = Writer {
+                client,
+                namespace: &namespace,
+                leadership: &ctx.leadership,
+            };
+            restore::restore(&writer, &restore).await?;
+            restore::forget_marks(&mut seen.instances, &restore);
             let note = format!(
                 "{field}: cancelled the drains of {}; they serve again",
                 pod_list(&restore)
@@ -313,7 +337,16 @@ async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result
     let decision = engine::decide(&policy, &seen, &before, now);
 
     // act (needs a client)
-    let applied = act::act(client, &namespace, &policy, &seen, &decision, now).await?;
+    let writer = Writer {
+        client,
+        namespace: &namespace,
+        leadership: &ctx.leadership,
+    };
+    let basis = Basis {
+        target: &target,
+        uids: &uids,
+    };
+    let applied = act::act(&writer, &policy, &seen, &basis, &decision, now).await?;
     if applied != act::Applied::default() {
         tracing::info!(
             namespace,
@@ -349,6 +382,7 @@ async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result
         &ready,
         now,
     );
+    writer.may_write(|| "patch the policy status".to_owned())?;
     status::patch(client, &sp, &new_status).await?;
     ctx.latest_made.keep(key.clone(), &next);
     for e in &decision.events {
@@ -424,6 +458,10 @@ async fn block(
         message: message.clone(),
     };
     let new_status = status::render_blocked(sp.status.as_ref(), sp.meta().generation, &ready, now);
+    ctx.leadership.check().map_err(|source| Error::NotLeading {
+        write: "patch the policy status".to_owned(),
+        source,
+    })?;
     let changed = status::patch(&ctx.sources.client, sp, &new_status).await?;
     if changed {
         ctx.publish(sp, true, reason.as_str(), message).await;
@@ -435,6 +473,16 @@ async fn block(
 /// Retries a failed reconcile with exponential backoff.
 pub fn error_policy(sp: Arc<ScalingPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(error.label());
+    if matches!(error, Error::ScaleChanged { .. }) {
+        // Not a failure: someone else changed the count; decide again on what is there now.
+        tracing::info!(
+            namespace = sp.namespace(),
+            policy = sp.name_any(),
+            %error,
+            "the count changed under the decision"
+        );
+        return Action::requeue(CONFLICT_REQUEUE);
+    }
     let n = ctx.failed(&sp);
     let backoff = Duration::from_secs(1u64 << n.min(9)).min(MAX_BACKOFF);
     tracing::warn!(
@@ -455,6 +503,8 @@ pub struct RunConfig {
     pub concurrency: u16,
     pub prometheus: Option<observe::prometheus::Prometheus>,
     pub reporter_instance: Option<String>,
+    /// This replica's leadership, checked before every write.
+    pub leadership: Leadership,
 }
 
 /// Runs the controller as leader until `shutdown` resolves. `on_ready` receives the pod cache
@@ -548,6 +598,7 @@ pub async fn run(
         autoscalers: hpa_store,
         recorder,
         metrics,
+        leadership: config.leadership,
         selectors: SelectorIndex::default(),
         readings: ReadingCache::default(),
         latest_made: LatestMade::default(),

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub heartbeats: Family<ResultLabels, Counter>,
     pub api_requests: Family<VerbLabels, Counter>,
     pub api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram>,
+    pub fenced_writes: Family<ResultLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -72,6 +73,7 @@ impl Default for Metrics {
         let api_requests = Family::<VerbLabels, Counter>::default();
         let api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
+        let fenced_writes = Family::<ResultLabels, Counter>::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -115,6 +117,11 @@ impl Default for Metrics {
             "Time until the Kubernetes API answered, by verb (watches are not timed)",
             api_seconds.clone(),
         );
+        registry.register(
+            "fenced_writes",
+            "Writes to the Kubernetes API, sent or refused because leadership was not fresh",
+            fenced_writes.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -128,6 +135,7 @@ impl Default for Metrics {
             heartbeats,
             api_requests,
             api_seconds,
+            fenced_writes,
         }
     }
 }
@@ -159,6 +167,15 @@ impl Metrics {
 
     pub fn heartbeat(&self, result: &str) {
         self.heartbeats
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one write the fence let through (`sent`) or stopped (`refused`).
+    pub fn fenced_write(&self, result: &str) {
+        self.fenced_writes
             .get_or_create(&ResultLabels {
                 result: result.to_owned(),
             })

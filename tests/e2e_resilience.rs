@@ -550,9 +550,9 @@ fn a_killed_leader_hands_over_within_the_lease_duration_without_scaling_twice() 
     );
     // Nothing renews the lease now: its last renewal is final.
     let renewed = lease_time(&ns.0, "renewTime");
-    // The lease runs out LEASE_DURATION after its last renewal (which the second may see up
-    // to RETRY_PERIOD late) and the second tries every RETRY_PERIOD; the rest is slack for a
-    // loaded machine. A deadline, not a claim about speed.
+    // The second counts LEASE_DURATION from when it first read the last renewal, which it
+    // reads at most RETRY_PERIOD after it was made, and tries every RETRY_PERIOD; the rest is
+    // slack for a loaded machine. A deadline, not a claim about speed.
     wait_for(
         LEASE_DURATION + 2 * RETRY_PERIOD + Duration::from_secs(10),
         "the second to take over",
@@ -570,7 +570,8 @@ fn a_killed_leader_hands_over_within_the_lease_duration_without_scaling_twice() 
         "the lease is still held by {successor:?}, not the second"
     );
     // What the lease rules guarantee, on the one clock of this machine: no replica takes the
-    // lease before it went LEASE_DURATION without renewal.
+    // lease before it went LEASE_DURATION without renewal (the second starts counting when it
+    // reads the renewal, which is after it was made).
     let acquired = lease_time(&ns.0, "acquireTime");
     assert!(
         acquired >= renewed + LEASE_DURATION,

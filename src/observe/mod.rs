@@ -5,7 +5,7 @@ pub mod heartbeats;
 pub mod pods;
 pub mod prometheus;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -38,8 +38,22 @@ pub struct Sources {
 pub struct Target {
     pub replicas: u32,
     pub selector: Selector,
+    /// The scale's resourceVersion: a write of the count carries it, so that it fails if the
+    /// count changed after it was read.
+    pub resource_version: Option<String>,
     /// A StatefulSet's `spec.ordinals.start`; 0 for a Deployment.
     pub ordinals_start: u32,
+}
+
+/// What a decision was computed from, as writes must name it: each observed pod's UID by
+/// name, so that a write cannot hit a pod recreated under the same name since.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodUids(pub HashMap<String, String>);
+
+impl PodUids {
+    pub fn of(&self, pod: &str) -> Option<&str> {
+        self.0.get(pod).map(String::as_str)
+    }
 }
 
 /// Why a policy must not act, found while observing.
@@ -125,6 +139,7 @@ pub async fn target_named(
         replicas,
         selector,
         ordinals_start,
+        resource_version: scale.metadata.resource_version,
     }))
 }
 
@@ -275,14 +290,15 @@ pub async fn readings(
     readings
 }
 
-/// The target's pods from the cache with their heartbeats, and `readings`, at `now`.
+/// The target's pods from the cache with their heartbeats, and `readings`, at `now`; and the
+/// UIDs of those pods.
 pub fn observe(
     sources: &Sources,
     namespace: &str,
     target: &Target,
     readings: BTreeMap<String, Reading>,
     now: Time,
-) -> Observation {
+) -> (Observation, PodUids) {
     let pods: Vec<std::sync::Arc<Pod>> = sources.pods.state_filter(|p| {
         p.metadata.namespace.as_deref() == Some(namespace)
             && pods::is_active(p)
@@ -296,11 +312,16 @@ pub fn observe(
             pods::instance(p, heartbeat, now)
         })
         .collect();
-    Observation {
+    let uids = pods
+        .iter()
+        .filter_map(|p| Some((p.name_any(), p.metadata.uid.clone()?)))
+        .collect();
+    let observation = Observation {
         replicas: target.replicas,
         ordinals_start: target.ordinals_start,
         readings,
         instances,
         heartbeats_since: sources.heartbeats_since,
-    }
+    };
+    (observation, PodUids(uids))
 }
