@@ -93,6 +93,9 @@ impl Context {
         self.selectors.retain(is_live);
         self.readings.retain(is_live);
         self.latest_made.retain(is_live);
+        self.metrics.retain_policies(|namespace, name| {
+            live.contains(&ObjectRef::new(name).within(namespace))
+        });
         self.failures
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -278,6 +281,10 @@ async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result
         Ok(target) => target,
         Err(b) => return blocked(ctx, &sp, &namespace, b, now).await,
     };
+    let readings = match readings {
+        Ok(readings) => readings,
+        Err(b) => return blocked(ctx, &sp, &namespace, b, now).await,
+    };
     ctx.autoscalers
         .wait_until_ready()
         .await
@@ -418,6 +425,8 @@ async fn blocked(
     let (reason, message) = match why {
         Blocked::TargetNotFound(m) => (ShellReason::TargetNotFound, m),
         Blocked::Conflict(m) => (ShellReason::Conflict, m),
+        Blocked::PrometheusAuth(m) => (ShellReason::PrometheusAuth, m),
+        Blocked::InvalidQuery(m) => (ShellReason::InvalidPolicy, m),
     };
     block(ctx, sp, namespace, reason, message, now)
         .await
@@ -502,6 +511,8 @@ pub struct RunConfig {
     pub namespace: Option<String>,
     pub concurrency: u16,
     pub prometheus: Option<observe::prometheus::Prometheus>,
+    /// `--prometheus-namespace-label`: restrict each policy's queries to its own namespace.
+    pub prometheus_namespace_label: Option<String>,
     pub reporter_instance: Option<String>,
     /// This replica's leadership, checked before every write.
     pub leadership: Leadership,
@@ -593,6 +604,7 @@ pub async fn run(
             heartbeats: heartbeats.clone(),
             prometheus: config.prometheus,
             heartbeats_since,
+            namespace_label: config.prometheus_namespace_label,
         },
         policies: controller.store(),
         autoscalers: hpa_store,

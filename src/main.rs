@@ -101,6 +101,11 @@ struct RunArgs {
     /// Prometheus for policies without spec.prometheus, such as http://prometheus.monitoring:9090.
     #[arg(long, env = "DRAINSCALER_PROMETHEUS_URL")]
     prometheus_url: Option<String>,
+    /// On a Prometheus shared by tenants: every series selector of a policy's queries must
+    /// match this label (such as `namespace`) with the policy's own namespace. Enforced on the
+    /// parsed PromQL; a query that selects another value of the label is refused.
+    #[arg(long, env = "DRAINSCALER_PROMETHEUS_NAMESPACE_LABEL")]
+    prometheus_namespace_label: Option<String>,
     /// Address for heartbeats, /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -360,6 +365,7 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         concurrency: args.concurrency,
         prometheus,
+        prometheus_namespace_label: args.prometheus_namespace_label.clone(),
         reporter_instance: args.pod_name.clone(),
         leadership,
     };

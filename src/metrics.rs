@@ -1,6 +1,7 @@
 //! The controller's own metrics, served on `/metrics` in the OpenMetrics text format.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -51,6 +52,8 @@ pub struct Metrics {
     pub api_requests: Family<VerbLabels, Counter>,
     pub api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram>,
     pub fenced_writes: Family<ResultLabels, Counter>,
+    /// The policies that have per-policy series, so that those of a deleted policy can go.
+    policies: Mutex<HashSet<PolicyLabels>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -136,6 +139,7 @@ impl Default for Metrics {
             api_requests,
             api_seconds,
             fenced_writes,
+            policies: Mutex::default(),
         }
     }
 }
@@ -155,6 +159,31 @@ impl Metrics {
         set(&self.draining, u64::from(d.instances.draining));
         set(&self.sessions, d.instances.sessions);
         set(&self.lost, u64::from(d.instances.lost));
+        self.policies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(labels);
+    }
+
+    /// Removes the series of every policy for which `live(namespace, policy)` is false, so that
+    /// deleted policies do not stay on `/metrics` with their last values.
+    pub fn retain_policies(&self, live: impl Fn(&str, &str) -> bool) {
+        let mut policies = self.policies.lock().unwrap_or_else(PoisonError::into_inner);
+        policies.retain(|labels| {
+            let keep = live(&labels.namespace, &labels.policy);
+            if !keep {
+                for family in [
+                    &self.desired,
+                    &self.current,
+                    &self.draining,
+                    &self.sessions,
+                    &self.lost,
+                ] {
+                    family.remove(labels);
+                }
+            }
+            keep
+        });
     }
 
     pub fn error(&self, step: &str) {
@@ -289,6 +318,7 @@ mod tests {
     use tower::{Layer, ServiceExt};
 
     use super::{ApiLayer, Metrics, api_verb};
+    use crate::testing::{NOW, history, observation, policy};
 
     #[tokio::test]
     async fn the_api_layer_counts_every_request_and_times_all_but_watches() {
@@ -311,6 +341,35 @@ mod tests {
             assert!(page.contains(line), "{line} missing from\n{page}");
         }
         assert!(!page.contains(r#"drainscaler_api_request_duration_seconds_count{verb="watch"}"#));
+    }
+
+    #[test]
+    fn the_series_of_a_deleted_policy_are_removed_and_the_others_kept() {
+        let metrics = Metrics::default();
+        let decision = crate::engine::decide(
+            &policy().build(),
+            &observation().build(),
+            &history().build(),
+            NOW,
+        );
+        metrics.observe_decision("demo", "chat", &decision);
+        metrics.observe_decision("demo", "gone", &decision);
+        metrics.observe_decision("other", "chat", &decision);
+        metrics.retain_policies(|namespace, policy| (namespace, policy) != ("demo", "gone"));
+        let page = metrics.encode().expect("metrics encode");
+        for family in [
+            "desired_replicas",
+            "current_replicas",
+            "draining_instances",
+            "sessions",
+            "lost_instances",
+        ] {
+            let kept = format!(r#"drainscaler_{family}{{namespace="demo",policy="chat"}}"#);
+            let other = format!(r#"drainscaler_{family}{{namespace="other",policy="chat"}}"#);
+            assert!(page.contains(&kept), "{kept} missing from\n{page}");
+            assert!(page.contains(&other), "{other} missing from\n{page}");
+        }
+        assert!(!page.contains(r#"policy="gone""#), "{page}");
     }
 
     #[test]
