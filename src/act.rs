@@ -12,12 +12,13 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 use crate::api::TargetKind;
-use crate::engine::{Decision, Mode, Observation, Time};
+use crate::engine::{CancelledDrain, Decision, Instance, Mode, Observation, Time};
 use crate::error::Error;
 use crate::leader::Leadership;
 use crate::names::{
-    DELETION_COST_ANNOTATION, DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, FIELD_MANAGER,
-    REMOVABLE_DELETION_COST, SERVING_LABEL,
+    CANCELLED_DRAIN_FROM_ANNOTATION, DELETION_COST_ANNOTATION, DRAIN_CANCELLED_AT_ANNOTATION,
+    DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, FIELD_MANAGER, REMOVABLE_DELETION_COST,
+    SERVING_LABEL,
 };
 use crate::observe::pods::timestamp;
 use crate::observe::{PodUids, Target};
@@ -83,7 +84,9 @@ pub async fn act(
 
     for pod in &plan.cancel {
         let ours = cost_of(pod) == Some(REMOVABLE_DELETION_COST);
-        applied.pods_patched += patch_pod(w, &pods, pod, uid_of(pod)?, cancel_patch(ours)).await?;
+        let record = cancelled_drain(seen.instances.iter().find(|i| &i.name == pod), now);
+        applied.pods_patched +=
+            patch_pod(w, &pods, pod, uid_of(pod)?, cancel_patch(ours, record)).await?;
     }
     for pod in &plan.start {
         applied.pods_patched += patch_pod(w, &pods, pod, uid_of(pod)?, drain_patch(now)).await?;
@@ -252,11 +255,25 @@ pub fn drain_patch(now: Time) -> Value {
     }})
 }
 
-/// Puts a draining pod back into service; drops the deletion cost only if drainscaler set it.
-pub fn cancel_patch(drop_cost: bool) -> Value {
+/// The record a cancel leaves: from the first drain the pod may still believe in (this one,
+/// or an earlier cancelled one) to now.
+pub fn cancelled_drain(pod: Option<&Instance>, now: Time) -> CancelledDrain {
+    let this = pod.and_then(|p| p.draining_since).unwrap_or(now);
+    let from = pod
+        .and_then(|p| p.cancelled_drain)
+        .map_or(this, |earlier| earlier.from.min(this));
+    CancelledDrain { from, at: now }
+}
+
+/// Puts a draining pod back into service, recording the cancelled drain (so that a pod that
+/// never hears of the cancel is not taken for Lost); drops the deletion cost only if
+/// drainscaler set it.
+pub fn cancel_patch(drop_cost: bool, cancelled: CancelledDrain) -> Value {
     let mut annotations = json!({
         DRAINING_ANNOTATION: null,
         DRAINING_SINCE_ANNOTATION: null,
+        CANCELLED_DRAIN_FROM_ANNOTATION: timestamp(cancelled.from).to_string(),
+        DRAIN_CANCELLED_AT_ANNOTATION: timestamp(cancelled.at).to_string(),
     });
     if drop_cost {
         annotations[DELETION_COST_ANNOTATION] = Value::Null;
@@ -288,10 +305,12 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::{
-        Applied, Basis, Writer, act, cancel_patch, drain_patch, removable_patch, scale_patch,
-        with_uid,
+        Applied, Basis, Writer, act, cancel_patch, cancelled_drain, drain_patch, removable_patch,
+        scale_patch, with_uid,
     };
-    use crate::engine::{self, Decision, DrainPlan, History, Mode, Observation, Time};
+    use crate::engine::{
+        self, CancelledDrain, Decision, DrainPlan, History, Mode, Observation, Time,
+    };
     use crate::error::Error;
     use crate::leader::{Clock, Leadership, ManualClock, NotLeading, WRITE_WINDOW};
     use crate::observe::{PodUids, Target};
@@ -614,20 +633,48 @@ mod tests {
     }
 
     #[test]
-    fn cancelling_a_drain_removes_the_annotations_and_serves_again() {
+    fn a_cancel_records_the_earliest_drain_the_pod_may_still_believe_in() {
+        let draining = pod("a").draining_since(Time::from_secs(500)).build();
         assert_eq!(
-            cancel_patch(true),
+            cancelled_drain(Some(&draining), Time::from_secs(600)),
+            CancelledDrain {
+                from: Time::from_secs(500),
+                at: Time::from_secs(600)
+            }
+        );
+        // An earlier drain was cancelled too, perhaps unheard: the record reaches back to it.
+        let mut again = draining.clone();
+        again.cancelled_drain = Some(CancelledDrain {
+            from: Time::from_secs(100),
+            at: Time::from_secs(200),
+        });
+        assert_eq!(
+            cancelled_drain(Some(&again), Time::from_secs(600)).from,
+            Time::from_secs(100)
+        );
+    }
+
+    #[test]
+    fn cancelling_a_drain_removes_the_annotations_records_the_drain_and_serves_again() {
+        let record = CancelledDrain {
+            from: Time::from_secs(1_700_000_000),
+            at: Time::from_secs(1_700_000_060),
+        };
+        assert_eq!(
+            cancel_patch(true, record),
             json!({"metadata": {
                 "annotations": {
                     "drainscaler.io/draining": null,
                     "drainscaler.io/draining-since": null,
+                    "drainscaler.io/cancelled-drain-from": "2023-11-14T22:13:20Z",
+                    "drainscaler.io/drain-cancelled-at": "2023-11-14T22:14:20Z",
                     "controller.kubernetes.io/pod-deletion-cost": null,
                 },
                 "labels": {"drainscaler.io/serving": "true"},
             }})
         );
         assert!(
-            cancel_patch(false)["metadata"]["annotations"]
+            cancel_patch(false, record)["metadata"]["annotations"]
                 .get("controller.kubernetes.io/pod-deletion-cost")
                 .is_none()
         );

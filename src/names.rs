@@ -5,6 +5,12 @@
 pub const DRAINING_ANNOTATION: &str = "drainscaler.io/draining";
 /// RFC 3339 time at which the pod's drain began.
 pub const DRAINING_SINCE_ANNOTATION: &str = "drainscaler.io/draining-since";
+/// On a pod whose drain was cancelled: when the earliest drain it may still believe in began
+/// (RFC 3339). A pod cut off from the controller never hears of the cancel, and may fail
+/// readiness for a drain that is over.
+pub const CANCELLED_DRAIN_FROM_ANNOTATION: &str = "drainscaler.io/cancelled-drain-from";
+/// On a pod whose drain was cancelled: when (RFC 3339).
+pub const DRAIN_CANCELLED_AT_ANNOTATION: &str = "drainscaler.io/drain-cancelled-at";
 /// `"false"` on a draining pod so that a Service selecting `"true"` stops routing to it.
 pub const SERVING_LABEL: &str = "drainscaler.io/serving";
 /// `"true"` on the controller pod that holds the lease; the heartbeat Service selects it.
