@@ -183,7 +183,8 @@ async fn clean_up(sp: &ScalingPolicy, ctx: &Context, namespace: &str) -> Result<
         // No target, no pods of it to restore.
         return Ok(Action::await_change());
     };
-    let marks = restore::marked_pods(client, namespace, &found.selector).await?;
+    let now = pods::time(Timestamp::now());
+    let marks = restore::marked_pods(client, namespace, &found.selector, now).await?;
     let restore = restore::to_restore(&marks, found.replicas);
     let writer = Writer {
         client,
@@ -298,11 +299,7 @@ async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result
     // drains in progress are cancelled so that no pod stays out of service with nobody to
     // finish its drain. The decision sees them serving.
     if let Some(field) = letting_go(&policy) {
-        let marks: Vec<restore::Marks> = seen
-            .instances
-            .iter()
-            .map(|i| restore::Marks::of_instance(i, &uids))
-            .collect();
+        let marks = restore::Marks::of_observed(&seen.instances, &uids, now);
         let restore = restore::to_restore(&marks, seen.replicas);
         if !restore.is_empty() {
             let writer = Writer {

@@ -8,11 +8,11 @@ use kube::api::ListParams;
 use kube::core::Selector;
 use kube::{Api, Client, ResourceExt};
 
-use crate::act::{Writer, cancel_patch, patch_pod};
-use crate::engine::Instance;
+use crate::act::{Writer, cancel_patch, cancelled_drain, patch_pod};
+use crate::engine::{CancelledDrain, Instance, Time};
 use crate::error::Error;
-use crate::names::{DELETION_COST_ANNOTATION, DRAINING_ANNOTATION, REMOVABLE_DELETION_COST};
-use crate::observe::PodUids;
+use crate::names::REMOVABLE_DELETION_COST;
+use crate::observe::{PodUids, pods};
 
 /// A pod's drain marks, as restoring reads them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,29 +24,29 @@ pub struct Marks {
     /// Carries the deletion cost drainscaler gives removable pods.
     pub removable: bool,
     pub terminating: bool,
+    /// The record a cancel at the time of reading leaves on the pod.
+    pub cancelled: CancelledDrain,
 }
 
 impl Marks {
-    pub fn of_instance(i: &Instance, uids: &PodUids) -> Marks {
+    /// `i`'s marks at `now`, with its UID.
+    pub fn of_instance(i: &Instance, uid: Option<&str>, now: Time) -> Marks {
         Marks {
             pod: i.name.clone(),
-            uid: uids.of(&i.name).map(str::to_owned),
+            uid: uid.map(str::to_owned),
             draining: i.draining_since.is_some(),
             removable: i.deletion_cost == REMOVABLE_DELETION_COST,
             terminating: i.terminating,
+            cancelled: cancelled_drain(Some(i), now),
         }
     }
 
-    pub fn of_pod(p: &Pod) -> Marks {
-        let annotation = |key: &str| p.annotations().get(key).map(String::as_str);
-        Marks {
-            pod: p.name_any(),
-            uid: p.metadata.uid.clone(),
-            draining: annotation(DRAINING_ANNOTATION) == Some("true"),
-            removable: annotation(DELETION_COST_ANNOTATION).and_then(|c| c.parse::<i32>().ok())
-                == Some(REMOVABLE_DELETION_COST),
-            terminating: p.metadata.deletion_timestamp.is_some(),
-        }
+    /// The marks of the observed `instances` at `now`.
+    pub fn of_observed(instances: &[Instance], uids: &PodUids, now: Time) -> Vec<Marks> {
+        instances
+            .iter()
+            .map(|i| Marks::of_instance(i, uids.of(&i.name), now))
+            .collect()
     }
 }
 
@@ -57,6 +57,7 @@ pub struct Restore {
     pub pod: String,
     pub uid: Option<String>,
     pub drop_cost: bool,
+    pub cancelled: CancelledDrain,
 }
 
 /// The pods to put back into service when drainscaler lets go of a target whose `spec.replicas`
@@ -74,6 +75,7 @@ pub fn to_restore(pods: &[Marks], replicas: u32) -> Vec<Restore> {
             pod: p.pod.clone(),
             uid: p.uid.clone(),
             drop_cost: p.removable,
+            cancelled: p.cancelled,
         })
         .collect()
 }
@@ -97,13 +99,18 @@ pub async fn marked_pods(
     client: &Client,
     namespace: &str,
     selector: &Selector,
+    now: Time,
 ) -> Result<Vec<Marks>, Error> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let list = pods
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = api
         .list(&ListParams::default().labels(&selector.to_string()))
         .await
         .map_err(|source| Error::ListPods { source })?;
-    Ok(list.items.iter().map(Marks::of_pod).collect())
+    Ok(list
+        .items
+        .iter()
+        .map(|p| Marks::of_instance(&pods::instance(p, None, now), p.uid().as_deref(), now))
+        .collect())
 }
 
 /// Puts `pods` back into service, each only if it is still the pod with the UID seen: no
@@ -117,7 +124,8 @@ pub async fn restore(w: &Writer<'_>, pods: &[Restore]) -> Result<usize, Error> {
             .uid
             .as_deref()
             .ok_or_else(|| Error::PodWithoutUid { pod: r.pod.clone() })?;
-        patched += patch_pod(w, &api, &r.pod, uid, cancel_patch(r.drop_cost)).await?;
+        let patch = cancel_patch(r.drop_cost, r.cancelled);
+        patched += patch_pod(w, &api, &r.pod, uid, patch).await?;
     }
     Ok(patched)
 }
@@ -125,7 +133,12 @@ pub async fn restore(w: &Writer<'_>, pods: &[Restore]) -> Result<usize, Error> {
 #[cfg(test)]
 mod tests {
     use super::{Marks, Restore, forget_marks, to_restore};
-    use crate::engine::{Instance, REMOVABLE_DELETION_COST, Time};
+    use crate::engine::{CancelledDrain, Instance, REMOVABLE_DELETION_COST, Time};
+
+    const CANCELLED: CancelledDrain = CancelledDrain {
+        from: Time(1_000),
+        at: Time(2_000),
+    };
 
     fn marks(pod: &str) -> Marks {
         Marks {
@@ -134,6 +147,7 @@ mod tests {
             draining: false,
             removable: false,
             terminating: false,
+            cancelled: CANCELLED,
         }
     }
 
@@ -157,6 +171,7 @@ mod tests {
                 pod: pod.to_owned(),
                 uid: Some(format!("uid-{pod}")),
                 drop_cost,
+                cancelled: CANCELLED,
             })
             .collect()
     }
