@@ -300,12 +300,12 @@ fn prometheus_spec(prometheus: &FakePrometheus, interval: &str) -> String {
 /// Reconciles the controller has finished, from its `/metrics`; fails the test when the page
 /// cannot be read, rather than reading none.
 fn reconciles_done(controller: &Controller) -> f64 {
-    let (code, page) = http("GET", &controller.addr, "/metrics", &[], "");
-    assert_eq!(code, 200, "GET {}/metrics: {page}", controller.addr);
+    let (code, page) = http("GET", &controller.metrics_addr, "/metrics", &[], "");
+    assert_eq!(code, 200, "GET {}/metrics: {page}", controller.metrics_addr);
     sample(&page, "drainscaler_reconcile_duration_seconds_count").unwrap_or_else(|| {
         panic!(
             "{}/metrics has no drainscaler_reconcile_duration_seconds_count:\n{page}",
-            controller.addr
+            controller.metrics_addr
         )
     })
 }

@@ -220,8 +220,20 @@ enum Failed {
 /// `drainscaler run` scoped to one namespace, stopped on drop.
 pub struct Controller {
     child: Child,
+    /// The heartbeat port.
     pub addr: String,
+    /// `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_addr: String,
     pub log: PathBuf,
+}
+
+/// A port free a moment ago on 127.0.0.1.
+fn free_addr() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    format!("127.0.0.1:{port}")
 }
 
 impl Controller {
@@ -231,14 +243,11 @@ impl Controller {
     pub fn start(ns: &str, extra: &[&str]) -> Controller {
         const ATTEMPTS: u32 = 5;
         for attempt in 1..=ATTEMPTS {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            match Controller::try_start_on(ns, &format!("127.0.0.1:{port}"), extra) {
+            let addr = free_addr();
+            match Controller::try_start_on(ns, &addr, extra) {
                 Ok(c) => return c,
                 Err(Failed::AddressInUse(log)) if attempt < ATTEMPTS => {
-                    eprintln!("port {port} was taken before the controller bound it: {log}");
+                    eprintln!("a port was taken before the controller bound it: {log}");
                 }
                 Err(Failed::AddressInUse(log) | Failed::Exited(log)) => {
                     panic!("the controller did not start:\n{log}")
@@ -248,7 +257,7 @@ impl Controller {
         unreachable!("the last attempt returns or panics")
     }
 
-    /// Starts on a given address, such as a stopped controller's.
+    /// Starts with heartbeats on a given address, such as a stopped controller's.
     pub fn start_on(ns: &str, addr: &str, extra: &[&str]) -> Controller {
         Controller::try_start_on(ns, addr, extra).unwrap_or_else(|failed| match failed {
             Failed::AddressInUse(log) | Failed::Exited(log) => {
@@ -259,6 +268,7 @@ impl Controller {
 
     fn try_start_on(ns: &str, addr: &str, extra: &[&str]) -> Result<Controller, Failed> {
         let addr = addr.to_owned();
+        let metrics_addr = free_addr();
         let log = std::env::temp_dir().join(format!(
             "drainscaler-{ns}-{}-{}.log",
             addr.replace([':', '.'], "-"),
@@ -273,6 +283,7 @@ impl Controller {
             format!("--namespace={ns}"),
             format!("--lease-namespace={ns}"),
             format!("--listen={addr}"),
+            format!("--metrics-listen={metrics_addr}"),
         ];
         if let Ok(url) = std::env::var("PROMETHEUS_URL") {
             args.push(format!("--prometheus-url={url}"));
@@ -287,9 +298,14 @@ impl Controller {
             .stderr(file)
             .spawn()
             .expect("start drainscaler run");
-        let mut c = Controller { child, addr, log };
+        let mut c = Controller {
+            child,
+            addr,
+            metrics_addr,
+            log,
+        };
         // Ours answers only once its log says it listens: a /healthz answer alone may come
-        // from whoever took the port.
+        // from whoever took the port. Either port may be taken (a bind error, another try).
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = c.child.try_wait() {
@@ -300,16 +316,18 @@ impl Controller {
                     Failed::Exited(log)
                 });
             }
-            if c.logs().contains("serving heartbeats and metrics")
-                && http("GET", &c.addr, "/healthz", &[], "").0 == 200
+            if c.logs()
+                .contains("serving heartbeats, and metrics and probes")
+                && http("GET", &c.metrics_addr, "/healthz", &[], "").0 == 200
             {
                 return Ok(c);
             }
             if Instant::now() >= deadline {
                 c.kill();
                 panic!(
-                    "timed out after 30s waiting for the controller to listen on {}:\n{}",
+                    "timed out after 30s waiting for the controller to listen on {} and {}:\n{}",
                     c.addr,
+                    c.metrics_addr,
                     c.logs()
                 );
             }
