@@ -65,6 +65,9 @@ log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 cleanup() {
 	[[ -n ${PID:-} ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
 	"$KUBECTL" delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+	# The controller that would release the policies' finalizers is stopped.
+	"$KUBECTL" -n "$NS" get scalingpolicies -o name 2>/dev/null |
+		xargs -r -n 100 "$KUBECTL" -n "$NS" patch --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
 	[[ -n ${WINDOW:-} ]] && rm -rf "$WINDOW"
 }
 trap cleanup EXIT

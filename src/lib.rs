@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod names;
 pub mod observe;
 pub mod policy;
+pub mod restore;
 pub mod server;
 pub mod simulate;
 pub mod status;
