@@ -263,7 +263,7 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
             .await;
     }
     ctx.metrics
-        .observe_decision(&namespace, &sp.name_any(), &decision);
+        .observe_decision(&namespace, &sp.name_any(), policy.drain.timeout, &decision);
     ctx.succeeded(&sp);
     // Next read one interval after the last one, whatever triggered this reconcile.
     let next_read = match &reuse {
@@ -333,6 +333,7 @@ async fn block(
         source,
     })?;
     let changed = status::patch(&ctx.sources.client, sp, &new_status).await?;
+    ctx.metrics.blocked(namespace, &sp.name_any());
     if changed {
         ctx.publish(sp, true, reason.as_str(), message).await;
     }

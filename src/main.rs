@@ -359,6 +359,7 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!(identity, "leading");
+    metrics.leading(true);
     label_leader(&client, own_pod.as_ref(), true).await;
 
     let config = RunConfig {
@@ -379,7 +380,7 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
             fenced,
             config,
             heartbeats,
-            metrics,
+            Arc::clone(&metrics),
             move |pods| lead_state.lead(pods),
             stopped(),
         ) => {
@@ -390,6 +391,7 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
     // Leadership is over (`hold` returned, or `release` below): no heartbeat is answered from
     // here on, and the fenced client writes nothing.
     state.unlead();
+    metrics.leading(false);
     label_leader(&client, own_pod.as_ref(), false).await;
     if lost {
         anyhow::bail!("lost the lease; exiting so that a fresh replica takes part again");
