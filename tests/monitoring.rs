@@ -284,3 +284,58 @@ fn the_check_itself_rejects_a_misspelt_metric_a_bad_query_and_a_nameless_selecto
         Vec::<String>::new()
     );
 }
+
+/// Runs `promtool` with `args` in `dir`; `None` when promtool is not installed.
+fn promtool(dir: &std::path::Path, args: &[&str]) -> Option<(bool, String)> {
+    let out = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), text))
+}
+
+/// The alerts fire when they should and not before, with the labels a route needs, by
+/// promtool's rule unit tests (tests/fixtures/monitoring-alerts.yaml). The rules are checked
+/// whole (annotation templates included), then tested without annotations so that the cases
+/// state when and for what an alert fires, not its wording.
+#[test]
+fn the_alerts_fire_when_and_only_when_they_should() {
+    let dir = std::env::temp_dir().join(format!("drainscaler-monitoring-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let rule: Value = serde_saphyr::from_str(&read(RULES)).expect("the PrometheusRule parses");
+    let mut spec = rule["spec"].clone();
+    std::fs::write(
+        dir.join("full.yaml"),
+        serde_json::to_string_pretty(&spec).expect("JSON"),
+    )
+    .expect("write the rules");
+    let Some((ok, out)) = promtool(&dir, &["check", "rules", "full.yaml"]) else {
+        eprintln!("skipping: promtool is not installed (it comes with Prometheus)");
+        return;
+    };
+    assert!(ok, "promtool check rules:\n{out}");
+    for group in spec["groups"].as_array_mut().expect("groups") {
+        for rule in group["rules"].as_array_mut().expect("rules") {
+            rule.as_object_mut().expect("a rule").remove("annotations");
+        }
+    }
+    std::fs::write(
+        dir.join("rules.yaml"),
+        serde_json::to_string_pretty(&spec).expect("JSON"),
+    )
+    .expect("write the rules");
+    std::fs::write(
+        dir.join("test.yaml"),
+        read("tests/fixtures/monitoring-alerts.yaml"),
+    )
+    .expect("write the rule tests");
+    let (ok, out) = promtool(&dir, &["test", "rules", "test.yaml"]).expect("promtool ran once");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok, "promtool test rules:\n{out}");
+}
