@@ -376,6 +376,8 @@ pub struct RunConfig {
     /// `--prometheus-namespace-label`: restrict each policy's queries to its own namespace.
     pub prometheus_namespace_label: Option<String>,
     pub reporter_instance: Option<String>,
+    /// Told that the reconcile loop runs, for `/healthz`.
+    pub health: Arc<crate::health::Health>,
     /// This replica's leadership, checked before every write.
     pub leadership: Leadership,
 }
@@ -485,7 +487,16 @@ pub async fn run(
             kept.forget_deleted_policies();
         }
     });
-    controller
+    let health = Arc::clone(&config.health);
+    let beating = Arc::clone(&health);
+    let beat = async move {
+        let mut tick = tokio::time::interval(crate::health::LOOP_BEAT);
+        loop {
+            tick.tick().await;
+            beating.beat(std::time::Instant::now());
+        }
+    };
+    let reconciling = controller
         .watches_shared_stream(subscriber, move |pod: Arc<Pod>| {
             mapper.selectors.policies_for(&pod)
         })
@@ -495,12 +506,17 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
+            health.beat(std::time::Instant::now());
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile not run");
             }
             std::future::ready(())
-        })
-        .await;
+        });
+    // The beat runs in the loop's own task: it stops when the loop is stuck on this thread.
+    tokio::select! {
+        () = reconciling => {},
+        () = beat => {},
+    }
     pods_task.abort();
     pruner.abort();
     Ok(())

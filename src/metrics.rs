@@ -58,6 +58,8 @@ pub struct Metrics {
     pub drain_timeout: Family<PolicyLabels, Gauge>,
     pub leader: Gauge,
     pub heartbeats: Family<ResultLabels, Counter>,
+    pub token_reviews: Family<ResultLabels, Counter>,
+    pub http_refused: Family<ResultLabels, Counter>,
     pub api_requests: Family<VerbLabels, Counter>,
     pub api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram>,
     pub fenced_writes: Family<ResultLabels, Counter>,
@@ -89,6 +91,8 @@ impl Default for Metrics {
         let drain_timeout = Family::<PolicyLabels, Gauge>::default();
         let leader = Gauge::default();
         let heartbeats = Family::<ResultLabels, Counter>::default();
+        let token_reviews = Family::<ResultLabels, Counter>::default();
+        let http_refused = Family::<ResultLabels, Counter>::default();
         let api_requests = Family::<VerbLabels, Counter>::default();
         let api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
@@ -162,6 +166,18 @@ impl Default for Metrics {
             heartbeats.clone(),
         );
         registry.register(
+            "token_reviews",
+            "Heartbeat tokens by how they were identified: hit, refused_cached, coalesced, \
+             reviewed (a TokenReview sent), refused_unread, throttled, review_failed",
+            token_reviews.clone(),
+        );
+        registry.register(
+            "http_refused",
+            "Heartbeat connections and requests refused by a limit: connections, concurrency, \
+             body_timeout, tls_handshake",
+            http_refused.clone(),
+        );
+        registry.register(
             "api_requests",
             "Requests sent to the Kubernetes API, by verb (a watch counts once, when opened)",
             api_requests.clone(),
@@ -194,6 +210,8 @@ impl Default for Metrics {
             drain_timeout,
             leader,
             heartbeats,
+            token_reviews,
+            http_refused,
             api_requests,
             api_seconds,
             fenced_writes,
@@ -308,6 +326,22 @@ impl Metrics {
         self.heartbeats
             .get_or_create(&ResultLabels {
                 result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn token_review(&self, result: &str) {
+        self.token_reviews
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn refused(&self, limit: &str) {
+        self.http_refused
+            .get_or_create(&ResultLabels {
+                result: limit.to_owned(),
             })
             .inc();
     }

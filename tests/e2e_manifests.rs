@@ -101,7 +101,7 @@ fn accepted_heartbeats(pod: &str) -> f64 {
     let Some(ip) = p["status"]["podIP"].as_str() else {
         return 0.0;
     };
-    let (_, page) = http("GET", &format!("{ip}:8080"), "/metrics", &[], "");
+    let (_, page) = http("GET", &format!("{ip}:8081"), "/metrics", &[], "");
     sample(&page, ACCEPTED_HEARTBEATS).unwrap_or(0.0)
 }
 

@@ -21,7 +21,7 @@ fn the_alerting_gauges_follow_a_blocked_policy_and_its_recovery() {
     install_crd();
     let ns = Namespace::new("monitoring-gauges");
     let controller = Controller::start(&ns.0, &[]);
-    let page = || http("GET", &controller.addr, "/metrics", &[], "").1;
+    let page = || http("GET", &controller.metrics_addr, "/metrics", &[], "").1;
     let series = |family: &str| {
         format!(
             r#"drainscaler_{family}{{namespace="{}",policy="chat"}}"#,

@@ -287,7 +287,7 @@ fn prometheus_spec(prometheus: &FakePrometheus, interval: &str) -> String {
 
 /// Reconciles the controller has finished, from its `/metrics`.
 fn reconciles_done(controller: &Controller) -> f64 {
-    let (_, page) = http("GET", &controller.addr, "/metrics", &[], "");
+    let (_, page) = http("GET", &controller.metrics_addr, "/metrics", &[], "");
     sample(&page, "drainscaler_reconcile_duration_seconds_count").unwrap_or(0.0)
 }
 

@@ -190,22 +190,31 @@ impl Drop for Namespace {
 /// `drainscaler run` scoped to one namespace, stopped on drop.
 pub struct Controller {
     child: Child,
+    /// The heartbeat port.
     pub addr: String,
+    /// `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_addr: String,
     pub log: PathBuf,
+}
+
+/// A port free a moment ago on 127.0.0.1.
+fn free_addr() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    format!("127.0.0.1:{port}")
 }
 
 impl Controller {
     pub fn start(ns: &str, extra: &[&str]) -> Controller {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        Controller::start_on(ns, &format!("127.0.0.1:{port}"), extra)
+        Controller::start_on(ns, &free_addr(), extra)
     }
 
-    /// Starts on a given address, such as a stopped controller's.
+    /// Starts with heartbeats on a given address, such as a stopped controller's.
     pub fn start_on(ns: &str, addr: &str, extra: &[&str]) -> Controller {
         let addr = addr.to_owned();
+        let metrics_addr = free_addr();
         let log = std::env::temp_dir().join(format!(
             "drainscaler-{ns}-{}-{}.log",
             addr.replace([':', '.'], "-"),
@@ -220,6 +229,7 @@ impl Controller {
             format!("--namespace={ns}"),
             format!("--lease-namespace={ns}"),
             format!("--listen={addr}"),
+            format!("--metrics-listen={metrics_addr}"),
         ];
         if let Ok(url) = std::env::var("PROMETHEUS_URL") {
             args.push(format!("--prometheus-url={url}"));
@@ -234,9 +244,14 @@ impl Controller {
             .stderr(file)
             .spawn()
             .expect("start drainscaler run");
-        let c = Controller { child, addr, log };
+        let c = Controller {
+            child,
+            addr,
+            metrics_addr,
+            log,
+        };
         wait_for(Duration::from_secs(30), "the controller to listen", || {
-            http("GET", &c.addr, "/healthz", &[], "").0 == 200
+            http("GET", &c.metrics_addr, "/healthz", &[], "").0 == 200
         });
         c
     }
