@@ -43,6 +43,8 @@ fn recorded_metrics() -> Metrics {
     metrics.blocked("demo", "blocked");
     metrics.error("observe");
     metrics.heartbeat("accepted");
+    metrics.token_review("hit");
+    metrics.refused("connections");
     metrics.fenced_write("sent");
     metrics.api_request("GET");
     metrics
