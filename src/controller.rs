@@ -399,7 +399,7 @@ async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result
             .await;
     }
     ctx.metrics
-        .observe_decision(&namespace, &sp.name_any(), &decision);
+        .observe_decision(&namespace, &sp.name_any(), policy.drain.timeout, &decision);
     ctx.succeeded(&sp);
     // Next read one interval after the last one, whatever triggered this reconcile.
     let next_read = match &reuse {
@@ -469,6 +469,7 @@ async fn block(
         source,
     })?;
     let changed = status::patch(&ctx.sources.client, sp, &new_status).await?;
+    ctx.metrics.blocked(namespace, &sp.name_any());
     if changed {
         ctx.publish(sp, true, reason.as_str(), message).await;
     }

@@ -446,6 +446,7 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!(identity, "leading");
+    metrics.leading(true);
     let renewals = leadership.clone();
     health.leading(renewals.now(), Some(Box::new(move |now| renewals.age(now))));
     label_leader(&client, own_pod.as_ref(), true).await;
@@ -470,7 +471,7 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
             fenced,
             config,
             heartbeats,
-            metrics,
+            Arc::clone(&metrics),
             move |pods| {
                 lead_state.lead(pods);
                 lead_health.synced();
@@ -484,6 +485,7 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
     // Leadership is over (`hold` returned, or `release` below): no heartbeat is answered from
     // here on, and the fenced client writes nothing.
     state.unlead();
+    metrics.leading(false);
     health.standing_by();
     label_leader(&client, own_pod.as_ref(), false).await;
     if lost {
