@@ -467,8 +467,10 @@ async fn the_api_server_refuses_a_count_changed_since_it_was_read_and_a_pod_of_a
     install_crd();
     let ns = Namespace::new("preconditions");
     apply(&session_app(&ns.0, "chat", 2, "http://127.0.0.1:9"));
-    wait_for(Duration::from_secs(90), "two pods", || {
-        pods(&ns.0, "chat").len() == 2
+    // Two pods that are Ready: a pod picked while the ReplicaSet still settles may be gone
+    // before the test looks at it again.
+    wait_for(Duration::from_secs(90), "two ready pods", || {
+        ready_replicas(&ns.0, "chat") == 2 && pods(&ns.0, "chat").len() == 2
     });
     let victim = pods(&ns.0, "chat")[0].0.clone();
     let client = plane_client().await;
