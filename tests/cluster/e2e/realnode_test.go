@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -255,4 +257,79 @@ func TestRealNodeServiceRoutesOnlyToPodsInItsEndpointSlice(t *testing.T) {
 	if want := "msg=serving sessions=" + ipOf[staying] + ":7000"; !strings.Contains(logs, want) {
 		t.Errorf("kubectl logs %s: no %q in %q", staying, want, logs)
 	}
+}
+
+// requireImage fails unless the node's containerd has drainscaler's image.
+func requireDrainscalerImage(t *testing.T) {
+	t.Helper()
+	out := netnsExec(t, "ctr", "--address", filepath.Join(cluster.StateDir, "run", "containerd.sock"),
+		"-n", "k8s.io", "images", "ls", "-q", "name==docker.io/drainscaler/drainscaler:dev")
+	if strings.TrimSpace(out) == "" {
+		t.Fatal("containerd has no docker.io/drainscaler/drainscaler:dev: run `scripts/cluster drainscaler-image` first")
+	}
+}
+
+// drainscaler's image (the Dockerfile's final stage) runs as a pod on the
+// kubelet; `kubectl logs` reads it.
+func TestRealNodeRunsDrainscalersImageAndServesItsLogs(t *testing.T) {
+	kubeletOnly(t)
+	requireDrainscalerImage(t)
+	ns := cluster.Namespace(t)
+	cluster.KubectlStdin(t, fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: crd, namespace: %s}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: drainscaler
+    image: drainscaler/drainscaler:dev
+    args: [crd]
+`, ns), "apply", "-f", "-")
+	clustertest.WaitFor(t, 2*time.Minute, "the crd pod to succeed", func() (bool, error) {
+		phase := cluster.Kubectl(t, "-n", ns, "get", "pod", "crd", "-o", "jsonpath={.status.phase}")
+		if phase == "Failed" {
+			return false, fmt.Errorf("pod failed: %s", cluster.Kubectl(t, "-n", ns, "get", "pod", "crd", "-o", "yaml"))
+		}
+		return phase == "Succeeded", nil
+	})
+	want, err := os.ReadFile(filepath.Join(clustertest.RepoRoot(), "crds", "scalingpolicy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cluster.Kubectl(t, "-n", ns, "logs", "crd"); got != string(want) {
+		t.Errorf("kubectl logs crd: %d bytes that differ from crds/scalingpolicy.yaml (%d bytes)", len(got), len(want))
+	}
+}
+
+// manifests/base as a user applies it, with only Prometheus's address
+// changed: the controller runs in-cluster from its image with the manifests'
+// security context (non-root 65532, read-only root, RuntimeDefault seccomp,
+// no capabilities), becomes Ready and takes the lease. It owns the
+// drainscaler-system namespace, so it runs on the real-node plane only.
+func TestRealNodeRunsManifestsBaseFromTheImage(t *testing.T) {
+	kubeletOnly(t)
+	requireDrainscalerImage(t)
+	base := cluster.Kubectl(t, "kustomize", filepath.Join(clustertest.RepoRoot(), "manifests", "base"))
+	u, err := url.Parse(cluster.Prometheus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prom := "http://" + net.JoinHostPort(cluster.Env["DRAINSCALER_NODE_IP"], u.Port())
+	if !strings.Contains(base, "http://prometheus.monitoring:9090") {
+		t.Fatal("manifests/base no longer names http://prometheus.monitoring:9090; update this test")
+	}
+	base = strings.ReplaceAll(base, "http://prometheus.monitoring:9090", prom)
+	cluster.KubectlStdin(t, base, "apply", "--server-side", "--force-conflicts", "-f", "-")
+	t.Cleanup(func() {
+		_, _ = cluster.TryKubectl("", "-n", "drainscaler-system", "delete", "deployment", "drainscaler", "--wait=true", "--timeout=60s")
+	})
+	cluster.Kubectl(t, "-n", "drainscaler-system", "rollout", "status", "deployment/drainscaler", "--timeout=180s")
+	clustertest.WaitFor(t, 2*time.Minute, "one drainscaler pod to lead", func() (bool, error) {
+		out, err := cluster.TryKubectl("", "-n", "drainscaler-system", "logs", "-l", "app.kubernetes.io/name=drainscaler", "--tail=-1")
+		return err == nil && strings.Contains(out, `"leading"`), nil
+	})
+	// The leader labels itself, so the heartbeat Service has it as its one endpoint.
+	clustertest.WaitFor(t, time.Minute, "the heartbeat Service's EndpointSlice to hold the leader", func() (bool, error) {
+		return len(sliceIPs(t, "drainscaler-system", "drainscaler-heartbeats")) == 1, nil
+	})
 }
