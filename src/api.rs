@@ -341,27 +341,39 @@ pub struct FallbackSpec {
     pub replicas: i32,
 }
 
-/// How to reach Prometheus. Secrets are read from the policy's namespace.
+/// How to reach Prometheus. Secrets are read from the policy's namespace, and only those
+/// labelled `drainscaler.io/prometheus-auth: "true"` are used: that label is the Secret
+/// owner's consent to have it sent to this address.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("!(has(self.bearerTokenSecret) && has(self.basicAuthSecret))").message("set at most one of bearerTokenSecret and basicAuthSecret")
+    validation = Rule::new("!(has(self.bearerTokenSecret) && has(self.basicAuthSecret))").message("set at most one of bearerTokenSecret and basicAuthSecret"),
+    validation = Rule::new("self.address.startsWith('https://') || !(has(self.bearerTokenSecret) || has(self.basicAuthSecret)) || (has(self.allowInsecureCredentials) && self.allowInsecureCredentials)").message("credentials would be sent over plain http: use an https address, or set allowInsecureCredentials: true if the path to Prometheus is trusted"),
 )]
 pub struct PrometheusServer {
-    /// Base URL, such as `http://prometheus.monitoring:9090`.
-    #[schemars(regex(pattern = r"^https?://.+"))]
+    /// Base URL, such as `https://prometheus.monitoring:9090`. No credentials in it: use
+    /// bearerTokenSecret or basicAuthSecret.
+    #[schemars(regex(pattern = r"^https?://.+"), length(max = 2048))]
     pub address: String,
+    /// A bearer token, from a Secret labelled `drainscaler.io/prometheus-auth: "true"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer_token_secret: Option<SecretKeyRef>,
-    /// A Secret with `username` and `password` keys.
+    /// A Secret with `username` and `password` keys, labelled
+    /// `drainscaler.io/prometheus-auth: "true"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth_secret: Option<SecretRef>,
-    /// A PEM CA bundle to verify the server with.
+    /// A PEM CA bundle to verify the server with, from a Secret labelled
+    /// `drainscaler.io/prometheus-auth: "true"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret: Option<SecretKeyRef>,
-    /// How long one query may take.
+    /// Send credentials over plain `http://`, where anyone on the path can read them. Off by
+    /// default: an http address with credentials is refused unless this is true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure_credentials: bool,
+    /// How long all of this policy's queries together may take, each reading: at most 30s.
     #[serde(default = "default_query_timeout")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('100ms') && duration(self) <= duration('30s')").message("prometheus.timeout must be between 100ms and 30s"))]
     pub timeout: String,
 }
 

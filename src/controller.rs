@@ -17,11 +17,12 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::act;
+use crate::act::{self, Basis, Writer};
 use crate::api::ScalingPolicy;
 use crate::engine::{self, Decision, Mode, Time};
 use crate::error::Error;
 use crate::index::{LatestMade, ReadingCache, Reused, SelectorIndex};
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::names::{CONTROLLER_NAME, ShellReason};
 use crate::observe::{self, Blocked, Sources, pods};
@@ -32,6 +33,8 @@ use crate::status::{self, Ready};
 const BLOCKED_REQUEUE: Duration = Duration::from_secs(30);
 const INVALID_REQUEUE: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How soon a policy whose count changed under its decision decides again.
+const CONFLICT_REQUEUE: Duration = Duration::from_secs(1);
 
 /// Everything a reconcile needs.
 pub struct Context {
@@ -41,6 +44,8 @@ pub struct Context {
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Checked right before every write.
+    pub leadership: Leadership,
     /// Each policy's pod selector, so that pod changes trigger their policy.
     selectors: SelectorIndex,
     /// The last Prometheus readings, reused between intervals.
@@ -85,6 +90,9 @@ impl Context {
         self.selectors.retain(is_live);
         self.readings.retain(is_live);
         self.latest_made.retain(is_live);
+        self.metrics.retain_policies(|namespace, name| {
+            live.contains(&ObjectRef::new(name).within(namespace))
+        });
         self.failures
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -95,6 +103,10 @@ impl Context {
         // The recorder folds events with the same reason and action into one series that shows
         // the first note; an action that follows the note keeps "scaled up from 2 to 3" and
         // "from 3 to 5" apart while exact repeats still fold. The API allows 128 characters.
+        if let Err(why) = self.leadership.check() {
+            tracing::warn!(%why, reason, "not publishing an event");
+            return;
+        }
         let action: String = note.chars().take(128).collect();
         let event = KubeEvent {
             type_: if warning {
@@ -157,6 +169,10 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
         Ok(target) => target,
         Err(b) => return blocked(&ctx, &sp, &namespace, b, now).await,
     };
+    let readings = match readings {
+        Ok(readings) => readings,
+        Err(b) => return blocked(&ctx, &sp, &namespace, b, now).await,
+    };
     ctx.autoscalers
         .wait_until_ready()
         .await
@@ -165,7 +181,7 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
         return blocked(&ctx, &sp, &namespace, b, now).await;
     }
     ctx.remember_selector(&sp, Some(target.selector.clone()));
-    let seen = observe::observe(&ctx.sources, &namespace, &target, readings, now);
+    let (seen, uids) = observe::observe(&ctx.sources, &namespace, &target, readings, now);
     let mut history = status::history(sp.status.as_ref());
     ctx.latest_made.fill(&key, &mut history);
     // Reused readings were counted when they were taken: decide on the count from before
@@ -189,7 +205,16 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
     let decision = engine::decide(&policy, &seen, &before, now);
 
     // act (needs a client)
-    let applied = act::act(client, &namespace, &policy, &seen, &decision, now).await?;
+    let writer = Writer {
+        client,
+        namespace: &namespace,
+        leadership: &ctx.leadership,
+    };
+    let basis = Basis {
+        target: &target,
+        uids: &uids,
+    };
+    let applied = act::act(&writer, &policy, &seen, &basis, &decision, now).await?;
     if applied != act::Applied::default() {
         tracing::info!(
             namespace,
@@ -225,6 +250,7 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
         &ready,
         now,
     );
+    writer.may_write(|| "patch the policy status".to_owned())?;
     status::patch(client, &sp, &new_status).await?;
     ctx.latest_made.keep(key.clone(), &next);
     for e in &decision.events {
@@ -260,6 +286,8 @@ async fn blocked(
     let (reason, message) = match why {
         Blocked::TargetNotFound(m) => (ShellReason::TargetNotFound, m),
         Blocked::Conflict(m) => (ShellReason::Conflict, m),
+        Blocked::PrometheusAuth(m) => (ShellReason::PrometheusAuth, m),
+        Blocked::InvalidQuery(m) => (ShellReason::InvalidPolicy, m),
     };
     block(ctx, sp, namespace, reason, message, now)
         .await
@@ -300,6 +328,10 @@ async fn block(
         message: message.clone(),
     };
     let new_status = status::render_blocked(sp.status.as_ref(), sp.meta().generation, &ready, now);
+    ctx.leadership.check().map_err(|source| Error::NotLeading {
+        write: "patch the policy status".to_owned(),
+        source,
+    })?;
     let changed = status::patch(&ctx.sources.client, sp, &new_status).await?;
     if changed {
         ctx.publish(sp, true, reason.as_str(), message).await;
@@ -311,6 +343,16 @@ async fn block(
 /// Retries a failed reconcile with exponential backoff.
 pub fn error_policy(sp: Arc<ScalingPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(error.label());
+    if matches!(error, Error::ScaleChanged { .. }) {
+        // Not a failure: someone else changed the count; decide again on what is there now.
+        tracing::info!(
+            namespace = sp.namespace(),
+            policy = sp.name_any(),
+            %error,
+            "the count changed under the decision"
+        );
+        return Action::requeue(CONFLICT_REQUEUE);
+    }
     let n = ctx.failed(&sp);
     let backoff = Duration::from_secs(1u64 << n.min(9)).min(MAX_BACKOFF);
     tracing::warn!(
@@ -330,7 +372,11 @@ pub struct RunConfig {
     pub namespace: Option<String>,
     pub concurrency: u16,
     pub prometheus: Option<observe::prometheus::Prometheus>,
+    /// `--prometheus-namespace-label`: restrict each policy's queries to its own namespace.
+    pub prometheus_namespace_label: Option<String>,
     pub reporter_instance: Option<String>,
+    /// This replica's leadership, checked before every write.
+    pub leadership: Leadership,
 }
 
 /// Runs the controller as leader until `shutdown` resolves. `on_ready` receives the pod cache
@@ -414,11 +460,13 @@ pub async fn run(
             heartbeats: heartbeats.clone(),
             prometheus: config.prometheus,
             heartbeats_since,
+            namespace_label: config.prometheus_namespace_label,
         },
         policies: controller.store(),
         autoscalers: hpa_store,
         recorder,
         metrics,
+        leadership: config.leadership,
         selectors: SelectorIndex::default(),
         readings: ReadingCache::default(),
         latest_made: LatestMade::default(),

@@ -34,6 +34,28 @@ pub enum Error {
     },
     #[error("the policy has no namespace")]
     NoNamespace,
+    #[error("not writing ({write}): {source}")]
+    NotLeading {
+        /// The write that was held back.
+        write: String,
+        #[source]
+        source: crate::leader::NotLeading,
+    },
+    #[error(
+        "the target's replicas changed after they were read (its scale subresource answered 409 Conflict to a write of the resourceVersion read); deciding again: {source}"
+    )]
+    ScaleChanged {
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "the target's scale subresource has no resourceVersion; not writing a count that could overwrite someone else's change"
+    )]
+    UnversionedScale,
+    #[error(
+        "pod {pod} has no UID in the pod cache; not writing to a pod that cannot be named exactly"
+    )]
+    PodWithoutUid { pod: String },
 }
 
 impl Error {
@@ -47,6 +69,10 @@ impl Error {
             Error::DeletePod { .. } => "delete_pod",
             Error::PatchStatus { .. } => "patch_status",
             Error::NoNamespace => "no_namespace",
+            Error::NotLeading { .. } => "not_leading",
+            Error::ScaleChanged { .. } => "scale_changed",
+            Error::UnversionedScale => "unversioned_scale",
+            Error::PodWithoutUid { .. } => "pod_without_uid",
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod check;
 pub mod controller;
 pub mod engine;
 pub mod error;
+pub mod fence;
 pub mod index;
 pub mod leader;
 pub mod metrics;

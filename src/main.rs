@@ -14,7 +14,8 @@ use kube::CustomResourceExt;
 use drainscaler::api::ScalingPolicy;
 use drainscaler::check;
 use drainscaler::controller::{self, RunConfig};
-use drainscaler::leader::Elector;
+use drainscaler::fence::{DeadlineLayer, FenceLayer};
+use drainscaler::leader::{API_DEADLINE, Elector, Leadership};
 use drainscaler::metrics::{ApiLayer, Metrics};
 use drainscaler::names::{FIELD_MANAGER, LEADER_LABEL};
 use drainscaler::observe::heartbeats::Heartbeats;
@@ -100,6 +101,11 @@ struct RunArgs {
     /// Prometheus for policies without spec.prometheus, such as http://prometheus.monitoring:9090.
     #[arg(long, env = "DRAINSCALER_PROMETHEUS_URL")]
     prometheus_url: Option<String>,
+    /// On a Prometheus shared by tenants: every series selector of a policy's queries must
+    /// match this label (such as `namespace`) with the policy's own namespace. Enforced on the
+    /// parsed PromQL; a query that selects another value of the label is refused.
+    #[arg(long, env = "DRAINSCALER_PROMETHEUS_NAMESPACE_LABEL")]
+    prometheus_namespace_label: Option<String>,
     /// Address for heartbeats, /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -277,7 +283,8 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
     // kube and the Prometheus client share rustls; ring is the one provider compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(Metrics::default());
-    let client = api_client(Arc::clone(&metrics))
+    let leadership = Leadership::monotonic();
+    let (client, fenced) = api_clients(&metrics, &leadership)
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
     let prometheus = args
@@ -293,6 +300,7 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         args.insecure_dev_heartbeats,
     ));
+    state.follow(leadership.clone());
     if args.insecure_dev_heartbeats {
         tracing::warn!("accepting unauthenticated heartbeats (--insecure-dev-heartbeats)");
     }
@@ -340,6 +348,7 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
         &lease_namespace,
         &args.lease_name,
         &identity,
+        leadership.clone(),
     );
     tracing::info!(identity, lease = args.lease_name, "waiting for the lease");
     tokio::select! {
@@ -356,12 +365,18 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         concurrency: args.concurrency,
         prometheus,
+        prometheus_namespace_label: args.prometheus_namespace_label.clone(),
         reporter_instance: args.pod_name.clone(),
+        leadership,
     };
     let lead_state = Arc::clone(&state);
+    // The elector first: a process woken from a freeze finds its renewal overdue and stops
+    // before the controller goes on with a reconcile that was under way.
     let lost = tokio::select! {
+        biased;
+        _ = elector.hold() => true,
         result = controller::run(
-            client.clone(),
+            fenced,
             config,
             heartbeats,
             metrics,
@@ -371,8 +386,10 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
             result.map_err(|e| anyhow::anyhow!(e))?;
             false
         }
-        _ = elector.hold() => true,
     };
+    // Leadership is over (`hold` returned, or `release` below): no heartbeat is answered from
+    // here on, and the fenced client writes nothing.
+    state.unlead();
     label_leader(&client, own_pod.as_ref(), false).await;
     if lost {
         anyhow::bail!("lost the lease; exiting so that a fresh replica takes part again");
@@ -382,12 +399,27 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A client for the API server that counts every request it sends on `metrics`.
-async fn api_client(metrics: Arc<Metrics>) -> anyhow::Result<kube::Client> {
+/// Two clients for the API server that count every request they send on `metrics` and give
+/// each call but a watch `API_DEADLINE`: one for the lease, the leader label and token reviews,
+/// and one fenced by `leadership` for everything the controller writes.
+async fn api_clients(
+    metrics: &Arc<Metrics>,
+    leadership: &Leadership,
+) -> anyhow::Result<(kube::Client, kube::Client)> {
     let config = kube::Config::infer().await?;
-    Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&ApiLayer(metrics))
-        .build())
+    let plain = kube::client::ClientBuilder::try_from(config.clone())?
+        .with_layer(&ApiLayer(Arc::clone(metrics)))
+        .with_layer(&DeadlineLayer(API_DEADLINE))
+        .build();
+    let fenced = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&ApiLayer(Arc::clone(metrics)))
+        .with_layer(&FenceLayer {
+            leadership: leadership.clone(),
+            metrics: Arc::clone(metrics),
+        })
+        .with_layer(&DeadlineLayer(API_DEADLINE))
+        .build();
+    Ok((plain, fenced))
 }
 
 /// Sets this replica's leader label, so that the heartbeat Service routes to the leader only.

@@ -1,6 +1,7 @@
 //! The controller's own metrics, served on `/metrics` in the OpenMetrics text format.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -50,6 +51,9 @@ pub struct Metrics {
     pub heartbeats: Family<ResultLabels, Counter>,
     pub api_requests: Family<VerbLabels, Counter>,
     pub api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram>,
+    pub fenced_writes: Family<ResultLabels, Counter>,
+    /// The policies that have per-policy series, so that those of a deleted policy can go.
+    policies: Mutex<HashSet<PolicyLabels>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -72,6 +76,7 @@ impl Default for Metrics {
         let api_requests = Family::<VerbLabels, Counter>::default();
         let api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
+        let fenced_writes = Family::<ResultLabels, Counter>::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -115,6 +120,11 @@ impl Default for Metrics {
             "Time until the Kubernetes API answered, by verb (watches are not timed)",
             api_seconds.clone(),
         );
+        registry.register(
+            "fenced_writes",
+            "Writes to the Kubernetes API, sent or refused because leadership was not fresh",
+            fenced_writes.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -128,6 +138,8 @@ impl Default for Metrics {
             heartbeats,
             api_requests,
             api_seconds,
+            fenced_writes,
+            policies: Mutex::default(),
         }
     }
 }
@@ -147,6 +159,31 @@ impl Metrics {
         set(&self.draining, u64::from(d.instances.draining));
         set(&self.sessions, d.instances.sessions);
         set(&self.lost, u64::from(d.instances.lost));
+        self.policies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(labels);
+    }
+
+    /// Removes the series of every policy for which `live(namespace, policy)` is false, so that
+    /// deleted policies do not stay on `/metrics` with their last values.
+    pub fn retain_policies(&self, live: impl Fn(&str, &str) -> bool) {
+        let mut policies = self.policies.lock().unwrap_or_else(PoisonError::into_inner);
+        policies.retain(|labels| {
+            let keep = live(&labels.namespace, &labels.policy);
+            if !keep {
+                for family in [
+                    &self.desired,
+                    &self.current,
+                    &self.draining,
+                    &self.sessions,
+                    &self.lost,
+                ] {
+                    family.remove(labels);
+                }
+            }
+            keep
+        });
     }
 
     pub fn error(&self, step: &str) {
@@ -159,6 +196,15 @@ impl Metrics {
 
     pub fn heartbeat(&self, result: &str) {
         self.heartbeats
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one write the fence let through (`sent`) or stopped (`refused`).
+    pub fn fenced_write(&self, result: &str) {
+        self.fenced_writes
             .get_or_create(&ResultLabels {
                 result: result.to_owned(),
             })
@@ -272,6 +318,7 @@ mod tests {
     use tower::{Layer, ServiceExt};
 
     use super::{ApiLayer, Metrics, api_verb};
+    use crate::testing::{NOW, history, observation, policy};
 
     #[tokio::test]
     async fn the_api_layer_counts_every_request_and_times_all_but_watches() {
@@ -294,6 +341,35 @@ mod tests {
             assert!(page.contains(line), "{line} missing from\n{page}");
         }
         assert!(!page.contains(r#"drainscaler_api_request_duration_seconds_count{verb="watch"}"#));
+    }
+
+    #[test]
+    fn the_series_of_a_deleted_policy_are_removed_and_the_others_kept() {
+        let metrics = Metrics::default();
+        let decision = crate::engine::decide(
+            &policy().build(),
+            &observation().build(),
+            &history().build(),
+            NOW,
+        );
+        metrics.observe_decision("demo", "chat", &decision);
+        metrics.observe_decision("demo", "gone", &decision);
+        metrics.observe_decision("other", "chat", &decision);
+        metrics.retain_policies(|namespace, policy| (namespace, policy) != ("demo", "gone"));
+        let page = metrics.encode().expect("metrics encode");
+        for family in [
+            "desired_replicas",
+            "current_replicas",
+            "draining_instances",
+            "sessions",
+            "lost_instances",
+        ] {
+            let kept = format!(r#"drainscaler_{family}{{namespace="demo",policy="chat"}}"#);
+            let other = format!(r#"drainscaler_{family}{{namespace="other",policy="chat"}}"#);
+            assert!(page.contains(&kept), "{kept} missing from\n{page}");
+            assert!(page.contains(&other), "{other} missing from\n{page}");
+        }
+        assert!(!page.contains(r#"policy="gone""#), "{page}");
     }
 
     #[test]

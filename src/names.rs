@@ -5,6 +5,12 @@
 pub const DRAINING_ANNOTATION: &str = "drainscaler.io/draining";
 /// RFC 3339 time at which the pod's drain began.
 pub const DRAINING_SINCE_ANNOTATION: &str = "drainscaler.io/draining-since";
+/// On a pod whose drain was cancelled: when the earliest drain it may still believe in began
+/// (RFC 3339). A pod cut off from the controller never hears of the cancel, and may fail
+/// readiness for a drain that is over.
+pub const CANCELLED_DRAIN_FROM_ANNOTATION: &str = "drainscaler.io/cancelled-drain-from";
+/// On a pod whose drain was cancelled: when (RFC 3339).
+pub const DRAIN_CANCELLED_AT_ANNOTATION: &str = "drainscaler.io/drain-cancelled-at";
 /// `"false"` on a draining pod so that a Service selecting `"true"` stops routing to it.
 pub const SERVING_LABEL: &str = "drainscaler.io/serving";
 /// `"true"` on the controller pod that holds the lease; the heartbeat Service selects it.
@@ -15,6 +21,10 @@ pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletio
 pub use crate::engine::REMOVABLE_DELETION_COST;
 /// The StatefulSet controller's ordinal label.
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+
+/// A Secret named in a policy's `spec.prometheus` is used only with this label set to `"true"`:
+/// its owner's consent to have it sent to the policy's Prometheus address.
+pub const PROMETHEUS_AUTH_LABEL: &str = "drainscaler.io/prometheus-auth";
 
 /// The one field manager for every write.
 pub const FIELD_MANAGER: &str = "drainscaler";
@@ -38,6 +48,8 @@ pub enum ShellReason {
     InvalidPolicy,
     TargetNotFound,
     Conflict,
+    /// The policy's Prometheus credentials cannot be used as they are.
+    PrometheusAuth,
 }
 
 impl ShellReason {
@@ -47,6 +59,7 @@ impl ShellReason {
             ShellReason::InvalidPolicy => "InvalidPolicy",
             ShellReason::TargetNotFound => "TargetNotFound",
             ShellReason::Conflict => "Conflict",
+            ShellReason::PrometheusAuth => "PrometheusAuth",
         }
     }
 }

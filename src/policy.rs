@@ -10,6 +10,11 @@ use crate::api::{
     ScalingRules as ApiRules, SelectPolicy, TargetKind, TargetType,
 };
 
+/// The shortest and longest `spec.prometheus.timeout`: the time budget of all of a policy's
+/// queries together, so that a slow server holds a reconcile slot no longer than this.
+pub const MIN_PROMETHEUS_TIMEOUT: Duration = Duration::from_millis(100);
+pub const MAX_PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A policy that passed validation: durations and quantities parsed, HPA defaults filled in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
@@ -350,29 +355,10 @@ pub fn validate(spec: &ScalingPolicySpec) -> Result<Policy, PolicyError> {
         }
     });
 
-    let prometheus = spec.prometheus.as_ref().map(|p| {
-        if !(p.address.starts_with("http://") || p.address.starts_with("https://")) || p.address.len() < 9 {
-            c.fail(
-                "spec.prometheus.address",
-                format!("{:?} is not an http(s) URL; write one such as http://prometheus.monitoring:9090", p.address),
-            );
-        }
-        let auth = match (&p.bearer_token_secret, &p.basic_auth_secret) {
-            (Some(_), Some(_)) => {
-                c.fail("spec.prometheus", "set at most one of bearerTokenSecret and basicAuthSecret");
-                PrometheusAuth::None
-            }
-            (Some(token), None) => PrometheusAuth::BearerToken(token.clone()),
-            (None, Some(basic)) => PrometheusAuth::Basic(basic.clone()),
-            (None, None) => PrometheusAuth::None,
-        };
-        PrometheusServer {
-            address: p.address.trim_end_matches('/').to_owned(),
-            auth,
-            ca_secret: p.ca_secret.clone(),
-            timeout: c.duration("spec.prometheus.timeout", &p.timeout),
-        }
-    });
+    let prometheus = spec
+        .prometheus
+        .as_ref()
+        .map(|p| validate_prometheus(&mut c, p));
 
     if !c.errors.is_empty() {
         return Err(PolicyError { errors: c.errors });
@@ -395,6 +381,68 @@ pub fn validate(spec: &ScalingPolicySpec) -> Result<Policy, PolicyError> {
         paused: spec.paused,
         dry_run: spec.dry_run,
     })
+}
+
+fn validate_prometheus(c: &mut Checker, p: &api::PrometheusServer) -> PrometheusServer {
+    let https = p.address.starts_with("https://");
+    if !(https || p.address.starts_with("http://")) || p.address.len() < 9 {
+        c.fail(
+            "spec.prometheus.address",
+            format!(
+                "{:?} is not an http(s) URL; write one such as https://prometheus.monitoring:9090",
+                p.address
+            ),
+        );
+    }
+    let authority = p.address.split_once("://").map_or("", |(_, rest)| {
+        rest.split(['/', '?', '#']).next().unwrap_or("")
+    });
+    if authority.contains('@') {
+        c.fail(
+            "spec.prometheus.address",
+            "must not hold credentials (user:password@); put them in a Secret and name it in basicAuthSecret",
+        );
+    }
+    let auth = match (&p.bearer_token_secret, &p.basic_auth_secret) {
+        (Some(_), Some(_)) => {
+            c.fail(
+                "spec.prometheus",
+                "set at most one of bearerTokenSecret and basicAuthSecret",
+            );
+            PrometheusAuth::None
+        }
+        (Some(token), None) => PrometheusAuth::BearerToken(token.clone()),
+        (None, Some(basic)) => PrometheusAuth::Basic(basic.clone()),
+        (None, None) => PrometheusAuth::None,
+    };
+    if auth != PrometheusAuth::None && !https && !p.allow_insecure_credentials {
+        c.fail(
+            "spec.prometheus.address",
+            "credentials would be sent over plain http, readable by anyone on the path: use an https \
+             address, or set spec.prometheus.allowInsecureCredentials: true if that path is trusted",
+        );
+    }
+    let timeout = c.duration("spec.prometheus.timeout", &p.timeout);
+    if parse_duration(&p.timeout).is_ok()
+        && !(MIN_PROMETHEUS_TIMEOUT..=MAX_PROMETHEUS_TIMEOUT).contains(&timeout)
+    {
+        c.fail(
+            "spec.prometheus.timeout",
+            format!(
+                "must be between {} and {}, got {}: it bounds how long a reconcile waits for \
+                 Prometheus, all of a policy's queries together",
+                fmt_duration(MIN_PROMETHEUS_TIMEOUT),
+                fmt_duration(MAX_PROMETHEUS_TIMEOUT),
+                p.timeout
+            ),
+        );
+    }
+    PrometheusServer {
+        address: p.address.trim_end_matches('/').to_owned(),
+        auth,
+        ca_secret: p.ca_secret.clone(),
+        timeout,
+    }
 }
 
 fn validate_metrics(c: &mut Checker, spec: &ScalingPolicySpec) -> Vec<Metric> {
@@ -760,8 +808,108 @@ pub fn fmt_number(v: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{fmt_duration, parse_duration, parse_quantity};
+    use super::{
+        MAX_PROMETHEUS_TIMEOUT, PrometheusAuth, fmt_duration, parse_duration, parse_quantity,
+        validate,
+    };
+    use crate::api::ScalingPolicySpec;
     use std::time::Duration;
+
+    /// A valid spec with `prometheus` as its `spec.prometheus`.
+    fn with_prometheus(prometheus: &str) -> ScalingPolicySpec {
+        let yaml = format!(
+            "targetRef: {{kind: Deployment, name: chat}}\n\
+             maxReplicas: 10\n\
+             metrics: [{{name: rps, prometheus: {{query: up}}, target: {{type: Value, value: 1}}}}]\n\
+             prometheus: {prometheus}\n"
+        );
+        serde_saphyr::from_str(&yaml).expect("a spec")
+    }
+
+    fn errors(prometheus: &str) -> Vec<String> {
+        match validate(&with_prometheus(prometheus)) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn credentials_over_plain_http_are_refused_unless_the_policy_allows_it() {
+        let token = "bearerTokenSecret: {name: prom, key: token}";
+        let refused = errors(&format!("{{address: 'http://prom:9090', {token}}}"));
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0]
+                .starts_with("spec.prometheus.address: credentials would be sent over plain http"),
+            "{refused:?}"
+        );
+        assert!(
+            refused[0].contains("allowInsecureCredentials: true"),
+            "{refused:?}"
+        );
+        let basic = errors("{address: 'http://prom:9090', basicAuthSecret: {name: prom}}");
+        assert_eq!(basic.len(), 1, "{basic:?}");
+        assert!(errors(&format!("{{address: 'https://prom:9090', {token}}}")).is_empty());
+        assert!(
+            errors(&format!(
+                "{{address: 'http://prom:9090', allowInsecureCredentials: true, {token}}}"
+            ))
+            .is_empty()
+        );
+        assert!(errors("{address: 'http://prom:9090'}").is_empty());
+        let policy = validate(&with_prometheus(&format!(
+            "{{address: 'https://prom:9090/', {token}}}"
+        )))
+        .expect("valid");
+        let server = policy.prometheus.expect("a server");
+        assert_eq!(server.address, "https://prom:9090");
+        assert!(matches!(server.auth, PrometheusAuth::BearerToken(_)));
+    }
+
+    #[test]
+    fn an_address_with_credentials_in_it_is_refused() {
+        let got = errors("{address: 'https://user:pass@prom:9090'}");
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains("basicAuthSecret"), "{got:?}");
+        assert!(errors("{address: 'https://prom:9090/x?a=b@c'}").is_empty());
+    }
+
+    #[test]
+    fn the_prometheus_time_budget_is_bounded() {
+        assert_eq!(MAX_PROMETHEUS_TIMEOUT, Duration::from_secs(30));
+        for (timeout, ok) in [
+            ("30s", true),
+            ("100ms", true),
+            ("31s", false),
+            ("1h", false),
+            ("0s", false),
+            ("50ms", false),
+        ] {
+            let got = errors(&format!(
+                "{{address: 'https://prom:9090', timeout: {timeout}}}"
+            ));
+            assert_eq!(got.is_empty(), ok, "{timeout}: {got:?}");
+            if !ok {
+                assert!(
+                    got[0].starts_with("spec.prometheus.timeout: must be between 100ms and 30s"),
+                    "{got:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_schema_bounds_the_prometheus_timeout_as_validation_does() {
+        let crd =
+            serde_json::to_string(&<crate::api::ScalingPolicy as kube::CustomResourceExt>::crd())
+                .expect("the CRD serializes");
+        assert!(
+            crd.contains(
+                "duration(self) >= duration('100ms') && duration(self) <= duration('30s')"
+            ),
+            "the CEL rule on spec.prometheus.timeout must match MIN/MAX_PROMETHEUS_TIMEOUT"
+        );
+    }
 
     #[test]
     fn durations_parse_like_kubernetes_writes_them() {

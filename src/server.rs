@@ -2,7 +2,7 @@
 //! token), `/metrics`, `/healthz`, `/readyz`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::engine::Heartbeat;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::names::{
     DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, POD_NAME_EXTRA, POD_UID_EXTRA, TOKEN_AUDIENCE,
@@ -43,6 +44,8 @@ pub struct ServerState {
     pub pods: RwLock<Option<Store<Pod>>>,
     pub insecure_dev_heartbeats: bool,
     tokens: Mutex<HashMap<TokenHash, CachedReview>>,
+    /// Heartbeats are answered only while this is fresh, once set.
+    leadership: OnceLock<Leadership>,
 }
 
 /// SHA-256 of a token: the cache never holds tokens themselves.
@@ -64,12 +67,37 @@ impl ServerState {
             pods: RwLock::new(None),
             insecure_dev_heartbeats,
             tokens: Mutex::new(HashMap::new()),
+            leadership: OnceLock::new(),
         }
     }
 
     /// Starts answering heartbeats from `pods` (on becoming leader).
     pub fn lead(&self, pods: Store<Pod>) {
         *self.pods.write().unwrap_or_else(PoisonError::into_inner) = Some(pods);
+    }
+
+    /// Stops answering heartbeats (leadership is over).
+    pub fn unlead(&self) {
+        *self.pods.write().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Answers heartbeats only while `leadership` is fresh, not merely until it is declared
+    /// lost: a replica woken from a freeze stops at once.
+    pub fn follow(&self, leadership: Leadership) {
+        let _ = self.leadership.set(leadership);
+    }
+
+    /// The pod cache, while this replica leads.
+    pub fn leading_pods(&self) -> Option<Store<Pod>> {
+        if let Some(l) = self.leadership.get()
+            && l.check().is_err()
+        {
+            return None;
+        }
+        self.pods
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -303,12 +331,7 @@ async fn handle_heartbeat(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<HeartbeatReply, ApiError> {
-    let Some(pods) = state
-        .pods
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone()
-    else {
+    let Some(pods) = state.leading_pods() else {
         return Err(api_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_leader",
@@ -424,8 +447,47 @@ mod tests {
     use axum::http::StatusCode;
     use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 
-    use super::{identity_from_review, knew_of_drain, parse_pod_ref, parse_request};
-    use crate::observe::heartbeats::PodKey;
+    use std::convert::Infallible;
+    use std::sync::Arc;
+
+    use axum::http::{Request, Response};
+    use kube::runtime::reflector;
+
+    use super::{ServerState, identity_from_review, knew_of_drain, parse_pod_ref, parse_request};
+    use crate::leader::{Clock, Leadership, ManualClock, WRITE_WINDOW};
+    use crate::metrics::Metrics;
+    use crate::observe::heartbeats::{Heartbeats, PodKey};
+
+    #[tokio::test]
+    async fn heartbeats_are_answered_only_while_leadership_is_fresh() {
+        let api = tower::service_fn(|_: Request<kube::client::Body>| async {
+            Ok::<_, Infallible>(Response::new(kube::client::Body::empty()))
+        });
+        let state = ServerState::new(
+            kube::Client::new(api, "ns"),
+            Heartbeats::default(),
+            Arc::new(Metrics::default()),
+            false,
+        );
+        let clock = ManualClock::new();
+        let leadership = Leadership::new(clock.clone());
+        state.follow(leadership.clone());
+        let (pods, _writer) = reflector::store();
+        state.lead(pods);
+        assert!(state.leading_pods().is_none(), "answered before leading");
+        leadership.renewed(clock.now());
+        assert!(state.leading_pods().is_some(), "not answered while leading");
+        // Frozen past the write window: silent before the elector even notices.
+        clock.advance(WRITE_WINDOW);
+        assert!(state.leading_pods().is_none(), "answered while stale");
+        leadership.renewed(clock.now());
+        assert!(state.leading_pods().is_some());
+        state.unlead();
+        assert!(
+            state.leading_pods().is_none(),
+            "answered after leadership ended"
+        );
+    }
 
     #[test]
     fn a_heartbeat_body_carries_a_session_count() {

@@ -294,6 +294,11 @@ impl PodBuilder {
         self.pod.not_ready_since = Some(at);
         self
     }
+    /// Its drains from `from` were cancelled at `at`.
+    pub fn cancelled_drain(mut self, from: Time, at: Time) -> Self {
+        self.pod.cancelled_drain = Some(crate::engine::CancelledDrain { from, at });
+        self
+    }
     /// Its heartbeat was counted before it heard of its drain: the zero that crosses the drain
     /// mark in flight.
     pub fn untold(mut self) -> Self {

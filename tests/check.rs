@@ -102,7 +102,7 @@ fn policies_among_other_kinds_are_checked_and_the_rest_skipped() {
 
 #[test]
 fn bad_policies_say_what_is_wrong_and_how_to_fix_it() {
-    let cases: [(&str, &[&str]); 13] = [
+    let cases: [(&str, &[&str]); 14] = [
         (
             "min-above-max",
             &[
@@ -156,6 +156,13 @@ fn bad_policies_say_what_is_wrong_and_how_to_fix_it() {
             &[
                 "spec.fallback.failureThreshold: must be at least 1, got 0",
                 "spec.fallback.replicas: 20 is outside [minReplicas, maxReplicas] = [2, 10]; choose a count within them",
+            ],
+        ),
+        (
+            "prometheus-server",
+            &[
+                "spec.prometheus.address: credentials would be sent over plain http, readable by anyone on the path: use an https address, or set spec.prometheus.allowInsecureCredentials: true if that path is trusted",
+                "spec.prometheus.timeout: must be between 100ms and 30s, got 2m: it bounds how long a reconcile waits for Prometheus, all of a policy's queries together",
             ],
         ),
         (

@@ -492,8 +492,8 @@ fn a_killed_leader_hands_over_within_the_lease_duration_without_scaling_twice() 
         holder,
         "the killed leader's lease did not stay until it expired"
     );
-    // The lease runs out at most LEASE_DURATION after its last renewal and the second tries
-    // every RETRY_PERIOD; the rest is slack for a loaded machine.
+    // The second counts LEASE_DURATION from when it first read the last renewal, which it
+    // reads at most RETRY_PERIOD after it was made; the rest is slack for a loaded machine.
     wait_for(
         LEASE_DURATION + RETRY_PERIOD + Duration::from_secs(3),
         "the second to take over",
@@ -510,8 +510,8 @@ fn a_killed_leader_hands_over_within_the_lease_duration_without_scaling_twice() 
         !successor.is_empty() && successor != holder,
         "the lease is still held by {successor:?}, not the second"
     );
-    // It was renewed at most LEASE_DURATION / 3 before the kill: taking over sooner means it
-    // was released or taken from a live holder.
+    // It was renewed at most RETRY_PERIOD before the kill: taking over sooner means it was
+    // released or taken from a live holder.
     assert!(
         took >= LEASE_DURATION / 2,
         "took over {took:?} after the kill, before the lease could expire"

@@ -59,6 +59,7 @@ type config struct {
 	maxSessionLength  time.Duration
 	heartbeatURL      string
 	heartbeatInterval time.Duration
+	heartbeatSource   string // local address heartbeats are sent from; empty lets the OS choose
 	tokenFile         string
 	pod               string // "namespace/name", sent only in dev mode
 	podName           string
@@ -96,6 +97,8 @@ func parseConfig(args []string) (config, error) {
 	fs.DurationVar(&c.maxSessionLength, "max-session-length", envDuration("MAX_SESSION_LENGTH", time.Hour), "longest session length a client may ask for")
 	fs.StringVar(&c.heartbeatURL, "heartbeat-url", os.Getenv("HEARTBEAT_URL"), "drainscaler base URL; heartbeats go to {url}/v1/heartbeats; empty disables (env HEARTBEAT_URL)")
 	fs.DurationVar(&c.heartbeatInterval, "heartbeat-interval", envDuration("HEARTBEAT_INTERVAL", 5*time.Second), "time between heartbeats (env HEARTBEAT_INTERVAL)")
+	fs.StringVar(&c.heartbeatSource, "heartbeat-source-ip", os.Getenv("HEARTBEAT_SOURCE_IP"),
+		"send heartbeats from this local IP (e.g. the pod IP, so that a network policy or a test's proxy can tell pods apart); empty lets the OS choose (env HEARTBEAT_SOURCE_IP)")
 	fs.StringVar(&c.tokenFile, "token-file", envOr("HEARTBEAT_TOKEN_FILE", "/var/run/secrets/drainscaler.io/serviceaccount/token"),
 		"projected ServiceAccount token (audience drainscaler), read before every heartbeat; when it does not exist heartbeats are unauthenticated and name the pod (dev mode) (env HEARTBEAT_TOKEN_FILE)")
 	fs.StringVar(&c.drainingFile, "draining-file", os.Getenv("DRAINING_FILE"), "optional downward API file of the pod's annotations; drainscaler.io/draining=\"true\" there also drains (env DRAINING_FILE)")
@@ -109,6 +112,9 @@ func parseConfig(args []string) (config, error) {
 	}
 	if net.ParseIP(c.listenIP) == nil {
 		return c, fmt.Errorf("-listen-ip %q is not an IP address", c.listenIP)
+	}
+	if c.heartbeatSource != "" && net.ParseIP(c.heartbeatSource) == nil {
+		return c, fmt.Errorf("-heartbeat-source-ip %q is not an IP address", c.heartbeatSource)
 	}
 	if c.heartbeatInterval <= 0 {
 		return c, errors.New("-heartbeat-interval must be positive")
@@ -134,6 +140,9 @@ type server struct {
 	seq    uint64
 	drain  drainState
 	closed bool // SIGTERM received
+	// unready is set by POST /ready?on=false: readiness fails while sessions are still taken
+	// and heartbeats still sent, as when a dependency check fails.
+	unready bool
 	// zero is closed (and replaced) whenever the open count drops to zero.
 	zero chan struct{}
 	m    metrics
@@ -346,6 +355,8 @@ func (s *server) ready() (bool, string) {
 		return false, "terminating"
 	case s.drain.on():
 		return false, "draining"
+	case s.unready:
+		return false, "unready"
 	}
 	return true, "ok"
 }
@@ -389,6 +400,19 @@ func (s *server) routes() http.Handler {
 			return
 		}
 		s.setDrain(func(d *drainState) { d.manual = on }, "manual")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	// Readiness switch for fault injection: on=false fails /readyz without draining.
+	mux.HandleFunc("POST /ready", func(w http.ResponseWriter, r *http.Request) {
+		on, err := strconv.ParseBool(r.URL.Query().Get("on"))
+		if err != nil {
+			http.Error(w, "want ?on=true|false", http.StatusBadRequest)
+			return
+		}
+		s.mu.Lock()
+		s.unready = !on
+		s.mu.Unlock()
+		s.log.Info("readiness switched", "ready", on)
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	return mux
@@ -454,6 +478,15 @@ type heartbeatReply struct {
 func (s *server) heartbeatLoop(ctx context.Context) {
 	url := strings.TrimRight(s.cfg.heartbeatURL, "/") + "/v1/heartbeats"
 	client := &http.Client{Timeout: s.cfg.heartbeatInterval}
+	if s.cfg.heartbeatSource != "" {
+		dialer := &net.Dialer{
+			LocalAddr: &net.TCPAddr{IP: net.ParseIP(s.cfg.heartbeatSource)},
+			Timeout:   s.cfg.heartbeatInterval,
+		}
+		transport := http.DefaultTransport.(*http.Transport).Clone()
+		transport.DialContext = dialer.DialContext
+		client.Transport = transport
+	}
 	t := time.NewTicker(s.cfg.heartbeatInterval)
 	defer t.Stop()
 	lastErr := ""

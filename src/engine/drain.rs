@@ -5,6 +5,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BTreeSet;
 use std::fmt;
+use std::time::Duration;
 
 use crate::api::{OnLost, OnTimeout, TargetKind};
 use crate::engine::metric_replicas;
@@ -86,16 +87,29 @@ pub fn is_silent(policy: &Policy, seen: &Observation, pod: &Instance, now: Time)
     now.since(last) >= hb.timeout
 }
 
+/// How long after a drain was cancelled a pod may still come to believe it drains: a reply
+/// computed from a cache that had not seen the cancel yet, or the downward API's annotation
+/// file, which the kubelet refreshes about once a minute.
+pub const CANCEL_PROPAGATION: Duration = Duration::from_secs(120);
+
 /// Kubernetes corroborates a Silent pod's silence: the kubelet has reported it not Ready for
-/// at least one heartbeat timeout as well.
+/// at least one heartbeat timeout as well. Not when the pod went not Ready while it may have
+/// believed it drained: apps commonly fail readiness on purpose while they drain, and a pod cut
+/// off from the controller never hears that its drain was cancelled. Each drain's start is
+/// moved one timeout earlier so that a node clock behind the controller's cannot make a
+/// drain's own unreadiness look older than the drain.
 fn corroborated(policy: &Policy, pod: &Instance, now: Time) -> bool {
-    let Some(hb) = &policy.heartbeat else {
+    let (Some(hb), Some(not_ready)) = (&policy.heartbeat, pod.not_ready_since) else {
         return false;
     };
-    !pod.ready
-        && pod
-            .not_ready_since
-            .is_some_and(|t| now.since(t) >= hb.timeout)
+    let in_this_drain = pod
+        .draining_since
+        .is_some_and(|since| not_ready >= since.minus(hb.timeout));
+    let in_a_cancelled_drain = pod.cancelled_drain.is_some_and(|c| {
+        not_ready >= c.from.minus(hb.timeout)
+            && not_ready <= c.at.plus(hb.timeout).plus(CANCEL_PROPAGATION)
+    });
+    !pod.ready && !in_this_drain && !in_a_cancelled_drain && now.since(not_ready) >= hb.timeout
 }
 
 /// What the heartbeats say about a policy's pods at `now`.

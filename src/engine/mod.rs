@@ -102,11 +102,22 @@ pub struct Instance {
     /// The ReplicaSet (or other controller) that owns the pod: pods of two ReplicaSets mean a
     /// Deployment rollout.
     pub owner: Option<String>,
+    /// The pod's drains that were cancelled and that it may not have heard the end of.
+    pub cancelled_drain: Option<CancelledDrain>,
     /// Since when the kubelet has reported the pod not Ready; `None` while it is Ready or when
     /// the time is not known. A Silent pod is Lost only when this corroborates it.
     pub not_ready_since: Option<Time>,
     /// The latest heartbeat.
     pub heartbeat: Option<Heartbeat>,
+}
+
+/// Drains of a pod that were cancelled: the first began at `from`, the last was cancelled at
+/// `at`. Between the two the pod may have believed it drained, and may believe so still if it
+/// never heard the cancel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CancelledDrain {
+    pub from: Time,
+    pub at: Time,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]

@@ -5,13 +5,13 @@ pub mod heartbeats;
 pub mod pods;
 pub mod prometheus;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::{Selector, SelectorExt};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{ScalingPolicy, TargetKind};
@@ -19,6 +19,8 @@ use crate::engine::{Heartbeat, Observation, Reading, Time};
 use crate::error::Error;
 use crate::observe::heartbeats::{Heartbeats, PodKey};
 use crate::observe::prometheus::Prometheus;
+use crate::observe::prometheus::decode::PerPod;
+use crate::observe::prometheus::tenancy;
 use crate::policy::{HeartbeatSource, Policy, Source};
 
 /// What observing reads from.
@@ -31,6 +33,9 @@ pub struct Sources {
     pub prometheus: Option<Prometheus>,
     /// When this controller began collecting heartbeats (it became leader).
     pub heartbeats_since: Time,
+    /// With `--prometheus-namespace-label`: the label every selector of a policy's queries must
+    /// match with the policy's namespace.
+    pub namespace_label: Option<String>,
 }
 
 /// The target as its scale subresource shows it.
@@ -38,8 +43,22 @@ pub struct Sources {
 pub struct Target {
     pub replicas: u32,
     pub selector: Selector,
+    /// The scale's resourceVersion: a write of the count carries it, so that it fails if the
+    /// count changed after it was read.
+    pub resource_version: Option<String>,
     /// A StatefulSet's `spec.ordinals.start`; 0 for a Deployment.
     pub ordinals_start: u32,
+}
+
+/// What a decision was computed from, as writes must name it: each observed pod's UID by
+/// name, so that a write cannot hit a pod recreated under the same name since.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodUids(pub HashMap<String, String>);
+
+impl PodUids {
+    pub fn of(&self, pod: &str) -> Option<&str> {
+        self.0.get(pod).map(String::as_str)
+    }
 }
 
 /// Why a policy must not act, found while observing.
@@ -47,6 +66,12 @@ pub struct Target {
 pub enum Blocked {
     TargetNotFound(String),
     Conflict(String),
+    /// The policy's Prometheus credentials cannot be used (a Secret missing, not opted in, or
+    /// malformed).
+    PrometheusAuth(String),
+    /// A query cannot be run as the controller requires (with `--prometheus-namespace-label`,
+    /// one that reads another namespace or cannot be parsed).
+    InvalidQuery(String),
 }
 
 /// Reads the target's scale subresource; `Blocked` when it does not exist or has no usable
@@ -115,6 +140,7 @@ pub async fn target(
         replicas,
         selector,
         ordinals_start,
+        resource_version: scale.metadata.resource_version,
     }))
 }
 
@@ -189,90 +215,222 @@ pub fn kind_name(kind: TargetKind) -> &'static str {
 /// The policy's Prometheus readings at `now` (the `prometheus` heartbeat source records its
 /// heartbeats on the way). With `reuse`, Prometheus is not queried and those readings stand (a
 /// reconcile between two intervals). Independent of the target, so it runs alongside `target`.
+/// All of the policy's queries share one time budget (`spec.prometheus.timeout`), so a slow
+/// server holds a reconcile slot no longer than that. `Blocked` when the policy's credentials
+/// cannot be used as they are: retrying will not help, the user must fix them.
 pub async fn readings(
     sources: &Sources,
     namespace: &str,
     policy: &Policy,
     reuse: Option<&BTreeMap<String, Reading>>,
     now: Time,
-) -> BTreeMap<String, Reading> {
-    let wants_prometheus = policy
+) -> Result<BTreeMap<String, Reading>, Blocked> {
+    let metric_queries: Vec<(&str, &str)> = policy
         .metrics
         .iter()
-        .any(|m| matches!(m.source, Source::Prometheus { .. }))
-        || matches!(
-            policy.heartbeat.as_ref().map(|h| &h.source),
-            Some(HeartbeatSource::Prometheus { .. })
-        );
-    let server = if wants_prometheus && reuse.is_none() {
-        Some(
-            Prometheus::for_policy(
-                &sources.client,
-                namespace,
-                policy.prometheus.as_ref(),
-                sources.prometheus.as_ref(),
-            )
-            .await
-            .map_err(|e| e.to_string()),
+        .filter_map(|m| match &m.source {
+            Source::Prometheus { query } => Some((m.name.as_str(), query.as_str())),
+            Source::Sessions => None,
+        })
+        .collect();
+    let heartbeat_query = match policy.heartbeat.as_ref().map(|h| &h.source) {
+        Some(HeartbeatSource::Prometheus { query }) => Some(query.as_str()),
+        _ => None,
+    };
+    let (metric_queries, heartbeat_query) =
+        scoped_queries(sources, namespace, metric_queries, heartbeat_query)?;
+    let metric_queries: Vec<(&str, &str)> = metric_queries
+        .iter()
+        .map(|(name, query)| (*name, query.as_str()))
+        .collect();
+    let heartbeat_query = heartbeat_query.as_deref();
+    if let Some(kept) = reuse {
+        return Ok(metric_queries
+            .iter()
+            .map(|(name, _)| {
+                let reading = kept.get(*name).cloned().unwrap_or(Reading::Unavailable {
+                    reason: "not read yet".to_owned(),
+                });
+                ((*name).to_owned(), reading)
+            })
+            .collect());
+    }
+    if metric_queries.is_empty() && heartbeat_query.is_none() {
+        return Ok(BTreeMap::new());
+    }
+
+    let budget = policy
+        .prometheus
+        .as_ref()
+        .map(|p| p.timeout)
+        .or(sources.prometheus.as_ref().map(Prometheus::timeout))
+        .unwrap_or(prometheus::DEFAULT_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + budget;
+    let over_budget = || {
+        format!(
+            "the policy's Prometheus queries took longer than their time budget of {}s \
+             (spec.prometheus.timeout, shared by all of them)",
+            budget.as_secs_f64()
         )
-    } else {
-        None
+    };
+    let connect = Prometheus::for_policy(
+        &sources.client,
+        namespace,
+        policy.prometheus.as_ref(),
+        sources.prometheus.as_ref(),
+    );
+    let server = match tokio::time::timeout_at(deadline, connect).await {
+        Err(_) => Err(over_budget()),
+        Ok(Err(e)) if e.needs_a_fix() => {
+            return Err(Blocked::PrometheusAuth(format!(
+                "the Prometheus server cannot be used: {e}"
+            )));
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(p)) => Ok(p),
+    };
+    let server = match server {
+        Ok(p) => p,
+        Err(reason) => {
+            if heartbeat_query.is_some() {
+                tracing::warn!(namespace, %reason, "heartbeat query not run");
+            }
+            return Ok(metric_queries
+                .iter()
+                .map(|(name, _)| {
+                    let reason = reason.clone();
+                    ((*name).to_owned(), Reading::Unavailable { reason })
+                })
+                .collect());
+        }
     };
 
-    let mut readings = BTreeMap::new();
-    for m in &policy.metrics {
-        if let Source::Prometheus { query } = &m.source {
-            let reading = match (&server, reuse.and_then(|r| r.get(&m.name))) {
-                (_, Some(kept)) => kept.clone(),
-                (server, None) => match server {
-                    Some(Ok(p)) => p.reading(query).await,
-                    Some(Err(why)) => Reading::Unavailable {
-                        reason: why.clone(),
-                    },
-                    None => Reading::Unavailable {
-                        reason: "no Prometheus server".to_owned(),
-                    },
-                },
-            };
-            readings.insert(m.name.clone(), reading);
+    let metrics = futures::future::join_all(metric_queries.iter().map(|(name, query)| {
+        let server = &server;
+        async move {
+            let reading = tokio::time::timeout_at(deadline, server.reading(query))
+                .await
+                .unwrap_or_else(|_| Reading::Unavailable {
+                    reason: over_budget(),
+                });
+            ((*name).to_owned(), reading)
         }
+    }));
+    let heartbeats = async {
+        let query = heartbeat_query?;
+        let answer = tokio::time::timeout_at(deadline, server.per_pod(query, now))
+            .await
+            .unwrap_or_else(|_| Err(over_budget()));
+        Some((query, answer))
+    };
+    let (readings, heartbeats) = tokio::join!(metrics, heartbeats);
+    match heartbeats {
+        Some((_, Ok(per_pod))) => record_heartbeats(sources, namespace, &per_pod),
+        // Pods simply miss their heartbeat; silence is not zero, and a broken query does not
+        // make anything Lost on its own.
+        Some((query, Err(why))) => tracing::warn!(namespace, query, %why, "heartbeat query failed"),
+        None => {}
     }
-
-    if let (Some(HeartbeatSource::Prometheus { query }), Some(Ok(p))) =
-        (policy.heartbeat.as_ref().map(|h| &h.source), &server)
-    {
-        match p.per_pod(query).await {
-            Ok(by_pod) => {
-                for (pod, sessions) in by_pod {
-                    sources.heartbeats.record(
-                        PodKey::new(namespace, &pod),
-                        None,
-                        Heartbeat {
-                            at: now,
-                            sessions: sessions.round() as u64,
-                            // A sample cannot say the pod knew of its drain; the engine
-                            // waits one timeout after the drain mark instead.
-                            draining: false,
-                        },
-                    );
-                }
-            }
-            // Pods simply miss their heartbeat; after the timeout they are Lost, but only while
-            // others still report, so a broken query does not replace everything.
-            Err(why) => tracing::warn!(namespace, query, %why, "heartbeat query failed"),
-        }
-    }
-    readings
+    Ok(readings.into_iter().collect())
 }
 
-/// The target's pods from the cache with their heartbeats, and `readings`, at `now`.
+/// The policy's queries as they are sent: with `--prometheus-namespace-label`, each restricted to
+/// the policy's namespace.
+#[allow(clippy::type_complexity)]
+fn scoped_queries<'a>(
+    sources: &Sources,
+    namespace: &str,
+    metrics: Vec<(&'a str, &str)>,
+    heartbeat: Option<&str>,
+) -> Result<(Vec<(&'a str, String)>, Option<String>), Blocked> {
+    let scope = |what: &str, query: &str| match &sources.namespace_label {
+        None => Ok(query.to_owned()),
+        Some(label) => tenancy::enforce(query, label, namespace).map_err(|why| {
+            Blocked::InvalidQuery(format!(
+                "the {what} cannot run on this controller's shared Prometheus, which restricts \
+                 each policy to its own namespace: {why}"
+            ))
+        }),
+    };
+    let metrics = metrics
+        .into_iter()
+        .map(|(name, query)| Ok((name, scope(&format!("query of metric {name}"), query)?)))
+        .collect::<Result<Vec<_>, Blocked>>()?;
+    let heartbeat = heartbeat
+        .map(|query| scope("heartbeat query", query))
+        .transpose()?;
+    Ok((metrics, heartbeat))
+}
+
+/// Records the usable samples of a heartbeat query as the heartbeats of the pods they name, in
+/// `namespace`. A sample counts only for the pod that holds its name now: not for a pod that
+/// did not exist yet when it was taken, nor for another UID than the one the series carries; and
+/// it is keyed by that pod's UID, so a recreated pod of the same name does not inherit it.
+pub fn record_heartbeats(sources: &Sources, namespace: &str, per_pod: &PerPod) {
+    for unusable in &per_pod.unusable {
+        tracing::warn!(
+            namespace,
+            pod = unusable.pod,
+            reason = unusable.reason,
+            "heartbeat sample not usable"
+        );
+    }
+    for (name, sample) in &per_pod.samples {
+        let Some(pod) = sources
+            .pods
+            .get(&ObjectRef::<Pod>::new(name).within(namespace))
+        else {
+            continue;
+        };
+        let Some(uid) = pod.metadata.uid.clone() else {
+            continue;
+        };
+        if sample.uid.as_ref().is_some_and(|u| *u != uid) {
+            tracing::debug!(
+                namespace,
+                pod = name,
+                "heartbeat sample of an earlier pod of that name"
+            );
+            continue;
+        }
+        // The kubelet's start time when known (nothing ran before it), else creation.
+        let started = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .or(pod.metadata.creation_timestamp.as_ref())
+            .map(|t| pods::time(t.0));
+        if started.is_some_and(|t| sample.at < t) {
+            tracing::debug!(
+                namespace,
+                pod = name,
+                "heartbeat sample from before the pod started"
+            );
+            continue;
+        }
+        sources.heartbeats.record(
+            PodKey::new(namespace, name),
+            Some(uid),
+            Heartbeat {
+                at: sample.at,
+                sessions: sample.sessions,
+                // A sample cannot say the pod knew of its drain; the engine waits one timeout
+                // after the drain mark instead.
+                draining: false,
+            },
+        );
+    }
+}
+
+/// The target's pods from the cache with their heartbeats, and `readings`, at `now`; and the
+/// UIDs of those pods.
 pub fn observe(
     sources: &Sources,
     namespace: &str,
     target: &Target,
     readings: BTreeMap<String, Reading>,
     now: Time,
-) -> Observation {
+) -> (Observation, PodUids) {
     let pods: Vec<std::sync::Arc<Pod>> = sources.pods.state_filter(|p| {
         p.metadata.namespace.as_deref() == Some(namespace)
             && pods::is_active(p)
@@ -286,11 +444,19 @@ pub fn observe(
             pods::instance(p, heartbeat, now)
         })
         .collect();
-    Observation {
+    let uids = pods
+        .iter()
+        .filter_map(|p| Some((p.name_any(), p.metadata.uid.clone()?)))
+        .collect();
+    let observation = Observation {
         replicas: target.replicas,
         ordinals_start: target.ordinals_start,
         readings,
         instances,
         heartbeats_since: sources.heartbeats_since,
-    }
+    };
+    (observation, PodUids(uids))
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,15 +7,18 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::jiff::Timestamp;
 use kube::core::{Expression, Selector};
 
-use crate::engine::{Heartbeat, Instance, Phase, Time};
+use crate::engine::{CancelledDrain, Heartbeat, Instance, Phase, Time};
 use crate::names::{
-    DELETION_COST_ANNOTATION, DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, POD_INDEX_LABEL,
+    CANCELLED_DRAIN_FROM_ANNOTATION, DELETION_COST_ANNOTATION, DRAIN_CANCELLED_AT_ANNOTATION,
+    DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, POD_INDEX_LABEL,
 };
 
 /// Annotations the controller reads; all others are dropped from the cache.
-const KEPT_ANNOTATIONS: [&str; 3] = [
+const KEPT_ANNOTATIONS: [&str; 5] = [
     DRAINING_ANNOTATION,
     DRAINING_SINCE_ANNOTATION,
+    CANCELLED_DRAIN_FROM_ANNOTATION,
+    DRAIN_CANCELLED_AT_ANNOTATION,
     DELETION_COST_ANNOTATION,
 ];
 
@@ -131,6 +134,23 @@ pub fn instance(pod: &Pod, heartbeat: Option<Heartbeat>, now: Time) -> Instance 
         .flatten()
         .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
         .sum();
+    let stamp = |key: &str| {
+        annotation(key)
+            .and_then(|s| s.parse::<Timestamp>().ok())
+            .map(time)
+    };
+    // An unreadable record of a cancelled drain counts as one that never ends: the pod may
+    // believe it drains, so its unreadiness corroborates nothing.
+    let cancelled_drain = match (
+        annotation(CANCELLED_DRAIN_FROM_ANNOTATION),
+        annotation(DRAIN_CANCELLED_AT_ANNOTATION),
+    ) {
+        (None, None) => None,
+        _ => Some(CancelledDrain {
+            from: stamp(CANCELLED_DRAIN_FROM_ANNOTATION).unwrap_or(Time(i64::MIN)),
+            at: stamp(DRAIN_CANCELLED_AT_ANNOTATION).unwrap_or(Time(i64::MAX)),
+        }),
+    };
     let draining_since = (annotation(DRAINING_ANNOTATION) == Some("true")).then(|| {
         annotation(DRAINING_SINCE_ANNOTATION)
             .and_then(|s| s.parse::<Timestamp>().ok())
@@ -154,6 +174,7 @@ pub fn instance(pod: &Pod, heartbeat: Option<Heartbeat>, now: Time) -> Instance 
             .and_then(|c| c.parse().ok())
             .unwrap_or(0),
         draining_since,
+        cancelled_drain,
         owner: meta
             .owner_references
             .iter()

@@ -268,6 +268,16 @@ impl Controller {
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The process, for `signal`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How the process ended, once it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
 }
 
 impl Drop for Controller {
@@ -319,11 +329,13 @@ pub fn http(
 /// A stand-in Prometheus on 127.0.0.1 for a policy's `spec.prometheus.address`: it answers
 /// every instant query (`/api/v1/query`, GET or form POST) with one sample of the value last
 /// set. `stop` closes its port, so that queries are refused as when Prometheus is down;
-/// `restart` listens on the same port again.
+/// `restart` listens on the same port again; `delay` holds each answer back.
 pub struct FakePrometheus {
     pub addr: SocketAddr,
     value: Arc<Mutex<f64>>,
     queries: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+    delay: Arc<Mutex<Duration>>,
     serving: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
@@ -337,6 +349,8 @@ impl FakePrometheus {
             addr,
             value: Arc::new(Mutex::new(value)),
             queries: Arc::default(),
+            received: Arc::default(),
+            delay: Arc::default(),
             serving: None,
         };
         prometheus.serve(listener);
@@ -355,6 +369,16 @@ impl FakePrometheus {
     /// Instant queries answered so far.
     pub fn queries(&self) -> u64 {
         self.queries.load(Ordering::SeqCst)
+    }
+
+    /// Instant queries received so far, answered or still held back.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    /// Answers each query `delay` after it arrived, from the next one on.
+    pub fn delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap_or_else(PoisonError::into_inner) = delay;
     }
 
     /// Closes the port: connections are refused until `restart`.
@@ -388,12 +412,14 @@ impl FakePrometheus {
             Arc::clone(&self.queries),
             Arc::clone(&halted),
         );
+        let (received, delay) = (Arc::clone(&self.received), Arc::clone(&self.delay));
         let thread = std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let v = *value.lock().unwrap_or_else(PoisonError::into_inner);
-                        if answer_query(stream, v) {
+                        let d = *delay.lock().unwrap_or_else(PoisonError::into_inner);
+                        if answer_query(stream, v, d, &received) {
                             queries.fetch_add(1, Ordering::SeqCst);
                         }
                     }
@@ -418,9 +444,9 @@ impl Drop for FakePrometheus {
     }
 }
 
-/// Reads one HTTP request; answers an instant query with one sample of `value` and anything
-/// else with 404. Returns whether it was an instant query.
-fn answer_query(mut stream: TcpStream, value: f64) -> bool {
+/// Reads one HTTP request; answers an instant query with one sample of `value`, `delay` after
+/// it arrived, and anything else with 404. Returns whether it was an instant query.
+fn answer_query(mut stream: TcpStream, value: f64, delay: Duration, received: &AtomicU64) -> bool {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let mut raw = Vec::new();
@@ -463,6 +489,10 @@ fn answer_query(mut stream: TcpStream, value: f64) -> bool {
     );
     let path = target.split('?').next().unwrap_or_default();
     let query = matches!(method, "GET" | "POST") && path == "/api/v1/query";
+    if query {
+        received.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(delay);
+    }
     let (status, body) = if query {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -21,10 +21,10 @@ use proptest::{
 };
 
 use crate::api::{OnLost, OnTimeout, RuleType, SelectPolicy, TargetKind};
-use crate::engine::drain::REMOVABLE_DELETION_COST;
+use crate::engine::drain::{CANCEL_PROPAGATION, REMOVABLE_DELETION_COST};
 use crate::engine::{
-    Decision, Heartbeat, History, Instance, Mode, Observation, Phase, Reading, Recommendation,
-    ScaleEvent, Time, decide, next_history,
+    CancelledDrain, Decision, Heartbeat, History, Instance, Mode, Observation, Phase, Reading,
+    Recommendation, ScaleEvent, Time, decide, next_history,
 };
 use crate::policy::{
     Behavior, Drain, Fallback, Heartbeat as HeartbeatPolicy, HeartbeatSource, Metric, MetricTarget,
@@ -162,6 +162,7 @@ prop_compose! {
         draining in option::weighted(0.35, 0u64..3600),
         heartbeat in option::weighted(0.8, (0u64..600, prop_oneof![2 => Just(0u64), 3 => 1u64..20], pbool::ANY)),
         not_ready_for in option::weighted(0.8, 0u64..600),
+        cancelled in option::weighted(0.2, (0u64..900, 0u64..300)),
         created in 0u64..7200,
         // Now and then a pod of a second ReplicaSet: a rollout.
         new_replica_set in pbool::weighted(0.05),
@@ -176,6 +177,10 @@ prop_compose! {
             phase,
             ready,
             not_ready_since: not_ready_for.filter(|_| !ready).map(ago),
+            cancelled_drain: cancelled.map(|(from, lasted)| CancelledDrain {
+                from: ago(from),
+                at: ago(from.saturating_sub(lasted)),
+            }),
             started,
             restarts,
             terminating,
@@ -313,10 +318,17 @@ fn lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool 
         .filter(|p| p.heartbeat.is_some_and(|h| now.since(h.at) < hb.timeout))
         .count();
     let broad = quiet > reporting;
+    // An app may fail readiness on purpose once it drains: that corroborates nothing.
     let not_ready_long = !pod.ready
-        && pod
-            .not_ready_since
-            .is_some_and(|t| now.since(t) >= hb.timeout);
+        && pod.not_ready_since.is_some_and(|t| {
+            now.since(t) >= hb.timeout
+                && pod.draining_since.is_none_or(|d| t < d.minus(hb.timeout))
+                // Nor while it may have believed in a drain since cancelled.
+                && pod.cancelled_drain.is_none_or(|c| {
+                    t < c.from.minus(hb.timeout)
+                        || t > c.at.plus(hb.timeout).plus(CANCEL_PROPAGATION)
+                })
+        });
     silent(policy, seen, pod, now) && not_ready_long && !broad
 }
 

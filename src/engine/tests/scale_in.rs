@@ -303,6 +303,81 @@ fn a_draining_pod_is_removable_once_it_reports_zero_sessions_after_the_drain_beg
 }
 
 #[test]
+fn a_draining_pod_that_fails_readiness_for_its_drain_and_goes_silent_is_not_lost() {
+    // The demo app, like many, fails readiness while it drains. A partition then silences it:
+    // its unreadiness began with the drain and proves nothing.
+    let p = sessions();
+    let draining = |not_ready: u64| {
+        one_draining(
+            pod("d")
+                .sessions(4)
+                .heartbeat_at(ago(120))
+                .draining_since(ago(200))
+                .not_ready_since(ago(not_ready)),
+        )
+    };
+    let d = run(p.clone(), draining(195), history());
+    assert!(d.plan.remove.is_empty(), "removed {:?}", d.plan.remove);
+    assert_eq!((d.instances.silent, d.instances.lost), (1, 0));
+    // Within one timeout before the drain began still counts as the drain's (clock skew).
+    assert!(
+        run(p.clone(), draining(225), history())
+            .plan
+            .remove
+            .is_empty()
+    );
+    // Not Ready well before its drain began: that unreadiness was not the drain's.
+    let d = run(p, draining(600), history());
+    assert_eq!(removed(&d), [("d", RemovalCause::Lost)]);
+}
+
+#[test]
+fn a_pod_cut_off_before_its_drain_was_cancelled_is_not_taken_for_lost() {
+    // Found by the soak: told to drain, the pod failed readiness; its heartbeats were then cut
+    // and the drain cancelled. It never heard the cancel, so it stays not Ready and silent,
+    // still holding its sessions.
+    let seen = |not_ready: u64| {
+        wanting(
+            3,
+            [
+                pod("a").ready().sessions(3),
+                pod("b").ready().sessions(4),
+                pod("c")
+                    .sessions(6)
+                    .heartbeat_at(ago(100))
+                    .cancelled_drain(ago(110), ago(60))
+                    .not_ready_since(ago(not_ready)),
+            ],
+        )
+    };
+    let d = run(sessions(), seen(105), history());
+    assert!(d.plan.replace.is_empty(), "replaced {:?}", d.plan.replace);
+    assert_eq!((d.instances.silent, d.instances.lost), (1, 0));
+    // Not Ready well before that drain: not the drain's doing.
+    assert_eq!(
+        names(&run(sessions(), seen(900), history()).plan.replace),
+        ["c"]
+    );
+    // Not Ready long after the cancel could have reached it: not the drain's doing either.
+    let later = wanting(
+        3,
+        [
+            pod("a").ready().sessions(3),
+            pod("b").ready().sessions(4),
+            pod("c")
+                .sessions(6)
+                .heartbeat_at(ago(100))
+                .cancelled_drain(ago(1000), ago(900))
+                .not_ready_since(ago(100)),
+        ],
+    );
+    assert_eq!(
+        names(&run(sessions(), later, history()).plan.replace),
+        ["c"]
+    );
+}
+
+#[test]
 fn a_zero_counted_before_the_pod_heard_of_its_drain_does_not_end_the_drain() {
     // The race: the pod counted 0 and sent it while the drain mark was being written; the
     // heartbeat arrives after the mark, but the pod still took sessions when it counted.
