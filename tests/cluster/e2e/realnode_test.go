@@ -209,8 +209,8 @@ func TestRealNodeServiceRoutesOnlyToPodsInItsEndpointSlice(t *testing.T) {
 	kubeletOnly(t)
 	ns := cluster.Namespace(t)
 	cluster.KubectlStdin(t, realApp(ns), "apply", "-f", "-")
-	cluster.Kubectl(t, "-n", ns, "rollout", "status", "deployment/chat", "--timeout=120s")
-	cluster.Kubectl(t, "-n", ns, "wait", "--for=condition=Ready", "pod/client", "--timeout=120s")
+	cluster.Kubectl(t, "-n", ns, "rollout", "status", "deployment/chat", "--timeout=100s")
+	cluster.Kubectl(t, "-n", ns, "wait", "--for=condition=Ready", "pod/client", "--timeout=100s")
 	pods := app{ns: ns, name: "chat"}.pods(t)
 	if len(pods) != 2 {
 		t.Fatalf("%d pods, want 2", len(pods))
@@ -323,7 +323,7 @@ func TestRealNodeRunsManifestsBaseFromTheImage(t *testing.T) {
 	t.Cleanup(func() {
 		_, _ = cluster.TryKubectl("", "-n", "drainscaler-system", "delete", "deployment", "drainscaler", "--wait=true", "--timeout=60s")
 	})
-	cluster.Kubectl(t, "-n", "drainscaler-system", "rollout", "status", "deployment/drainscaler", "--timeout=180s")
+	cluster.Kubectl(t, "-n", "drainscaler-system", "rollout", "status", "deployment/drainscaler", "--timeout=100s")
 	clustertest.WaitFor(t, 2*time.Minute, "one drainscaler pod to lead", func() (bool, error) {
 		out, err := cluster.TryKubectl("", "-n", "drainscaler-system", "logs", "-l", "app.kubernetes.io/name=drainscaler", "--tail=-1")
 		return err == nil && strings.Contains(out, `"leading"`), nil
