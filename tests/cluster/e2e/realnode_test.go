@@ -332,4 +332,24 @@ func TestRealNodeRunsManifestsBaseFromTheImage(t *testing.T) {
 	clustertest.WaitFor(t, time.Minute, "the heartbeat Service's EndpointSlice to hold the leader", func() (bool, error) {
 		return len(sliceIPs(t, "drainscaler-system", "drainscaler-heartbeats")) == 1, nil
 	})
+	// And it reconciles: a policy for a Deployment that does not exist gets
+	// Ready=False TargetNotFound from the pod.
+	ns := cluster.Namespace(t)
+	cluster.KubectlStdin(t, fmt.Sprintf(`apiVersion: drainscaler.io/v1alpha1
+kind: ScalingPolicy
+metadata: {name: ghost, namespace: %s}
+spec:
+  targetRef: {kind: Deployment, name: ghost}
+  minReplicas: 1
+  maxReplicas: 3
+  metrics:
+  - name: sessions
+    sessions: {}
+    target: {type: AverageValue, averageValue: "10"}
+  heartbeat: {source: Push, timeout: 30s}
+`, ns), "apply", "-f", "-")
+	clustertest.WaitFor(t, time.Minute, "the in-cluster controller to report on the policy", func() (bool, error) {
+		reason := cluster.Kubectl(t, "-n", ns, "get", "scalingpolicy", "ghost", "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].reason}`)
+		return reason == "TargetNotFound", nil
+	})
 }
