@@ -50,6 +50,7 @@ PODS=${2:-10}
 SECONDS_STEADY=${3:-60}
 NS=${BENCH_NAMESPACE:-drainscaler-bench}
 PORT=${BENCH_PORT:-18099}
+METRICS_PORT=${BENCH_METRICS_PORT:-18100}
 KUBECTL=${DRAINSCALER_KUBECTL:-kubectl}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${DRAINSCALER_CACHE:-$HOME/.cache/drainscaler}/target}
 
@@ -64,6 +65,9 @@ log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 cleanup() {
 	[[ -n ${PID:-} ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
 	"$KUBECTL" delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+	# The controller that would release the policies' finalizers is stopped.
+	"$KUBECTL" -n "$NS" get scalingpolicies -o name 2>/dev/null |
+		xargs -r -n 100 "$KUBECTL" -n "$NS" patch --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
 	[[ -n ${WINDOW:-} ]] && rm -rf "$WINDOW"
 }
 trap cleanup EXIT
@@ -129,7 +133,7 @@ log "$((POLICIES * PODS)) pods exist"
 # controller on the plane first, such as the demo's, or both reconcile its policies).
 SCOPE=(--namespace "$NS")
 [[ -n ${BENCH_CLUSTER_WIDE:-} ]] && SCOPE=()
-"$BIN" run "${SCOPE[@]}" --lease-namespace "$NS" --listen "127.0.0.1:$PORT" \
+"$BIN" run "${SCOPE[@]}" --lease-namespace "$NS" --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" \
 	${PROMETHEUS_URL:+--prometheus-url "$PROMETHEUS_URL"} --log-format json \
 	>"${TMPDIR:-/tmp}/drainscaler-bench.log" 2>&1 &
 PID=$!
@@ -142,7 +146,7 @@ done
 first=$(echo "$(date +%s.%N) - $start" | bc)
 log "every policy reported after ${first}s"
 
-scrape() { curl -s "127.0.0.1:$PORT/metrics"; }
+scrape() { curl -s "127.0.0.1:$METRICS_PORT/metrics"; }
 metric() { awk -v m="$2" '$1 == m {print $2}' "$1"; }
 # The q-quantile over the window of the histogram NAME (its buckets with LABEL, if given;
 # interpolated within the bucket, as Prometheus' histogram_quantile does), in milliseconds.

@@ -3,16 +3,23 @@
 //! latency percentiles and errors. Plain tokio and a minimal HTTP/1.1 client, so that the
 //! client costs as little CPU as possible on a machine it shares with the server.
 //!
-//!   heartbeat_load ADDR TOKENS_FILE CONNECTIONS SECONDS
+//!   heartbeat_load ADDR TOKENS_FILE CONNECTIONS SECONDS [FLOOD_CONNECTIONS]
 //!
 //! TOKENS_FILE holds one projected ServiceAccount token per line; connection `i` cycles
 //! through the tokens starting at `i`, so every token is reused (the server's TokenReview cache
 //! is hit, as in steady state).
+//!
+//! FLOOD_CONNECTIONS more connections send, at the same time, heartbeats with forged tokens:
+//! JWT-shaped, for audience drainscaler, not expired, each one new (a fresh `jti`), so that none
+//! is refused unread or from the cache: the worst an unauthenticated client can send. Their
+//! answers are counted apart.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -48,9 +55,14 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [addr, tokens_file, connections, seconds] = args.as_slice() else {
-        bail!("usage: heartbeat_load ADDR TOKENS_FILE CONNECTIONS SECONDS");
+    let (addr, tokens_file, connections, seconds, flood) = match args.as_slice() {
+        [a, t, c, s] => (a, t, c, s, "0"),
+        [a, t, c, s, f] => (a, t, c, s, f.as_str()),
+        _ => {
+            bail!("usage: heartbeat_load ADDR TOKENS_FILE CONNECTIONS SECONDS [FLOOD_CONNECTIONS]")
+        }
     };
+    let flood: usize = flood.parse().context("FLOOD_CONNECTIONS")?;
     let tokens: Vec<String> = std::fs::read_to_string(tokens_file)
         .with_context(|| format!("reading {tokens_file}"))?
         .lines()
@@ -82,7 +94,13 @@ fn run() -> anyhow::Result<()> {
     let requests = std::sync::Arc::new(requests);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
-    let tallies = runtime.block_on(async {
+    let (tallies, flooded) = runtime.block_on(async {
+        let flooders: Vec<_> = (0..flood)
+            .map(|i| {
+                let addr = addr.clone();
+                tokio::spawn(async move { flood_connection(&addr, i, deadline).await })
+            })
+            .collect();
         let tasks: Vec<_> = (0..connections)
             .map(|i| {
                 let requests = std::sync::Arc::clone(&requests);
@@ -94,7 +112,18 @@ fn run() -> anyhow::Result<()> {
         for t in tasks {
             tallies.push(t.await);
         }
-        tallies
+        let mut flooded = Tally::default();
+        for f in flooders {
+            if let Ok(t) = f.await {
+                flooded.io_errors += t.io_errors;
+                for (code, n) in t.statuses {
+                    for _ in 0..n {
+                        flooded.status(code);
+                    }
+                }
+            }
+        }
+        (tallies, flooded)
     });
     let elapsed = started.elapsed().as_secs_f64();
     let mut all = Tally::default();
@@ -136,7 +165,62 @@ fn run() -> anyhow::Result<()> {
     );
     println!("error answers:            {errors} {:?}", all.statuses);
     println!("broken connections:       {}", all.io_errors);
+    if flood > 0 {
+        let sent: u64 = flooded.statuses.iter().map(|(_, n)| n).sum();
+        println!("flood connections:        {flood}");
+        println!(
+            "flood requests:           {sent} ({:.0}/s), answers {:?}, broken connections {}",
+            sent as f64 / elapsed,
+            flooded.statuses,
+            flooded.io_errors
+        );
+    }
     Ok(())
+}
+
+/// Sends heartbeats with a new forged token each time until `deadline`; counts the answers.
+async fn flood_connection(addr: &str, first: usize, deadline: Instant) -> Tally {
+    let mut tally = Tally::default();
+    let mut buf = vec![0u8; 4096];
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 3600;
+    let mut n: u64 = (first as u64) << 40;
+    'reconnect: while Instant::now() < deadline {
+        let Ok(mut stream) = TcpStream::connect(addr).await else {
+            tally.io_errors += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        while Instant::now() < deadline {
+            n += 1;
+            let claims = format!(r#"{{"aud":["drainscaler"],"exp":{exp},"jti":"{n}"}}"#);
+            let token = format!(
+                "eyJhbGciOiJSUzI1NiJ9.{}.Zm9yZ2Vk",
+                URL_SAFE_NO_PAD.encode(claims)
+            );
+            let body = r#"{"sessions": 7}"#;
+            let request = format!(
+                "POST /v1/heartbeats HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if stream.write_all(request.as_bytes()).await.is_err() {
+                tally.io_errors += 1;
+                continue 'reconnect;
+            }
+            match read_response(&mut stream, &mut buf).await {
+                Some(code) => tally.status(code),
+                None => {
+                    tally.io_errors += 1;
+                    continue 'reconnect;
+                }
+            }
+        }
+    }
+    tally
 }
 
 async fn connection(addr: &str, requests: &[Vec<u8>], first: usize, deadline: Instant) -> Tally {

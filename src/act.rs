@@ -169,7 +169,7 @@ fn replaced(pod: &str, uid: &str, why: &str) {
 }
 
 /// Patches `pod` if it is still the one with `uid`; returns how many pods were patched.
-async fn patch_pod(
+pub(crate) async fn patch_pod(
     w: &Writer<'_>,
     pods: &Api<Pod>,
     pod: &str,

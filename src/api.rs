@@ -109,10 +109,12 @@ pub struct ScalingPolicySpec {
     /// the controller's `--prometheus-url` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusServer>,
-    /// Stop deciding and acting; status still reports.
+    /// Stop deciding and acting; status still reports. The target keeps its replica count, and
+    /// drains in progress are cancelled: their pods serve again, as with no autoscaler at all.
     #[serde(default)]
     pub paused: bool,
-    /// Decide and report, change nothing.
+    /// Decide and report, change no replica count and start no drain. As with `paused`, drains
+    /// in progress are cancelled and their pods serve again.
     #[serde(default)]
     pub dry_run: bool,
 }

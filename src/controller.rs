@@ -1,6 +1,6 @@
 //! kube-rs `Controller` wiring: the pod cache shared by reconciles and the heartbeat server,
-//! reconcile as the pipeline `validate -> observe -> decide -> act -> report`, the error
-//! policy, and the leader's life cycle.
+//! reconcile as the pipeline `validate -> observe -> decide -> act -> report`, the finalizer
+//! that restores a deleted policy's pods, the error policy, and the leader's life cycle.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -13,7 +13,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::core::Selector;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, Event as Finalizing};
 use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::utils::Predicate;
 use kube::runtime::{Controller, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
@@ -24,9 +26,10 @@ use crate::error::Error;
 use crate::index::{LatestMade, ReadingCache, Reused, SelectorIndex};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use crate::names::{CONTROLLER_NAME, ShellReason};
+use crate::names::{CONTROLLER_NAME, FINALIZER, ShellReason};
 use crate::observe::{self, Blocked, Sources, pods};
 use crate::policy::{self, Policy};
+use crate::restore;
 use crate::status::{self, Ready};
 
 /// How often a policy that cannot act is looked at again (spec changes trigger at once).
@@ -125,11 +128,121 @@ impl Context {
     }
 }
 
-/// One policy, once: `validate -> observe -> decide -> act -> report`.
+/// One policy, once. Through the finalizer: a policy first gets it (`FINALIZER`), then is
+/// reconciled (`apply`) until it is deleted, and then its pods are restored (`clean_up`) before
+/// the finalizer lets it go. A policy being deleted is never acted on.
 pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
     let _timer = ctx.metrics.timer(Instant::now());
     let namespace = sp.namespace().ok_or(Error::NoNamespace)?;
+    let policies: Api<ScalingPolicy> = Api::namespaced(ctx.sources.client.clone(), &namespace);
+    finalizer::finalizer(&policies, FINALIZER, sp, |event| async {
+        match event {
+            Finalizing::Apply(sp) => apply(sp, &ctx, &namespace).await,
+            Finalizing::Cleanup(sp) => clean_up(&sp, &ctx, &namespace).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(source) => Error::AddFinalizer {
+            finalizer: FINALIZER,
+            source,
+        },
+        finalizer::Error::RemoveFinalizer(source) => Error::RemoveFinalizer {
+            finalizer: FINALIZER,
+            source,
+        },
+        finalizer::Error::UnnamedObject => Error::NoName,
+        finalizer::Error::InvalidFinalizer => Error::InvalidFinalizer,
+    })
+}
+
+/// A deleted policy: puts the pods it marked back into service, so that none is left out of
+/// its Service with the lowest deletion cost. Nothing to restore (the target is gone, or the
+/// policy never drained) lets it go at once. Another live policy on the same target (the
+/// younger one a conflict held back) inherits the drains instead: it carries them on or
+/// cancels them. Needs a client.
+async fn clean_up(sp: &ScalingPolicy, ctx: &Context, namespace: &str) -> Result<Action, Error> {
+    ctx.remember_selector(sp, None);
+    let target = &sp.spec.target_ref;
+    let kind = observe::kind_name(target.kind);
+    if let Some(heir) = heir(&ctx.policies, sp, namespace) {
+        tracing::info!(
+            namespace,
+            policy = sp.name_any(),
+            heir,
+            "deleted; its drains stay with the other policy on {kind} {}",
+            target.name
+        );
+        return Ok(Action::await_change());
+    }
+    let client = &ctx.sources.client;
+    let Ok(found) = observe::target_named(client, namespace, target.kind, &target.name).await?
+    else {
+        // No target, no pods of it to restore.
+        return Ok(Action::await_change());
+    };
+    let now = pods::time(Timestamp::now());
+    let marks = restore::marked_pods(client, namespace, &found.selector, now).await?;
+    let restore = restore::to_restore(&marks, found.replicas);
+    let writer = Writer {
+        client,
+        namespace,
+        leadership: &ctx.leadership,
+    };
+    restore::restore(&writer, &restore).await?;
+    if !restore.is_empty() {
+        let note = format!(
+            "the policy is being deleted: cancelled the drains of {}; they serve again",
+            pod_list(&restore)
+        );
+        tracing::info!(namespace, policy = sp.name_any(), note, "restored");
+        ctx.publish(sp, false, ShellReason::DrainCancelled.as_str(), note)
+            .await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Another policy in `namespace`, not being deleted, that scales the same target as `sp`.
+fn heir(policies: &Store<ScalingPolicy>, sp: &ScalingPolicy, namespace: &str) -> Option<String> {
+    let target = &sp.spec.target_ref;
+    policies
+        .state()
+        .iter()
+        .find(|other| {
+            other.namespace().as_deref() == Some(namespace)
+                && other.name_any() != sp.name_any()
+                && other.metadata.deletion_timestamp.is_none()
+                && other.spec.target_ref.kind == target.kind
+                && other.spec.target_ref.name == target.name
+        })
+        .map(|other| other.name_any())
+}
+
+fn pod_list(pods: &[restore::Restore]) -> String {
+    let names: Vec<&str> = pods.iter().map(|r| r.pod.as_str()).collect();
+    format!(
+        "pod{} {}",
+        if names.len() == 1 { "" } else { "s" },
+        names.join(", ")
+    )
+}
+
+/// What a policy that lets go of its target (paused, dry run) is called in messages.
+fn letting_go(policy: &Policy) -> Option<&'static str> {
+    if policy.paused {
+        Some("spec.paused")
+    } else if policy.dry_run {
+        Some("spec.dryRun")
+    } else {
+        None
+    }
+}
+
+/// A live policy: `validate -> observe -> decide -> act -> report`.
+async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result<Action, Error> {
+    let namespace = namespace.to_owned();
     let now = pods::time(Timestamp::now());
     let client = &ctx.sources.client;
 
@@ -139,7 +252,7 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
         Err(why) => {
             let message = format!("the policy is invalid: {why}");
             return block(
-                &ctx,
+                ctx,
                 &sp,
                 &namespace,
                 ShellReason::InvalidPolicy,
@@ -167,21 +280,44 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
     );
     let target = match target? {
         Ok(target) => target,
-        Err(b) => return blocked(&ctx, &sp, &namespace, b, now).await,
+        Err(b) => return blocked(ctx, &sp, &namespace, b, now).await,
     };
     let readings = match readings {
         Ok(readings) => readings,
-        Err(b) => return blocked(&ctx, &sp, &namespace, b, now).await,
+        Err(b) => return blocked(ctx, &sp, &namespace, b, now).await,
     };
     ctx.autoscalers
         .wait_until_ready()
         .await
         .map_err(|_| Error::AutoscalerCache)?;
     if let Some(b) = observe::conflicts(&ctx.policies, &ctx.autoscalers, &sp, &namespace) {
-        return blocked(&ctx, &sp, &namespace, b, now).await;
+        return blocked(ctx, &sp, &namespace, b, now).await;
     }
     ctx.remember_selector(&sp, Some(target.selector.clone()));
-    let (seen, uids) = observe::observe(&ctx.sources, &namespace, &target, readings, now);
+    let (mut seen, uids) = observe::observe(&ctx.sources, &namespace, &target, readings, now);
+    // act (needs a client): paused or in dry run, drainscaler lets go of the target, and the
+    // drains in progress are cancelled so that no pod stays out of service with nobody to
+    // finish its drain. The decision sees them serving.
+    if let Some(field) = letting_go(&policy) {
+        let marks = restore::Marks::of_observed(&seen.instances, &uids, now);
+        let restore = restore::to_restore(&marks, seen.replicas);
+        if !restore.is_empty() {
+            let writer = Writer {
+                client,
+                namespace: &namespace,
+                leadership: &ctx.leadership,
+            };
+            restore::restore(&writer, &restore).await?;
+            restore::forget_marks(&mut seen.instances, &restore);
+            let note = format!(
+                "{field}: cancelled the drains of {}; they serve again",
+                pod_list(&restore)
+            );
+            tracing::info!(namespace, policy = sp.name_any(), note, "restored");
+            ctx.publish(&sp, false, ShellReason::DrainCancelled.as_str(), note)
+                .await;
+        }
+    }
     let mut history = status::history(sp.status.as_ref());
     ctx.latest_made.fill(&key, &mut history);
     // Reused readings were counted when they were taken: decide on the count from before
@@ -263,7 +399,7 @@ pub async fn reconcile(sp: Arc<ScalingPolicy>, ctx: Arc<Context>) -> Result<Acti
             .await;
     }
     ctx.metrics
-        .observe_decision(&namespace, &sp.name_any(), &decision);
+        .observe_decision(&namespace, &sp.name_any(), policy.drain.timeout, &decision);
     ctx.succeeded(&sp);
     // Next read one interval after the last one, whatever triggered this reconcile.
     let next_read = match &reuse {
@@ -333,6 +469,7 @@ async fn block(
         source,
     })?;
     let changed = status::patch(&ctx.sources.client, sp, &new_status).await?;
+    ctx.metrics.blocked(namespace, &sp.name_any());
     if changed {
         ctx.publish(sp, true, reason.as_str(), message).await;
     }
@@ -375,6 +512,8 @@ pub struct RunConfig {
     /// `--prometheus-namespace-label`: restrict each policy's queries to its own namespace.
     pub prometheus_namespace_label: Option<String>,
     pub reporter_instance: Option<String>,
+    /// Told that the reconcile loop runs, for `/healthz`.
+    pub health: Arc<crate::health::Health>,
     /// This replica's leadership, checked before every write.
     pub leadership: Leadership,
 }
@@ -434,13 +573,18 @@ pub async fn run(
         .touched_objects()
         .inspect_err(|e| tracing::warn!(error = %e, "HorizontalPodAutoscaler watch failed"));
 
-    // Only spec changes (a new generation) trigger a policy: its own status writes do not.
+    // Only spec changes (a new generation), deletion and finalizers trigger a policy: its own
+    // status writes do not.
     let (policy_store, policy_writer) = reflector::store::<ScalingPolicy>();
     let policy_stream = watcher(policies_api, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(policy_writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        // Adding the finalizer leaves the generation as it is; a deletion bumps it.
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers),
+            Default::default(),
+        );
     let controller = Controller::for_stream(policy_stream, policy_store).with_config(
         ControllerConfig::default()
             .concurrency(config.concurrency)
@@ -484,7 +628,16 @@ pub async fn run(
             kept.forget_deleted_policies();
         }
     });
-    controller
+    let health = Arc::clone(&config.health);
+    let beating = Arc::clone(&health);
+    let beat = async move {
+        let mut tick = tokio::time::interval(crate::health::LOOP_BEAT);
+        loop {
+            tick.tick().await;
+            beating.beat(std::time::Instant::now());
+        }
+    };
+    let reconciling = controller
         .watches_shared_stream(subscriber, move |pod: Arc<Pod>| {
             mapper.selectors.policies_for(&pod)
         })
@@ -494,12 +647,17 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
+            health.beat(std::time::Instant::now());
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile not run");
             }
             std::future::ready(())
-        })
-        .await;
+        });
+    // The beat runs in the loop's own task: it stops when the loop is stuck on this thread.
+    tokio::select! {
+        () = reconciling => {},
+        () = beat => {},
+    }
     pods_task.abort();
     pruner.abort();
     Ok(())

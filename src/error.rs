@@ -32,6 +32,27 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("listing the target's pods: {source}")]
+    ListPods {
+        #[source]
+        source: kube::Error,
+    },
+    #[error("adding the finalizer {finalizer} to the policy: {source}")]
+    AddFinalizer {
+        finalizer: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("removing the finalizer {finalizer} from the policy: {source}")]
+    RemoveFinalizer {
+        finalizer: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the policy has no name")]
+    NoName,
+    #[error("the finalizer's JSON patch path is invalid")]
+    InvalidFinalizer,
     #[error("the policy has no namespace")]
     NoNamespace,
     #[error("not writing ({write}): {source}")]
@@ -68,6 +89,11 @@ impl Error {
             Error::PatchScale { .. } => "patch_scale",
             Error::DeletePod { .. } => "delete_pod",
             Error::PatchStatus { .. } => "patch_status",
+            Error::ListPods { .. } => "list_pods",
+            Error::AddFinalizer { .. } => "add_finalizer",
+            Error::RemoveFinalizer { .. } => "remove_finalizer",
+            Error::NoName => "no_name",
+            Error::InvalidFinalizer => "invalid_finalizer",
             Error::NoNamespace => "no_namespace",
             Error::NotLeading { .. } => "not_leading",
             Error::ScaleChanged { .. } => "scale_changed",

@@ -15,16 +15,19 @@ use drainscaler::api::ScalingPolicy;
 use drainscaler::check;
 use drainscaler::controller::{self, RunConfig};
 use drainscaler::fence::{DeadlineLayer, FenceLayer};
+use drainscaler::health::{Health, HealthLimits};
 use drainscaler::leader::{API_DEADLINE, Elector, Leadership};
+use drainscaler::listener::{self, ConnLimits, ReloadingCert};
 use drainscaler::metrics::{ApiLayer, Metrics};
 use drainscaler::names::{FIELD_MANAGER, LEADER_LABEL};
 use drainscaler::observe::heartbeats::Heartbeats;
 use drainscaler::observe::prometheus::Prometheus;
 use drainscaler::policy::parse_duration;
-use drainscaler::server::{self, ServerState};
+use drainscaler::server::{self, RequestLimits, ServerState};
 use drainscaler::simulate::plot::{self, Format};
 use drainscaler::simulate::trace::Trace;
 use drainscaler::simulate::{self, Options};
+use drainscaler::tokens::{self, KubeReviewer, SystemClock, TokenCache};
 
 /// A Kubernetes autoscaler that drains session-holding instances before removing them.
 #[derive(Parser)]
@@ -106,9 +109,42 @@ struct RunArgs {
     /// parsed PromQL; a query that selects another value of the label is refused.
     #[arg(long, env = "DRAINSCALER_PROMETHEUS_NAMESPACE_LABEL")]
     prometheus_namespace_label: Option<String>,
-    /// Address for heartbeats, /metrics, /healthz and /readyz.
+    /// Address for heartbeats (POST /v1/heartbeats) and nothing else.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// Address for /metrics, /healthz and /readyz, apart from heartbeats so that a
+    /// NetworkPolicy can open one port without the other.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    metrics_listen: SocketAddr,
+    /// PEM certificate (chain) for TLS on the heartbeat port; read again when it changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// How often the TLS files are checked for a change.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    tls_reload_period: Duration,
+    /// Heartbeat connections open at once; more are closed on accept.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    max_connections: usize,
+    /// Heartbeats handled at once; more are answered 503.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_concurrent_heartbeats: usize,
+    /// The longest until a request's headers are in, counted from when the connection is
+    /// ready for it: this is also how long a kept-alive connection may stay idle.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    header_read_timeout: Duration,
+    /// The longest to receive a heartbeat's body once its headers are in.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    body_read_timeout: Duration,
+    /// TokenReviews in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    max_concurrent_token_reviews: usize,
+    /// TokenReviews per second for tokens never accepted before (a pod renewing its cached
+    /// token is not limited); the burst is four times this.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    token_reviews_per_second: u32,
     /// Watch ScalingPolicies and pods in this namespace only.
     #[arg(long)]
     namespace: Option<String>,
@@ -294,16 +330,32 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
         .transpose()
         .context("--prometheus-url")?;
     let heartbeats = Heartbeats::default();
+    let tokens = TokenCache::new(
+        Arc::new(KubeReviewer::new(client.clone())),
+        Arc::new(SystemClock),
+        tokens::Limits {
+            concurrent_reviews: args.max_concurrent_token_reviews,
+            unknown_per_second: args.token_reviews_per_second,
+            unknown_burst: args.token_reviews_per_second.saturating_mul(4),
+            ..tokens::Limits::default()
+        },
+        Arc::clone(&metrics),
+    );
     let state = Arc::new(ServerState::new(
-        client.clone(),
+        tokens,
         heartbeats.clone(),
         Arc::clone(&metrics),
         args.insecure_dev_heartbeats,
+        &RequestLimits {
+            body_read_timeout: args.body_read_timeout,
+            concurrent_requests: args.max_concurrent_heartbeats,
+        },
     ));
     state.follow(leadership.clone());
     if args.insecure_dev_heartbeats {
         tracing::warn!("accepting unauthenticated heartbeats (--insecure-dev-heartbeats)");
     }
+    let health = Arc::new(Health::new(HealthLimits::default()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -312,15 +364,50 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let cert = Arc::new(ReloadingCert::load(cert, key).context("--tls-cert-file")?);
+            cert.watch(args.tls_reload_period);
+            Some(cert.acceptor().context("--tls-cert-file")?)
+        }
+        _ => None,
+    };
+    let limits = ConnLimits {
+        max_connections: args.max_connections,
+        header_read_timeout: args.header_read_timeout,
+        ..ConnLimits::default()
+    };
+    let heartbeat_listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, "serving heartbeats and metrics");
-    let server_task = tokio::spawn(
-        axum::serve(listener, server::router(Arc::clone(&state)))
-            .with_graceful_shutdown(stopped())
-            .into_future(),
+        .with_context(|| format!("--listen {}", args.listen))?;
+    let ops_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("--metrics-listen {}", args.metrics_listen))?;
+    tracing::info!(
+        heartbeats = %args.listen,
+        tls = tls.is_some(),
+        metrics = %args.metrics_listen,
+        "serving heartbeats, and metrics and probes"
     );
+    let server_task = tokio::spawn(listener::serve(
+        heartbeat_listener,
+        server::heartbeat_router(Arc::clone(&state)),
+        limits.clone(),
+        tls,
+        Arc::clone(&metrics),
+        stopped(),
+    ));
+    let ops_task = tokio::spawn(listener::serve(
+        ops_listener,
+        server::ops_router(Arc::clone(&metrics), Arc::clone(&health)),
+        ConnLimits {
+            max_connections: 64,
+            ..limits
+        },
+        None,
+        Arc::clone(&metrics),
+        stopped(),
+    ));
     tokio::spawn(async move {
         terminated().await;
         tracing::info!("shutting down");
@@ -354,11 +441,14 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = elector.acquire() => {},
         _ = stopped() => {
-            let _ = server_task.await;
+            let _ = tokio::join!(server_task, ops_task);
             return Ok(());
         }
     }
     tracing::info!(identity, "leading");
+    metrics.leading(true);
+    let renewals = leadership.clone();
+    health.leading(renewals.now(), Some(Box::new(move |now| renewals.age(now))));
     label_leader(&client, own_pod.as_ref(), true).await;
 
     let config = RunConfig {
@@ -367,9 +457,11 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
         prometheus,
         prometheus_namespace_label: args.prometheus_namespace_label.clone(),
         reporter_instance: args.pod_name.clone(),
+        health: Arc::clone(&health),
         leadership,
     };
     let lead_state = Arc::clone(&state);
+    let lead_health = Arc::clone(&health);
     // The elector first: a process woken from a freeze finds its renewal overdue and stops
     // before the controller goes on with a reconcile that was under way.
     let lost = tokio::select! {
@@ -379,8 +471,11 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
             fenced,
             config,
             heartbeats,
-            metrics,
-            move |pods| lead_state.lead(pods),
+            Arc::clone(&metrics),
+            move |pods| {
+                lead_state.lead(pods);
+                lead_health.synced();
+            },
             stopped(),
         ) => {
             result.map_err(|e| anyhow::anyhow!(e))?;
@@ -390,12 +485,14 @@ async fn daemon(args: RunArgs) -> anyhow::Result<()> {
     // Leadership is over (`hold` returned, or `release` below): no heartbeat is answered from
     // here on, and the fenced client writes nothing.
     state.unlead();
+    metrics.leading(false);
+    health.standing_by();
     label_leader(&client, own_pod.as_ref(), false).await;
     if lost {
         anyhow::bail!("lost the lease; exiting so that a fresh replica takes part again");
     }
     elector.release().await;
-    let _ = server_task.await;
+    let _ = tokio::join!(server_task, ops_task);
     Ok(())
 }
 

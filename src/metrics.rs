@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::{Method, Request};
 use futures::future::BoxFuture;
@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::engine::Decision;
+use crate::engine::{ConditionType, Decision};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabels {
@@ -48,7 +48,18 @@ pub struct Metrics {
     pub draining: Family<PolicyLabels, Gauge>,
     pub sessions: Family<PolicyLabels, Gauge>,
     pub lost: Family<PolicyLabels, Gauge>,
+    pub silent: Family<PolicyLabels, Gauge>,
+    pub fallback_active: Family<PolicyLabels, Gauge>,
+    /// 1 while the engine's `Heartbeats` condition is False (a broad heartbeat outage).
+    pub heartbeats_missing: Family<PolicyLabels, Gauge>,
+    pub ready: Family<PolicyLabels, Gauge>,
+    /// Start of the oldest drain under way, in Unix seconds; no series while none drains.
+    pub oldest_drain: Family<PolicyLabels, Gauge>,
+    pub drain_timeout: Family<PolicyLabels, Gauge>,
+    pub leader: Gauge,
     pub heartbeats: Family<ResultLabels, Counter>,
+    pub token_reviews: Family<ResultLabels, Counter>,
+    pub http_refused: Family<ResultLabels, Counter>,
     pub api_requests: Family<VerbLabels, Counter>,
     pub api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram>,
     pub fenced_writes: Family<ResultLabels, Counter>,
@@ -72,7 +83,16 @@ impl Default for Metrics {
         let draining = Family::<PolicyLabels, Gauge>::default();
         let sessions = Family::<PolicyLabels, Gauge>::default();
         let lost = Family::<PolicyLabels, Gauge>::default();
+        let silent = Family::<PolicyLabels, Gauge>::default();
+        let fallback_active = Family::<PolicyLabels, Gauge>::default();
+        let heartbeats_missing = Family::<PolicyLabels, Gauge>::default();
+        let ready = Family::<PolicyLabels, Gauge>::default();
+        let oldest_drain = Family::<PolicyLabels, Gauge>::default();
+        let drain_timeout = Family::<PolicyLabels, Gauge>::default();
+        let leader = Gauge::default();
         let heartbeats = Family::<ResultLabels, Counter>::default();
+        let token_reviews = Family::<ResultLabels, Counter>::default();
+        let http_refused = Family::<ResultLabels, Counter>::default();
         let api_requests = Family::<VerbLabels, Counter>::default();
         let api_seconds: Family<VerbLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
@@ -106,9 +126,56 @@ impl Default for Metrics {
             lost.clone(),
         );
         registry.register(
+            "silent_instances",
+            "Instances that sent no heartbeat for one timeout (lost ones included)",
+            silent.clone(),
+        );
+        registry.register(
+            "fallback_active",
+            "1 while the fallback replica count applies because metrics kept failing",
+            fallback_active.clone(),
+        );
+        registry.register(
+            "heartbeats_missing",
+            "1 while the Heartbeats condition is False: more of the policy's instances are silent than report",
+            heartbeats_missing.clone(),
+        );
+        registry.register(
+            "policy_ready",
+            "1 when the last reconcile of the policy reported Ready, 0 when it was blocked",
+            ready.clone(),
+        );
+        registry.register(
+            "oldest_drain_start_timestamp_seconds",
+            "When the oldest drain under way began, in Unix seconds (absent while none drains)",
+            oldest_drain.clone(),
+        );
+        registry.register(
+            "drain_timeout_seconds",
+            "The policy's spec.drain.timeout (0: drains are not waited for)",
+            drain_timeout.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease and reconciles",
+            leader.clone(),
+        );
+        registry.register(
             "heartbeats",
             "Heartbeat requests, by result",
             heartbeats.clone(),
+        );
+        registry.register(
+            "token_reviews",
+            "Heartbeat tokens by how they were identified: hit, refused_cached, coalesced, \
+             reviewed (a TokenReview sent), refused_unread, throttled, review_failed",
+            token_reviews.clone(),
+        );
+        registry.register(
+            "http_refused",
+            "Heartbeat connections and requests refused by a limit: connections, concurrency, \
+             body_timeout, tls_handshake",
+            http_refused.clone(),
         );
         registry.register(
             "api_requests",
@@ -135,7 +202,16 @@ impl Default for Metrics {
             draining,
             sessions,
             lost,
+            silent,
+            fallback_active,
+            heartbeats_missing,
+            ready,
+            oldest_drain,
+            drain_timeout,
+            leader,
             heartbeats,
+            token_reviews,
+            http_refused,
             api_requests,
             api_seconds,
             fenced_writes,
@@ -145,7 +221,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn observe_decision(&self, namespace: &str, policy: &str, d: &Decision) {
+    /// Records a decision that was reported, for a policy whose `spec.drain.timeout` is
+    /// `drain_timeout`.
+    pub fn observe_decision(
+        &self,
+        namespace: &str,
+        policy: &str,
+        drain_timeout: Duration,
+        d: &Decision,
+    ) {
         let labels = PolicyLabels {
             namespace: namespace.to_owned(),
             policy: policy.to_owned(),
@@ -159,10 +243,48 @@ impl Metrics {
         set(&self.draining, u64::from(d.instances.draining));
         set(&self.sessions, d.instances.sessions);
         set(&self.lost, u64::from(d.instances.lost));
+        set(&self.silent, u64::from(d.instances.silent));
+        set(&self.fallback_active, u64::from(d.fallback_active));
+        let missing = d
+            .conditions
+            .iter()
+            .any(|c| c.type_ == ConditionType::Heartbeats && !c.status);
+        set(&self.heartbeats_missing, u64::from(missing));
+        set(&self.ready, 1);
+        set(&self.drain_timeout, drain_timeout.as_secs());
+        match d.draining.iter().map(|x| x.since).min() {
+            // Whole seconds, rounded down: an alert on `time() - this` fires no later.
+            Some(since) => {
+                self.oldest_drain
+                    .get_or_create(&labels)
+                    .set(since.millis().div_euclid(1000));
+            }
+            None => {
+                self.oldest_drain.remove(&labels);
+            }
+        }
         self.policies
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(labels);
+    }
+
+    /// Records that a policy was blocked: its `Ready` condition is False.
+    pub fn blocked(&self, namespace: &str, policy: &str) {
+        let labels = PolicyLabels {
+            namespace: namespace.to_owned(),
+            policy: policy.to_owned(),
+        };
+        self.ready.get_or_create(&labels).set(0);
+        self.policies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(labels);
+    }
+
+    /// Records whether this replica leads (holds the lease and reconciles).
+    pub fn leading(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Removes the series of every policy for which `live(namespace, policy)` is false, so that
@@ -178,6 +300,12 @@ impl Metrics {
                     &self.draining,
                     &self.sessions,
                     &self.lost,
+                    &self.silent,
+                    &self.fallback_active,
+                    &self.heartbeats_missing,
+                    &self.ready,
+                    &self.oldest_drain,
+                    &self.drain_timeout,
                 ] {
                     family.remove(labels);
                 }
@@ -198,6 +326,22 @@ impl Metrics {
         self.heartbeats
             .get_or_create(&ResultLabels {
                 result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn token_review(&self, result: &str) {
+        self.token_reviews
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn refused(&self, limit: &str) {
+        self.http_refused
+            .get_or_create(&ResultLabels {
+                result: limit.to_owned(),
             })
             .inc();
     }
@@ -313,6 +457,7 @@ mod tests {
     use axum::http::Method;
 
     use std::sync::Arc;
+    use std::time::Duration;
 
     use axum::http::Request;
     use tower::{Layer, ServiceExt};
@@ -352,9 +497,10 @@ mod tests {
             &history().build(),
             NOW,
         );
-        metrics.observe_decision("demo", "chat", &decision);
-        metrics.observe_decision("demo", "gone", &decision);
-        metrics.observe_decision("other", "chat", &decision);
+        let timeout = Duration::from_secs(60);
+        metrics.observe_decision("demo", "chat", timeout, &decision);
+        metrics.observe_decision("demo", "gone", timeout, &decision);
+        metrics.observe_decision("other", "chat", timeout, &decision);
         metrics.retain_policies(|namespace, policy| (namespace, policy) != ("demo", "gone"));
         let page = metrics.encode().expect("metrics encode");
         for family in [
@@ -363,6 +509,11 @@ mod tests {
             "draining_instances",
             "sessions",
             "lost_instances",
+            "silent_instances",
+            "fallback_active",
+            "heartbeats_missing",
+            "policy_ready",
+            "drain_timeout_seconds",
         ] {
             let kept = format!(r#"drainscaler_{family}{{namespace="demo",policy="chat"}}"#);
             let other = format!(r#"drainscaler_{family}{{namespace="other",policy="chat"}}"#);
@@ -370,6 +521,62 @@ mod tests {
             assert!(page.contains(&other), "{other} missing from\n{page}");
         }
         assert!(!page.contains(r#"policy="gone""#), "{page}");
+    }
+
+    #[test]
+    fn the_oldest_drain_is_exported_while_one_runs_and_removed_after() {
+        let metrics = Metrics::default();
+        let mut decision = crate::engine::decide(
+            &policy().build(),
+            &observation().build(),
+            &history().build(),
+            NOW,
+        );
+        let drain = |pod: &str, millis: i64| crate::engine::Draining {
+            pod: pod.to_owned(),
+            since: crate::engine::Time(millis),
+            sessions: None,
+        };
+        decision.draining = vec![drain("b", 1_700_000_090_000), drain("a", 1_700_000_000_999)];
+        decision.fallback_active = true;
+        decision.instances.silent = 3;
+        decision.conditions.push(crate::engine::Condition {
+            type_: crate::engine::ConditionType::Heartbeats,
+            status: false,
+            reason: "HeartbeatsMissing",
+            message: "3 of 4 instances sent no heartbeat".to_owned(),
+        });
+        metrics.observe_decision("demo", "chat", Duration::from_secs(600), &decision);
+        let page = metrics.encode().expect("metrics encode");
+        for line in [
+            r#"drainscaler_oldest_drain_start_timestamp_seconds{namespace="demo",policy="chat"} 1700000000"#,
+            r#"drainscaler_drain_timeout_seconds{namespace="demo",policy="chat"} 600"#,
+            r#"drainscaler_fallback_active{namespace="demo",policy="chat"} 1"#,
+            r#"drainscaler_silent_instances{namespace="demo",policy="chat"} 3"#,
+            r#"drainscaler_policy_ready{namespace="demo",policy="chat"} 1"#,
+            r#"drainscaler_heartbeats_missing{namespace="demo",policy="chat"} 1"#,
+        ] {
+            assert!(page.contains(line), "{line} missing from\n{page}");
+        }
+        decision.draining.clear();
+        decision
+            .conditions
+            .retain(|c| c.reason != "HeartbeatsMissing");
+        metrics.observe_decision("demo", "chat", Duration::from_secs(600), &decision);
+        metrics.blocked("demo", "chat");
+        let page = metrics.encode().expect("metrics encode");
+        assert!(
+            !page.contains("drainscaler_oldest_drain_start_timestamp_seconds{"),
+            "{page}"
+        );
+        assert!(
+            page.contains(r#"drainscaler_heartbeats_missing{namespace="demo",policy="chat"} 0"#),
+            "{page}"
+        );
+        assert!(
+            page.contains(r#"drainscaler_policy_ready{namespace="demo",policy="chat"} 0"#),
+            "{page}"
+        );
     }
 
     #[test]

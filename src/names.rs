@@ -22,6 +22,9 @@ pub use crate::engine::REMOVABLE_DELETION_COST;
 /// The StatefulSet controller's ordinal label.
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
+/// The finalizer on every policy the controller has seen: deleting the policy waits until the
+/// pods it marked draining serve again.
+pub const FINALIZER: &str = "drainscaler.io/restore-pods";
 /// A Secret named in a policy's `spec.prometheus` is used only with this label set to `"true"`:
 /// its owner's consent to have it sent to the policy's Prometheus address.
 pub const PROMETHEUS_AUTH_LABEL: &str = "drainscaler.io/prometheus-auth";
@@ -48,6 +51,8 @@ pub enum ShellReason {
     InvalidPolicy,
     TargetNotFound,
     Conflict,
+    /// Drains put back into service because the policy was deleted, paused or put in dry run.
+    DrainCancelled,
     /// The policy's Prometheus credentials cannot be used as they are.
     PrometheusAuth,
 }
@@ -59,6 +64,7 @@ impl ShellReason {
             ShellReason::InvalidPolicy => "InvalidPolicy",
             ShellReason::TargetNotFound => "TargetNotFound",
             ShellReason::Conflict => "Conflict",
+            ShellReason::DrainCancelled => "DrainCancelled",
             ShellReason::PrometheusAuth => "PrometheusAuth",
         }
     }

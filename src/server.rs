@@ -1,26 +1,25 @@
 //! HTTP: `POST /v1/heartbeats` (TokenReview-authenticated, the sender's pod taken from its
-//! token), `/metrics`, `/healthz`, `/readyz`.
+//! token) on the heartbeat port; `/metrics`, `/healthz`, `/readyz` on the operations port.
+//! Connections, timeouts and TLS are `listener`'s.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use k8s_openapi::api::authentication::v1::TokenReviewStatus;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::engine::Heartbeat;
+use crate::health::Health;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::names::{
@@ -28,45 +27,47 @@ use crate::names::{
 };
 use crate::observe::heartbeats::{Heartbeats, PodKey};
 use crate::observe::pods::time;
+use crate::tokens::TokenCache;
 
 /// Heartbeat bodies larger than this are refused.
 pub const MAX_BODY_BYTES: usize = 4096;
-const TOKEN_TTL: Duration = Duration::from_secs(60);
-const REJECTED_TOKEN_TTL: Duration = Duration::from_secs(10);
-const MAX_CACHED_TOKENS: usize = 50_000;
+/// The most sessions one pod may report. Far above what one process holds (about two million
+/// connections is the known record for one server), low enough that sums over any number of
+/// pods cannot overflow.
+pub const MAX_SESSIONS_PER_POD: u64 = 10_000_000;
 
 /// Shared with the controller: the server answers heartbeats only while `pods` is set, that is
 /// while this replica leads.
 pub struct ServerState {
-    pub client: Client,
     pub heartbeats: Heartbeats,
     pub metrics: Arc<Metrics>,
     pub pods: RwLock<Option<Store<Pod>>>,
     pub insecure_dev_heartbeats: bool,
-    tokens: Mutex<HashMap<TokenHash, CachedReview>>,
+    pub tokens: TokenCache,
+    /// The longest a client may take to send a heartbeat's body once its headers are in.
+    pub body_read_timeout: Duration,
+    /// Heartbeats handled at once; more are answered 503 at once.
+    requests: Semaphore,
     /// Heartbeats are answered only while this is fresh, once set.
     leadership: OnceLock<Leadership>,
 }
 
-/// SHA-256 of a token: the cache never holds tokens themselves.
-type TokenHash = [u8; 32];
-/// A review's outcome and until when it may be reused.
-type CachedReview = (Result<PodIdentity, ApiError>, Instant);
-
 impl ServerState {
     pub fn new(
-        client: Client,
+        tokens: TokenCache,
         heartbeats: Heartbeats,
         metrics: Arc<Metrics>,
         insecure_dev_heartbeats: bool,
+        limits: &RequestLimits,
     ) -> ServerState {
         ServerState {
-            client,
             heartbeats,
             metrics,
             pods: RwLock::new(None),
             insecure_dev_heartbeats,
-            tokens: Mutex::new(HashMap::new()),
+            tokens,
+            body_read_timeout: limits.body_read_timeout,
+            requests: Semaphore::new(limits.concurrent_requests.max(1)),
             leadership: OnceLock::new(),
         }
     }
@@ -101,14 +102,35 @@ impl ServerState {
     }
 }
 
-pub fn router(state: Arc<ServerState>) -> Router {
+/// Per-request limits of the heartbeat port.
+#[derive(Clone, Debug)]
+pub struct RequestLimits {
+    pub body_read_timeout: Duration,
+    pub concurrent_requests: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> RequestLimits {
+        RequestLimits {
+            body_read_timeout: Duration::from_secs(5),
+            concurrent_requests: 1024,
+        }
+    }
+}
+
+/// The heartbeat port: `POST /v1/heartbeats` and nothing else.
+pub fn heartbeat_router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/v1/heartbeats", post(heartbeat))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES * 4))
         .with_state(state)
+}
+
+/// The operations port: `/metrics`, `/healthz` (liveness), `/readyz` (readiness).
+pub fn ops_router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics).with_state(metrics))
+        .route("/healthz", get(healthz).with_state(Arc::clone(&health)))
+        .route("/readyz", get(readyz).with_state(health))
 }
 
 /// A heartbeat as sent: `{"sessions": 12}`, plus `"pod": "ns/name"` in development mode.
@@ -146,7 +168,11 @@ pub struct ApiError {
     pub result: &'static str,
 }
 
-fn api_error(status: StatusCode, result: &'static str, message: impl Into<String>) -> ApiError {
+pub(crate) fn api_error(
+    status: StatusCode,
+    result: &'static str,
+    message: impl Into<String>,
+) -> ApiError {
     ApiError {
         status,
         result,
@@ -156,11 +182,21 @@ fn api_error(status: StatusCode, result: &'static str, message: impl Into<String
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let retry = matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        );
+        let mut response = (
             self.status,
             axum::Json(serde_json::json!({"error": self.message})),
         )
-            .into_response()
+            .into_response();
+        if retry {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -173,7 +209,7 @@ pub fn parse_request(body: &[u8]) -> Result<HeartbeatRequest, ApiError> {
             format!("the body is larger than {MAX_BODY_BYTES} bytes"),
         ));
     }
-    serde_json::from_slice(body).map_err(|e| {
+    let request: HeartbeatRequest = serde_json::from_slice(body).map_err(|e| {
         api_error(
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -181,7 +217,18 @@ pub fn parse_request(body: &[u8]) -> Result<HeartbeatRequest, ApiError> {
                 "expected a JSON body like {{\"sessions\": 12}} with sessions a non-negative integer: {e}"
             ),
         )
-    })
+    })?;
+    if request.sessions > MAX_SESSIONS_PER_POD {
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "sessions is {}, above the maximum of {MAX_SESSIONS_PER_POD} per pod",
+                request.sessions
+            ),
+        ));
+    }
+    Ok(request)
 }
 
 /// `ns/name` as development heartbeats name their pod.
@@ -260,61 +307,25 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-async fn review(state: &ServerState, token: &str) -> Result<PodIdentity, ApiError> {
-    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let now = Instant::now();
-    if let Some((cached, until)) = state
-        .tokens
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&hash)
-        && *until > now
-    {
-        return cached.clone();
-    }
-    let review = TokenReview {
-        metadata: ObjectMeta::default(),
-        spec: TokenReviewSpec {
-            token: Some(token.to_owned()),
-            audiences: Some(vec![TOKEN_AUDIENCE.to_owned()]),
-        },
-        status: None,
-    };
-    let api: Api<TokenReview> = Api::all(state.client.clone());
-    let result = match api.create(&PostParams::default(), &review).await {
-        Ok(r) => identity_from_review(&r.status.unwrap_or_default()),
-        Err(e) => {
-            // Not cached: the API server may be back in a moment.
-            tracing::warn!(error = %e, "TokenReview failed");
-            return Err(api_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "review_failed",
-                "could not review the token; retry",
-            ));
-        }
-    };
-    let ttl = if result.is_ok() {
-        TOKEN_TTL
-    } else {
-        REJECTED_TOKEN_TTL
-    };
-    let mut tokens = state.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-    if tokens.len() >= MAX_CACHED_TOKENS {
-        tokens.retain(|_, (_, until)| *until > now);
-        if tokens.len() >= MAX_CACHED_TOKENS {
-            tokens.clear();
-        }
-    }
-    tokens.insert(hash, (result.clone(), now + ttl));
-    result
-}
-
 async fn heartbeat(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    match handle_heartbeat(&state, &headers, &body).await {
+    let Ok(_handling) = state.requests.try_acquire() else {
+        state.metrics.refused("concurrency");
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many heartbeats at once; retry",
+        )
+        .into_response();
+    };
+    let answer = match read_body(&state, body).await {
+        Ok(body) => handle_heartbeat(&state, &headers, &body).await,
+        Err(e) => Err(e),
+    };
+    match answer {
         Ok(reply) => {
             state.metrics.heartbeat("accepted");
             axum::Json(reply).into_response()
@@ -326,7 +337,36 @@ async fn heartbeat(
     }
 }
 
-async fn handle_heartbeat(
+/// The body, read within the body-read timeout and never beyond `MAX_BODY_BYTES` (plus one
+/// byte, to tell a body of exactly the maximum from a larger one).
+async fn read_body(state: &ServerState, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    match tokio::time::timeout(
+        state.body_read_timeout,
+        axum::body::to_bytes(body, MAX_BODY_BYTES + 1),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(api_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than {MAX_BODY_BYTES} bytes, or was cut off"),
+        )),
+        Err(_) => {
+            state.metrics.refused("body_timeout");
+            Err(api_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {:?}",
+                    state.body_read_timeout
+                ),
+            ))
+        }
+    }
+}
+
+pub(crate) async fn handle_heartbeat(
     state: &ServerState,
     headers: &HeaderMap,
     body: &[u8],
@@ -345,7 +385,7 @@ async fn handle_heartbeat(
             uid: None,
         },
         (Some(token), claimed, _) => {
-            let identity = review(state, token).await?;
+            let identity = state.tokens.identify(token).await?;
             if let Some(claimed) = claimed
                 && parse_pod_ref(claimed)? != identity.key
             {
@@ -426,8 +466,8 @@ pub fn knew_of_drain(request: &HeartbeatRequest, mark: Option<&str>, told: Optio
     request.draining || mark.is_some_and(|m| told == Some(m))
 }
 
-async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
-    match state.metrics.encode() {
+async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+    match metrics.encode() {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -439,6 +479,34 @@ async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
+
+async fn healthz(State(health): State<Arc<Health>>) -> Response {
+    probe(health.live())
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> Response {
+    probe(health.ready())
+}
+
+/// 200 `ok`, or 503 with every reason on its own line.
+fn probe(verdict: Result<(), Vec<String>>) -> Response {
+    match verdict {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(reasons) => {
+            let mut response =
+                (StatusCode::SERVICE_UNAVAILABLE, reasons.join("\n") + "\n").into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
+mod handler_tests;
 
 #[cfg(test)]
 mod tests {
@@ -453,21 +521,33 @@ mod tests {
     use axum::http::{Request, Response};
     use kube::runtime::reflector;
 
-    use super::{ServerState, identity_from_review, knew_of_drain, parse_pod_ref, parse_request};
+    use super::{
+        RequestLimits, ServerState, identity_from_review, knew_of_drain, parse_pod_ref,
+        parse_request,
+    };
     use crate::leader::{Clock, Leadership, ManualClock, WRITE_WINDOW};
     use crate::metrics::Metrics;
     use crate::observe::heartbeats::{Heartbeats, PodKey};
+    use crate::tokens::{KubeReviewer, Limits, SystemClock, TokenCache};
 
     #[tokio::test]
     async fn heartbeats_are_answered_only_while_leadership_is_fresh() {
         let api = tower::service_fn(|_: Request<kube::client::Body>| async {
             Ok::<_, Infallible>(Response::new(kube::client::Body::empty()))
         });
+        let metrics = Arc::new(Metrics::default());
+        let tokens = TokenCache::new(
+            Arc::new(KubeReviewer::new(kube::Client::new(api, "ns"))),
+            Arc::new(SystemClock),
+            Limits::default(),
+            Arc::clone(&metrics),
+        );
         let state = ServerState::new(
-            kube::Client::new(api, "ns"),
+            tokens,
             Heartbeats::default(),
-            Arc::new(Metrics::default()),
+            metrics,
             false,
+            &RequestLimits::default(),
         );
         let clock = ManualClock::new();
         let leadership = Leadership::new(clock.clone());

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use support::{
     Controller, Namespace, POLICY_COLUMNS, app_with_controller, apply, condition, dropped_sessions,
-    enabled, event_reasons, http, install_crd, kubectl, kubectl_result, pods, policy, policy_table,
-    ready_replicas, sessions_spec, spec_replicas, traffic, traffic_summary, wait_for,
+    enabled, event_reasons, http, install_crd, kubectl, kubectl_result, pods, policy,
+    policy_events, policy_table, ready_replicas, sessions_spec, spec_replicas, traffic,
+    traffic_summary, wait_for,
 };
 
 #[test]
@@ -199,16 +200,20 @@ fn load_scales_up_and_scale_in_drains_then_removes_only_drained_pods_without_dro
         "the local node dropped sessions"
     );
     assert!(summary["opened"].as_u64().unwrap_or(0) > 20, "{summary}");
-    let reasons: Vec<String> = event_reasons(&ns.0, "chat")
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
-    for want in ["ScaledUp", "DrainStarted", "DrainCompleted", "ScaledDown"] {
-        assert!(
-            reasons.iter().any(|r| r == want),
-            "no {want} event in {reasons:?}"
-        );
-    }
+    // Events are published after the act and the status: wait for them.
+    wait_for(
+        Duration::from_secs(30),
+        "the ScaledUp, DrainStarted, DrainCompleted and ScaledDown events",
+        || {
+            let reasons: Vec<String> = event_reasons(&ns.0, "chat")
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect();
+            ["ScaledUp", "DrainStarted", "DrainCompleted", "ScaledDown"]
+                .iter()
+                .all(|want| reasons.iter().any(|r| r == want))
+        },
+    );
 }
 
 #[test]
@@ -266,5 +271,178 @@ fn a_second_policy_or_an_hpa_on_the_same_target_is_a_conflict() {
         Duration::from_secs(25),
         "the policy to be Ready once the HPA is gone",
         || condition(&ns.0, "chat", "Ready").is_some_and(|(s, _, _)| s == "True"),
+    );
+}
+
+#[test]
+fn the_api_server_rejects_each_cel_rule_with_its_message() {
+    if !enabled("the_api_server_rejects_each_cel_rule_with_its_message") {
+        return;
+    }
+    install_crd();
+    let ns = Namespace::new("cel-rules");
+    let rps = r#"  - name: rps
+    prometheus: {query: "vector(1)"}
+    target: {type: AverageValue, averageValue: "10"}
+"#;
+    let with_rps = |head: &str| format!("{head}  metrics:\n{rps}");
+    // (the spec after targetRef, the message the API server must give)
+    let cases: Vec<(String, &str)> = vec![
+        (
+            with_rps(
+                "  minReplicas: 1\n  maxReplicas: 4\n  fallback: {failureThreshold: 3, replicas: 9}\n",
+            ),
+            "fallback.replicas must lie within [minReplicas, maxReplicas]",
+        ),
+        (
+            format!("  maxReplicas: 4\n  metrics:\n{rps}{rps}"),
+            "metric names must be unique",
+        ),
+        (
+            r#"  maxReplicas: 4
+  metrics:
+  - name: sessions
+    sessions: {}
+    target: {type: AverageValue, averageValue: "10"}
+"#
+            .to_owned(),
+            "a sessions metric needs a heartbeat source: add spec.heartbeat",
+        ),
+        (
+            with_rps("  maxReplicas: 4\n  interval: 500ms\n"),
+            "interval must be at least 1s",
+        ),
+        (
+            r#"  maxReplicas: 4
+  metrics:
+  - name: rps
+    prometheus: {query: "vector(1)"}
+    sessions: {}
+    target: {type: AverageValue, averageValue: "10"}
+  heartbeat: {source: Push}
+"#
+            .to_owned(),
+            "a metric has exactly one source: set either prometheus or sessions",
+        ),
+        (
+            r#"  maxReplicas: 4
+  metrics:
+  - name: rps
+    prometheus: {query: "vector(1)"}
+    target: {type: AverageValue}
+"#
+            .to_owned(),
+            "target type AverageValue needs averageValue",
+        ),
+        (
+            r#"  maxReplicas: 4
+  metrics:
+  - name: rps
+    prometheus: {query: "vector(1)"}
+    target: {type: AverageValue, averageValue: "lots"}
+"#
+            .to_owned(),
+            "must be a Kubernetes quantity, such as 100, 0.5 or 250m",
+        ),
+        (
+            with_rps("  maxReplicas: 4\n  heartbeat: {source: Prometheus}\n"),
+            "heartbeat source Prometheus needs a query",
+        ),
+        (
+            with_rps("  maxReplicas: 4\n  heartbeat: {source: Push, timeout: 100ms}\n"),
+            "heartbeat.timeout must be at least 1s",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (spec, message) in &cases {
+        let yaml = policy(&ns.0, "chat", spec);
+        let (ok, _, err) = kubectl_result(&["apply", "--dry-run=server", "-f", "-"], Some(&yaml));
+        if ok || !err.contains(message) {
+            wrong.push(format!(
+                "wanted {message:?}, got {}: {err}\n{yaml}",
+                if ok { "accepted" } else { "rejected" }
+            ));
+        }
+    }
+    // The same rules accept a policy that keeps them.
+    let fine = policy(&ns.0, "chat", &with_rps("  maxReplicas: 4\n"));
+    let (ok, _, err) = kubectl_result(&["apply", "--dry-run=server", "-f", "-"], Some(&fine));
+    assert!(ok, "a valid policy was rejected: {err}");
+    let (ok, _, err) = kubectl_result(
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&fine.replace("apiVersion: apps/v1, kind", "apiVersion: apps/v2, kind")),
+    );
+    if ok || !err.contains("targetRef.apiVersion must be apps/v1") {
+        wrong.push(format!("apps/v2 targetRef: accepted {ok}: {err}"));
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n---\n"));
+}
+
+#[test]
+fn a_policy_the_schema_accepts_but_validation_rejects_is_not_ready_warns_and_changes_nothing() {
+    if !enabled(
+        "a_policy_the_schema_accepts_but_validation_rejects_is_not_ready_warns_and_changes_nothing",
+    ) {
+        return;
+    }
+    let (ns, _controller) = app_with_controller("invalid-semantics", 1);
+    wait_for(Duration::from_secs(90), "one ready pod", || {
+        ready_replicas(&ns.0, "chat") == 1
+    });
+    // A quantity the schema takes, but a target of 0 per replica means nothing. Valid, the
+    // policy would scale to its minimum of 3 at once.
+    let spec = |average: &str| {
+        format!(
+            r#"  minReplicas: 3
+  maxReplicas: 5
+  interval: 2s
+  metrics:
+  - name: rps
+    prometheus: {{query: "vector(1)"}}
+    target: {{type: AverageValue, averageValue: "{average}"}}
+"#
+        )
+    };
+    apply(&policy(&ns.0, "chat", &spec("0")));
+    wait_for(Duration::from_secs(30), "Ready=False InvalidPolicy", || {
+        condition(&ns.0, "chat", "Ready")
+            .is_some_and(|(s, r, _)| s == "False" && r == "InvalidPolicy")
+    });
+    let (_, _, message) = condition(&ns.0, "chat", "Ready").expect("Ready");
+    assert!(
+        message.contains("spec.metrics[0].target.averageValue")
+            && message.contains("must be greater than 0"),
+        "{message}"
+    );
+    // The status is written after every act there would be: none came.
+    assert_eq!(
+        spec_replicas(&ns.0, "chat"),
+        1,
+        "an invalid policy scaled the target"
+    );
+    assert!(
+        pods(&ns.0, "chat").iter().all(|(_, draining)| !draining),
+        "an invalid policy drained a pod"
+    );
+    wait_for(Duration::from_secs(30), "an InvalidPolicy warning", || {
+        policy_events(&ns.0, "chat", Some("InvalidPolicy"))
+            .iter()
+            .any(|e| {
+                e["type"] == "Warning"
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("must be greater than 0"))
+            })
+    });
+
+    // Fixed, it acts: the test could tell an acting policy from a blocked one.
+    apply(&policy(&ns.0, "chat", &spec("10")));
+    wait_for(
+        Duration::from_secs(60),
+        "the fixed policy to scale to 3",
+        || {
+            spec_replicas(&ns.0, "chat") == 3
+                && condition(&ns.0, "chat", "Ready").is_some_and(|(s, _, _)| s == "True")
+        },
     );
 }

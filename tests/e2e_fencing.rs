@@ -154,7 +154,7 @@ fn draining(ns: &str) -> Vec<String> {
 
 /// Reconciles a controller has finished, from its `/metrics`.
 fn reconciles_done(controller: &Controller) -> f64 {
-    let (_, page) = http("GET", &controller.addr, "/metrics", &[], "");
+    let (_, page) = http("GET", &controller.metrics_addr, "/metrics", &[], "");
     sample(&page, "drainscaler_reconcile_duration_seconds_count").unwrap_or(0.0)
 }
 

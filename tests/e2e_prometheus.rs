@@ -364,7 +364,7 @@ fn a_deleted_policys_series_leave_the_metrics_page() {
         r#"drainscaler_desired_replicas{{namespace="{}",policy="chat"}}"#,
         ns.0
     );
-    let page = || http("GET", &controller.addr, "/metrics", &[], "").1;
+    let page = || http("GET", &controller.metrics_addr, "/metrics", &[], "").1;
     wait_for(Duration::from_secs(60), "the policy's series", || {
         sample(&page(), &series).is_some()
     });

@@ -5,72 +5,21 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drainscaler::leader::{LEASE_DURATION, RETRY_PERIOD};
+use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 use support::{
-    Controller, FakePrometheus, Namespace, active_sessions, app_with_controller, apply, condition,
-    container_pid, dropped_sessions, enabled, event_reasons, http, install_crd, kubectl,
-    kubectl_json, live_pods, pod_exists, pods, policy, policy_events, ready_replicas, sample,
-    session_app, sessions_spec, signal, spec_replicas, status_condition, traffic, traffic_summary,
-    wait_for,
+    Controller, FakePrometheus, Namespace, app_with_controller, apply, condition, container_pid,
+    draining, drains_started, dropped_sessions, enabled, event_reasons, http, install_crd, kubectl,
+    kubectl_json, live_pods, pod_exists, pod_sessions, pods, policy, policy_events, ready_replicas,
+    sample, session_app, sessions_spec, signal, spec_replicas, start_draining, status_condition,
+    traffic, traffic_summary, wait_for,
 };
-
-fn draining(ns: &str) -> Vec<String> {
-    pods(ns, "chat")
-        .into_iter()
-        .filter(|(_, d)| *d)
-        .map(|(n, _)| n)
-        .collect()
-}
 
 fn has_event(ns: &str, reason: &str) -> bool {
     event_reasons(ns, "chat").iter().any(|(_, r)| r == reason)
-}
-
-/// Three pods holding at most `sessions` long sessions under a policy that wants
-/// `ceil(sessions / 10)` of them: at least one drains.
-fn start_draining(
-    ns: &Namespace,
-    controller: &Controller,
-    sessions: u32,
-    session_secs: u32,
-) -> std::process::Child {
-    apply(&session_app(
-        &ns.0,
-        "chat",
-        3,
-        &format!("http://{}", controller.addr),
-    ));
-    wait_for(Duration::from_secs(90), "three ready pods", || {
-        ready_replicas(&ns.0, "chat") == 3
-    });
-    let load = traffic(
-        &ns.0,
-        "chat",
-        &[
-            "-shape",
-            "constant:4",
-            "-duration",
-            "10s",
-            "-max-sessions",
-            &sessions.to_string(),
-            "-fixed-length",
-            &format!("{session_secs}s"),
-            "-seed",
-            "2",
-        ],
-    );
-    // The policy decides on the whole load, not on part of it still arriving.
-    wait_for(Duration::from_secs(30), "every session to open", || {
-        active_sessions(&ns.0, "chat") >= u64::from(sessions)
-    });
-    apply(&policy(&ns.0, "chat", &sessions_spec(2)));
-    wait_for(Duration::from_secs(60), "a drain", || {
-        !draining(&ns.0).is_empty()
-    });
-    load
 }
 
 #[test]
@@ -118,19 +67,44 @@ fn load_returning_mid_drain_cancels_the_drain_before_adding_pods() {
     assert_eq!(dropped_sessions(&ns.0), 0);
 }
 
-#[test]
-fn a_restarted_controller_keeps_the_drain_and_removes_the_pod_only_once_empty() {
-    if !enabled("a_restarted_controller_keeps_the_drain_and_removes_the_pod_only_once_empty") {
-        return;
-    }
+/// How a controller goes away mid-drain.
+#[derive(Clone, Copy, Debug)]
+enum Exit {
+    /// SIGTERM, as Kubernetes stops a pod: it releases the lease.
+    Graceful,
+    /// SIGKILL, as a crashed node or the OOM killer: nothing released, nothing finished.
+    Killed,
+}
+
+/// A controller that goes away (`exit`) mid-drain and is started again: the drain lives on the
+/// pod, so the new one carries it on and removes the pod only once it is empty. With
+/// `Exit::Killed` the kill comes as soon as the drain mark appears, before the drained pod
+/// can be empty, so before the scale write that would remove it.
+fn restart_mid_drain(name: &str, exit: Exit) {
     install_crd();
-    let ns = Namespace::new("restart-mid-drain");
+    let ns = Namespace::new(name);
     let mut controller = Controller::start(&ns.0, &[]);
     let load = start_draining(&ns, &controller, 12, 25);
+    match exit {
+        Exit::Graceful => controller.stop(),
+        Exit::Killed => controller.kill(),
+    }
+    // Nothing changes the marks now: take them.
     let drained = draining(&ns.0);
-    controller.stop();
-    // The drain lives on the pod, not in the controller.
-    assert_eq!(draining(&ns.0), drained);
+    assert!(!drained.is_empty(), "no drain survived the {exit:?} exit");
+    assert_eq!(
+        spec_replicas(&ns.0, "chat"),
+        3,
+        "scaled in before the drained pod was empty"
+    );
+    // The drain is in progress, not over: the pod still holds sessions.
+    for pod in &drained {
+        let held = pod_sessions(&ns.0, pod);
+        assert!(
+            held > 0,
+            "pod {pod} was already empty when the controller went"
+        );
+    }
 
     // The instances keep sending heartbeats to the old address: start on the same one.
     let _again = Controller::start_on(&ns.0, &controller.addr, &[]);
@@ -140,6 +114,34 @@ fn a_restarted_controller_keeps_the_drain_and_removes_the_pod_only_once_empty() 
     let summary = traffic_summary(load);
     assert_eq!(summary["dropped"].as_u64(), Some(0), "{summary}");
     assert_eq!(dropped_sessions(&ns.0), 0);
+    // And the drain was not trivial: the controller knew the pod held sessions when it began.
+    let started = drains_started(&ns.0, "chat");
+    for pod in &drained {
+        assert!(
+            started
+                .iter()
+                .any(|(p, sessions)| p == pod && sessions.is_some_and(|n| n > 0)),
+            "pod {pod} was drained without sessions: DrainStarted {started:?}"
+        );
+    }
+}
+
+#[test]
+fn a_restarted_controller_keeps_the_drain_and_removes_the_pod_only_once_empty() {
+    if !enabled("a_restarted_controller_keeps_the_drain_and_removes_the_pod_only_once_empty") {
+        return;
+    }
+    restart_mid_drain("restart-mid-drain", Exit::Graceful);
+}
+
+#[test]
+fn a_controller_killed_right_after_marking_a_drain_loses_neither_the_drain_nor_a_session() {
+    if !enabled(
+        "a_controller_killed_right_after_marking_a_drain_loses_neither_the_drain_nor_a_session",
+    ) {
+        return;
+    }
+    restart_mid_drain("killed-mid-drain", Exit::Killed);
 }
 
 #[test]
@@ -173,7 +175,9 @@ fn a_lost_instance_is_replaced() {
         || !pods(&ns.0, "chat").iter().any(|(n, _)| n == &victim),
     );
     signal(pid, "CONT");
-    assert!(has_event(&ns.0, "InstanceLost"));
+    wait_for(Duration::from_secs(30), "the InstanceLost event", || {
+        has_event(&ns.0, "InstanceLost")
+    });
     wait_for(Duration::from_secs(90), "a replacement", || {
         ready_replicas(&ns.0, "chat") == 2
     });
@@ -181,11 +185,10 @@ fn a_lost_instance_is_replaced() {
 
 #[test]
 fn a_prometheus_metric_scales_the_target() {
-    if !enabled("a_prometheus_metric_scales_the_target")
-        || std::env::var_os("PROMETHEUS_URL").is_none()
-    {
+    if !enabled("a_prometheus_metric_scales_the_target") {
         return;
     }
+    require_prometheus();
     let (ns, _controller) = app_with_controller("prometheus-metric", 1);
     apply(&policy(
         &ns.0,
@@ -204,6 +207,15 @@ fn a_prometheus_metric_scales_the_target() {
     });
     let (status, _, message) = condition(&ns.0, "chat", "ScalingActive").expect("ScalingActive");
     assert_eq!(status, "True", "{message}");
+}
+
+/// The plane's Prometheus, which the controllers started here query (`PROMETHEUS_URL` from
+/// `scripts/cluster env`). Without it these tests could not test what they say: fail.
+fn require_prometheus() {
+    assert!(
+        std::env::var_os("PROMETHEUS_URL").is_some(),
+        "PROMETHEUS_URL is not set: run `eval \"$(scripts/cluster env)\"` first"
+    );
 }
 
 fn leader_label(ns: &str, pod: &str) -> String {
@@ -285,10 +297,17 @@ fn prometheus_spec(prometheus: &FakePrometheus, interval: &str) -> String {
     )
 }
 
-/// Reconciles the controller has finished, from its `/metrics`.
+/// Reconciles the controller has finished, from its `/metrics`; fails the test when the page
+/// cannot be read, rather than reading none.
 fn reconciles_done(controller: &Controller) -> f64 {
-    let (_, page) = http("GET", &controller.addr, "/metrics", &[], "");
-    sample(&page, "drainscaler_reconcile_duration_seconds_count").unwrap_or(0.0)
+    let (code, page) = http("GET", &controller.metrics_addr, "/metrics", &[], "");
+    assert_eq!(code, 200, "GET {}/metrics: {page}", controller.metrics_addr);
+    sample(&page, "drainscaler_reconcile_duration_seconds_count").unwrap_or_else(|| {
+        panic!(
+            "{}/metrics has no drainscaler_reconcile_duration_seconds_count:\n{page}",
+            controller.metrics_addr
+        )
+    })
 }
 
 /// The policy `chat`'s status.
@@ -305,8 +324,9 @@ fn prometheus_going_down_holds_the_count_falls_back_after_the_threshold_and_reco
     }
     let mut prometheus = FakePrometheus::start(25.0);
     let (ns, controller) = app_with_controller("prometheus-down", 1);
-    // Readings 5s apart leave time to change a pod between two of them.
-    apply(&policy(&ns.0, "chat", &prometheus_spec(&prometheus, "5s")));
+    // Readings 10s apart leave time to change a pod between two of them and look.
+    let interval = Duration::from_secs(10);
+    apply(&policy(&ns.0, "chat", &prometheus_spec(&prometheus, "10s")));
     wait_for(Duration::from_secs(60), "three replicas for 25 rps", || {
         spec_replicas(&ns.0, "chat") == 3
     });
@@ -318,16 +338,23 @@ fn prometheus_going_down_holds_the_count_falls_back_after_the_threshold_and_reco
     );
 
     prometheus.stop();
+    // The second failed reading came after the last look that still saw fewer failures; the
+    // next reading comes at least one interval after it.
+    let mut second_reading_after = Instant::now();
     wait_for(
-        Duration::from_secs(30),
+        Duration::from_secs(45),
         "two failed readings, one short of the threshold",
         || {
+            let asked = Instant::now();
             let failures = status(&ns.0)["consecutiveFailures"].as_u64();
             let replicas = spec_replicas(&ns.0, "chat");
             assert_eq!(
                 replicas, 3,
                 "the count was not held after {failures:?} failed readings"
             );
+            if failures.unwrap_or(0) < 2 {
+                second_reading_after = asked;
+            }
             failures == Some(2)
         },
     );
@@ -348,11 +375,24 @@ fn prometheus_going_down_holds_the_count_falls_back_after_the_threshold_and_reco
         "the reconcile of the pod change",
         || reconciles_done(&controller) > done,
     );
+    let failures = status(&ns.0)["consecutiveFailures"].as_u64();
+    // Only a status read before the next reading can tell: fail, rather than pass unchecked,
+    // if this machine was too slow.
+    assert!(
+        second_reading_after.elapsed() < interval,
+        "the next reading may have come before the status was read ({:?} after the second): too slow to check the pod-change reconcile",
+        second_reading_after.elapsed()
+    );
+    assert_eq!(
+        failures,
+        Some(2),
+        "the reconcile of a pod change between two readings counted the reused failed reading again"
+    );
 
     // Fallback reasons in the order seen.
     let mut reasons: Vec<String> = Vec::new();
     wait_for(
-        Duration::from_secs(30),
+        Duration::from_secs(40),
         "the fallback of five replicas",
         || {
             // The status first: the controller scales before it writes the status, so a
@@ -389,9 +429,12 @@ fn prometheus_going_down_holds_the_count_falls_back_after_the_threshold_and_reco
         ["MetricsFailing", "FallbackActive"],
         "the Fallback condition's reasons after two failed readings"
     );
-    let reasons = event_reasons(&ns.0, "chat");
-    assert!(has_event(&ns.0, "MetricUnavailable"), "{reasons:?}");
-    assert!(has_event(&ns.0, "FallbackActive"), "{reasons:?}");
+    // Events are published after the scale and the status: wait for them.
+    wait_for(
+        Duration::from_secs(30),
+        "the MetricUnavailable and FallbackActive events",
+        || has_event(&ns.0, "MetricUnavailable") && has_event(&ns.0, "FallbackActive"),
+    );
 
     prometheus.set(15.0);
     prometheus.restart();
@@ -432,6 +475,19 @@ fn lease_holder(ns: &str) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// A time in the controllers' lease in `ns` (`renewTime`, `acquireTime`), on this machine's
+/// clock.
+fn lease_time(ns: &str, field: &str) -> SystemTime {
+    let lease = kubectl_json(&["-n", ns, "get", "lease", "drainscaler"]);
+    let text = lease["spec"][field]
+        .as_str()
+        .unwrap_or_else(|| panic!("the lease has no {field}: {lease}"));
+    let t: Timestamp = text
+        .parse()
+        .unwrap_or_else(|e| panic!("the lease's {field} {text}: {e}"));
+    UNIX_EPOCH + Duration::from_nanos(u64::try_from(t.as_nanosecond()).expect("a time after 1970"))
 }
 
 /// The policy `chat`'s events of `reason`, as (note, times seen).
@@ -492,10 +548,13 @@ fn a_killed_leader_hands_over_within_the_lease_duration_without_scaling_twice() 
         holder,
         "the killed leader's lease did not stay until it expired"
     );
+    // Nothing renews the lease now: its last renewal is final.
+    let renewed = lease_time(&ns.0, "renewTime");
     // The second counts LEASE_DURATION from when it first read the last renewal, which it
-    // reads at most RETRY_PERIOD after it was made; the rest is slack for a loaded machine.
+    // reads at most RETRY_PERIOD after it was made, and tries every RETRY_PERIOD; the rest is
+    // slack for a loaded machine. A deadline, not a claim about speed.
     wait_for(
-        LEASE_DURATION + RETRY_PERIOD + Duration::from_secs(3),
+        LEASE_DURATION + 2 * RETRY_PERIOD + Duration::from_secs(10),
         "the second to take over",
         || {
             let replicas = spec_replicas(&ns.0, "chat");
@@ -510,11 +569,14 @@ fn a_killed_leader_hands_over_within_the_lease_duration_without_scaling_twice() 
         !successor.is_empty() && successor != holder,
         "the lease is still held by {successor:?}, not the second"
     );
-    // It was renewed at most RETRY_PERIOD before the kill: taking over sooner means it was
-    // released or taken from a live holder.
+    // What the lease rules guarantee, on the one clock of this machine: no replica takes the
+    // lease before it went LEASE_DURATION without renewal (the second starts counting when it
+    // reads the renewal, which is after it was made).
+    let acquired = lease_time(&ns.0, "acquireTime");
     assert!(
-        took >= LEASE_DURATION / 2,
-        "took over {took:?} after the kill, before the lease could expire"
+        acquired >= renewed + LEASE_DURATION,
+        "the second took the lease at {acquired:?}, before it expired at {:?} (last renewed {renewed:?})",
+        renewed + LEASE_DURATION
     );
 
     wait_for(
@@ -577,11 +639,10 @@ fn a_dry_run_reports_what_it_would_do_and_changes_nothing() {
 
 #[test]
 fn prometheus_heartbeats_drive_the_drain() {
-    if !enabled("prometheus_heartbeats_drive_the_drain")
-        || std::env::var_os("PROMETHEUS_URL").is_none()
-    {
+    if !enabled("prometheus_heartbeats_drive_the_drain") {
         return;
     }
+    require_prometheus();
     install_crd();
     let ns = Namespace::new("prometheus-heartbeats");
     let _controller = Controller::start(&ns.0, &[]);
@@ -623,8 +684,11 @@ fn prometheus_heartbeats_drive_the_drain() {
     });
     let left = &pods(&ns.0, "chat")[0].0;
     assert!(!drained.contains(left), "the drained pod stayed: {left}");
-    assert!(has_event(&ns.0, "DrainStarted"));
-    assert!(has_event(&ns.0, "DrainCompleted"));
+    wait_for(
+        Duration::from_secs(30),
+        "the DrainStarted and DrainCompleted events",
+        || has_event(&ns.0, "DrainStarted") && has_event(&ns.0, "DrainCompleted"),
+    );
 }
 
 /// The ReplicaSets that own the live pods of `chat`.
@@ -712,6 +776,9 @@ fn a_rollout_holds_scale_in_until_it_ends_without_raising_the_count() {
     wait_for(Duration::from_secs(90), "one replica", || {
         spec_replicas(&ns.0, "chat") == 1
     });
-    assert!(has_event(&ns.0, "DrainStarted"));
-    assert!(has_event(&ns.0, "DrainCompleted"));
+    wait_for(
+        Duration::from_secs(30),
+        "the DrainStarted and DrainCompleted events",
+        || has_event(&ns.0, "DrainStarted") && has_event(&ns.0, "DrainCompleted"),
+    );
 }

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use drainscaler::simulate::runs::Outcome;
 use drainscaler::simulate::trace::Trace;
 use drainscaler::simulate::{self, Options, Simulation};
 
@@ -61,53 +60,314 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn replicas(o: &Outcome) -> Vec<(i64, u32, u32)> {
-    o.timeline
-        .iter()
-        .map(|p| (p.t_ms, p.replicas, p.desired))
-        .collect()
+/// The HorizontalPodAutoscaler's algorithm, written here from its documented rules and
+/// independent of drainscaler's engine: the Kubernetes docs ("Horizontal Pod Autoscaling",
+/// "Configurable scaling behavior") and `pkg/controller/podautoscaler/horizontal.go`
+/// (`GetExternalPerPodMetricReplicas`, `stabilizeRecommendationWithBehaviors`,
+/// `convertDesiredReplicasWithBehaviorRate`, `calculateScaleUpLimitWithScalingRules`,
+/// `calculateScaleDownLimitWithBehaviors`, `getReplicasChangePerPeriod`). One external metric
+/// with an `AverageValue` target, times in milliseconds.
+mod hpa {
+    #[derive(Clone, Copy, Debug)]
+    pub enum Policy {
+        /// At most this many pods per period.
+        Pods { value: i64, period_s: i64 },
+        /// At most this percentage of the count at the period's start per period.
+        Percent { value: i64, period_s: i64 },
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    pub enum Select {
+        /// The policy that allows the largest change (the default).
+        Max,
+        /// The policy that allows the smallest change.
+        Min,
+    }
+
+    #[derive(Clone, Debug)]
+    pub struct Rules {
+        pub window_s: i64,
+        pub select: Select,
+        pub policies: Vec<Policy>,
+    }
+
+    impl Rules {
+        /// `behavior.scaleUp` when not given: no window; 4 pods or 100% per 15s, the larger.
+        pub fn default_up() -> Rules {
+            Rules {
+                window_s: 0,
+                select: Select::Max,
+                policies: vec![
+                    Policy::Pods {
+                        value: 4,
+                        period_s: 15,
+                    },
+                    Policy::Percent {
+                        value: 100,
+                        period_s: 15,
+                    },
+                ],
+            }
+        }
+
+        /// `behavior.scaleDown` when not given: a 300s window; 100% per 15s.
+        pub fn default_down() -> Rules {
+            Rules {
+                window_s: 300,
+                select: Select::Max,
+                policies: vec![Policy::Percent {
+                    value: 100,
+                    period_s: 15,
+                }],
+            }
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    pub struct Spec {
+        pub min: i64,
+        pub max: i64,
+        /// `--horizontal-pod-autoscaler-tolerance` (0.1 unless set).
+        pub tolerance: f64,
+        /// The target's `averageValue`.
+        pub average_value: f64,
+        pub up: Rules,
+        pub down: Rules,
+    }
+
+    pub struct Hpa {
+        spec: Spec,
+        replicas: i64,
+        /// (time, raw recommendation)
+        recommendations: Vec<(i64, i64)>,
+        /// (time, pods added) and (time, pods removed)
+        up_events: Vec<(i64, i64)>,
+        down_events: Vec<(i64, i64)>,
+    }
+
+    impl Hpa {
+        pub fn new(spec: Spec, replicas: i64) -> Hpa {
+            Hpa {
+                spec,
+                replicas,
+                recommendations: Vec::new(),
+                up_events: Vec::new(),
+                down_events: Vec::new(),
+            }
+        }
+
+        /// One sync at `now` with the metric at `usage`: the replica count it sets.
+        pub fn sync(&mut self, now: i64, usage: f64) -> i64 {
+            let current = self.replicas;
+            let desired = if current > self.spec.max {
+                self.spec.max
+            } else if current < self.spec.min {
+                self.spec.min
+            } else {
+                let raw = self.metric_replicas(usage, current);
+                let stable = self.stabilize(now, raw, current);
+                self.limit_rate(now, stable, current)
+            };
+            if desired > current {
+                self.up_events.push((now, desired - current));
+            } else if desired < current {
+                self.down_events.push((now, current - desired));
+            }
+            self.replicas = desired;
+            desired
+        }
+
+        /// Usage and target in milli-units, as the metrics API gives them: the count moves to
+        /// `ceil(usage / target)` only when the usage ratio is off by more than the tolerance.
+        fn metric_replicas(&self, usage: f64, current: i64) -> i64 {
+            let usage = (usage * 1000.0).round() as i64;
+            let target = (self.spec.average_value * 1000.0).round() as i64;
+            let ratio = usage as f64 / (target as f64 * current as f64);
+            if (1.0 - ratio).abs() > self.spec.tolerance {
+                (usage as f64 / target as f64).ceil() as i64
+            } else {
+                current
+            }
+        }
+
+        /// The lowest recommendation in the scale-up window and the highest in the scale-down
+        /// window bound the count; samples strictly after each cutoff count.
+        fn stabilize(&mut self, now: i64, raw: i64, current: i64) -> i64 {
+            let up_cutoff = now - self.spec.up.window_s * 1000;
+            let down_cutoff = now - self.spec.down.window_s * 1000;
+            let (mut up, mut down) = (raw, raw);
+            for &(t, r) in &self.recommendations {
+                if t > up_cutoff {
+                    up = up.min(r);
+                }
+                if t > down_cutoff {
+                    down = down.max(r);
+                }
+            }
+            self.recommendations
+                .retain(|&(t, _)| t > up_cutoff || t > down_cutoff);
+            self.recommendations.push((now, raw));
+            current.max(up).min(down)
+        }
+
+        fn change_in_period(events: &[(i64, i64)], now: i64, period_s: i64) -> i64 {
+            let cutoff = now - period_s * 1000;
+            events
+                .iter()
+                .filter(|&&(t, _)| t > cutoff)
+                .map(|&(_, n)| n)
+                .sum()
+        }
+
+        fn period_start(&self, now: i64, current: i64, period_s: i64) -> i64 {
+            current - Hpa::change_in_period(&self.up_events, now, period_s)
+                + Hpa::change_in_period(&self.down_events, now, period_s)
+        }
+
+        fn limit_rate(&self, now: i64, desired: i64, current: i64) -> i64 {
+            if desired > current {
+                let proposals = self.spec.up.policies.iter().map(|p| match *p {
+                    Policy::Pods { value, period_s } => {
+                        self.period_start(now, current, period_s) + value
+                    }
+                    Policy::Percent { value, period_s } => {
+                        let start = self.period_start(now, current, period_s) as f64;
+                        (start * (1.0 + value as f64 / 100.0)).ceil() as i64
+                    }
+                });
+                let limit = match self.spec.up.select {
+                    Select::Max => proposals.max(),
+                    Select::Min => proposals.min(),
+                }
+                .expect("scale-up policies")
+                .max(current);
+                desired.min(self.spec.max.min(limit))
+            } else if desired < current {
+                let proposals = self.spec.down.policies.iter().map(|p| match *p {
+                    Policy::Pods { value, period_s } => {
+                        self.period_start(now, current, period_s) - value
+                    }
+                    Policy::Percent { value, period_s } => {
+                        let start = self.period_start(now, current, period_s) as f64;
+                        // Truncated, as int32(...) does.
+                        (start * (1.0 - value as f64 / 100.0)) as i64
+                    }
+                });
+                // For scale-down the largest change is the lowest count.
+                let limit = match self.spec.down.select {
+                    Select::Max => proposals.min(),
+                    Select::Min => proposals.max(),
+                }
+                .expect("scale-down policies")
+                .min(current);
+                desired.max(self.spec.min.max(limit))
+            } else {
+                desired
+            }
+        }
+    }
 }
 
-fn assert_hpa_compatible(policy: &str, trace: &str) {
+/// The undrained policy on `trace` decides exactly as the independent HPA of `spec` would,
+/// decision by decision; so does the simulator's own `hpa` baseline.
+fn assert_hpa_compatible(policy: &str, trace: &str, spec: hpa::Spec) {
     let sim = run(policy, trace, None, &instant_start());
-    let (ours, hpa) = (&sim.outcomes.drainscaler, &sim.outcomes.hpa);
+    let (ours, baseline) = (&sim.outcomes.drainscaler, &sim.outcomes.hpa);
     assert!(
         ours.scale_events > 1_000,
         "{trace}: the trace should move the count a lot, moved {} times",
         ours.scale_events
     );
-    assert_eq!(ours.timeline.len(), hpa.timeline.len());
-    if let Some((a, b)) = replicas(ours)
-        .into_iter()
-        .zip(replicas(hpa))
-        .find(|(a, b)| a != b)
-    {
-        panic!(
-            "{trace}: first difference at t={}s: drainscaler has {} replicas (desired {}), hpa {} (desired {})",
-            a.0 / 1000,
-            a.1,
-            a.2,
-            b.1,
-            b.2
+    let parsed = Trace::parse(trace, &read(trace)).expect("valid trace");
+    let column = parsed.column("value").expect("a value column");
+    let interval = ours.timeline[1].t_ms - ours.timeline[0].t_ms;
+    let mut reference = hpa::Hpa::new(spec.clone(), spec.min);
+    let mut decided: i64 = 0;
+    for (i, (point, base)) in ours.timeline.iter().zip(&baseline.timeline).enumerate() {
+        let t = point.t_ms;
+        assert_eq!(
+            t,
+            i as i64 * interval,
+            "{trace}: decisions every {interval}ms"
         );
+        let row = parsed.times.partition_point(|&at| at <= t) - 1;
+        let usage = parsed.value(column, row);
+        let want = reference.sync(t, usage);
+        assert!(
+            i64::from(point.replicas) == want && i64::from(base.replicas) == want,
+            "{trace}: at t={}s (row {row}, value {usage}) the HPA sets {want} replicas; drainscaler has {} (desired {}), the simulator's hpa {}",
+            t / 1000,
+            point.replicas,
+            point.desired,
+            base.replicas
+        );
+        decided += 1;
     }
-    assert_eq!(ours.replica_ms, hpa.replica_ms);
+    assert_eq!(ours.timeline.len(), baseline.timeline.len());
+    let (last_row, last_decision) = (
+        parsed.times[parsed.times.len() - 1],
+        (decided - 1) * interval,
+    );
+    assert!(
+        last_decision <= last_row && last_row < last_decision + interval,
+        "{trace}: the decisions end at {last_decision}ms, the trace at {last_row}ms"
+    );
     assert!(ours.timeline.iter().all(|p| p.draining == 0));
 }
 
 #[test]
 fn an_undrained_policy_scales_exactly_like_the_hpa_on_the_nyc_taxi_trace() {
+    // tests/fixtures/taxi-undrained.yaml, as the HPA reads it.
+    let spec = hpa::Spec {
+        min: 2,
+        max: 40,
+        tolerance: 0.05,
+        average_value: 1000.0,
+        up: hpa::Rules {
+            window_s: 600,
+            select: hpa::Select::Max,
+            policies: vec![hpa::Policy::Pods {
+                value: 4,
+                period_s: 900,
+            }],
+        },
+        down: hpa::Rules {
+            window_s: 3600,
+            select: hpa::Select::Min,
+            policies: vec![
+                hpa::Policy::Percent {
+                    value: 20,
+                    period_s: 1800,
+                },
+                hpa::Policy::Pods {
+                    value: 3,
+                    period_s: 600,
+                },
+            ],
+        },
+    };
     assert_hpa_compatible(
         "tests/fixtures/taxi-undrained.yaml",
         "examples/traces/nyc_taxi.csv",
+        spec,
     );
 }
 
 #[test]
 fn an_undrained_policy_scales_exactly_like_the_hpa_on_the_twitter_trace() {
+    // tests/fixtures/tweets-undrained.yaml: the HPA's default behavior and tolerance.
+    let spec = hpa::Spec {
+        min: 1,
+        max: 60,
+        tolerance: 0.1,
+        average_value: 20.0,
+        up: hpa::Rules::default_up(),
+        down: hpa::Rules::default_down(),
+    };
     assert_hpa_compatible(
         "tests/fixtures/tweets-undrained.yaml",
         "examples/traces/Twitter_volume_AMZN.csv",
+        spec,
     );
 }
 

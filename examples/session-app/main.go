@@ -20,6 +20,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -64,6 +66,8 @@ type config struct {
 	pod               string // "namespace/name", sent only in dev mode
 	podName           string
 	drainingFile      string
+	heartbeatCAFile   string
+	heartbeatTLS      *tls.Config // from heartbeatCAFile; nil uses the system roots
 }
 
 func envOr(key, def string) string {
@@ -101,6 +105,8 @@ func parseConfig(args []string) (config, error) {
 		"send heartbeats from this local IP (e.g. the pod IP, so that a network policy or a test's proxy can tell pods apart); empty lets the OS choose (env HEARTBEAT_SOURCE_IP)")
 	fs.StringVar(&c.tokenFile, "token-file", envOr("HEARTBEAT_TOKEN_FILE", "/var/run/secrets/drainscaler.io/serviceaccount/token"),
 		"projected ServiceAccount token (audience drainscaler), read before every heartbeat; when it does not exist heartbeats are unauthenticated and name the pod (dev mode) (env HEARTBEAT_TOKEN_FILE)")
+	fs.StringVar(&c.heartbeatCAFile, "heartbeat-ca-file", os.Getenv("HEARTBEAT_CA_FILE"),
+		"PEM CA bundle that signs drainscaler's heartbeat certificate, for an https -heartbeat-url (env HEARTBEAT_CA_FILE)")
 	fs.StringVar(&c.drainingFile, "draining-file", os.Getenv("DRAINING_FILE"), "optional downward API file of the pod's annotations; drainscaler.io/draining=\"true\" there also drains (env DRAINING_FILE)")
 	ns := envOr("POD_NAMESPACE", "default")
 	fs.StringVar(&c.podName, "pod-name", envOr("POD_NAME", hostname()), "this instance's pod name (env POD_NAME)")
@@ -118,6 +124,20 @@ func parseConfig(args []string) (config, error) {
 	}
 	if c.heartbeatInterval <= 0 {
 		return c, errors.New("-heartbeat-interval must be positive")
+	}
+	if c.heartbeatCAFile != "" {
+		pem, err := os.ReadFile(c.heartbeatCAFile)
+		if err != nil {
+			return c, fmt.Errorf("-heartbeat-ca-file: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return c, fmt.Errorf("-heartbeat-ca-file %s holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)", c.heartbeatCAFile)
+		}
+		if !strings.HasPrefix(c.heartbeatURL, "https://") {
+			return c, fmt.Errorf("-heartbeat-ca-file is set but -heartbeat-url %q is not https://: the token would cross the network in clear text", c.heartbeatURL)
+		}
+		c.heartbeatTLS = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	}
 	c.pod = ns + "/" + c.podName
 	return c, nil
@@ -478,13 +498,18 @@ type heartbeatReply struct {
 func (s *server) heartbeatLoop(ctx context.Context) {
 	url := strings.TrimRight(s.cfg.heartbeatURL, "/") + "/v1/heartbeats"
 	client := &http.Client{Timeout: s.cfg.heartbeatInterval}
-	if s.cfg.heartbeatSource != "" {
-		dialer := &net.Dialer{
-			LocalAddr: &net.TCPAddr{IP: net.ParseIP(s.cfg.heartbeatSource)},
-			Timeout:   s.cfg.heartbeatInterval,
-		}
+	if s.cfg.heartbeatSource != "" || s.cfg.heartbeatTLS != nil {
 		transport := http.DefaultTransport.(*http.Transport).Clone()
-		transport.DialContext = dialer.DialContext
+		if s.cfg.heartbeatSource != "" {
+			dialer := &net.Dialer{
+				LocalAddr: &net.TCPAddr{IP: net.ParseIP(s.cfg.heartbeatSource)},
+				Timeout:   s.cfg.heartbeatInterval,
+			}
+			transport.DialContext = dialer.DialContext
+		}
+		if s.cfg.heartbeatTLS != nil {
+			transport.TLSClientConfig = s.cfg.heartbeatTLS
+		}
 		client.Transport = transport
 	}
 	t := time.NewTicker(s.cfg.heartbeatInterval)

@@ -81,8 +81,18 @@ pub async fn target(
     namespace: &str,
     policy: &Policy,
 ) -> Result<Result<Target, Blocked>, Error> {
-    let name = &policy.target.name;
-    let scale = match policy.target.kind {
+    target_named(client, namespace, policy.target.kind, &policy.target.name).await
+}
+
+/// `target` from the kind and name alone, for a policy that may not validate (one being
+/// deleted).
+pub async fn target_named(
+    client: &Client,
+    namespace: &str,
+    kind: TargetKind,
+    name: &str,
+) -> Result<Result<Target, Blocked>, Error> {
+    let scale = match kind {
         TargetKind::Deployment => {
             Api::<Deployment>::namespaced(client.clone(), namespace)
                 .get_scale(name)
@@ -94,12 +104,12 @@ pub async fn target(
                 .await
         }
     };
-    let kind = kind_name(policy.target.kind);
+    let kind_label = kind_name(kind);
     let scale = match scale {
         Ok(s) => s,
         Err(kube::Error::Api(e)) if e.code == 404 => {
             return Ok(Err(Blocked::TargetNotFound(format!(
-                "{kind} {namespace}/{name} does not exist: create it or fix spec.targetRef"
+                "{kind_label} {namespace}/{name} does not exist: create it or fix spec.targetRef"
             ))));
         }
         Err(source) => return Err(Error::ReadScale { source }),
@@ -113,7 +123,7 @@ pub async fn target(
         Ok(s) => s,
         Err(why) => {
             return Ok(Err(Blocked::TargetNotFound(format!(
-                "{kind} {namespace}/{name} has no usable pod selector yet: {why}"
+                "{kind_label} {namespace}/{name} has no usable pod selector yet: {why}"
             ))));
         }
     };
@@ -123,7 +133,7 @@ pub async fn target(
         .map_or(0, |r| u32::try_from(r).unwrap_or(0));
     // `/scale` does not show where a StatefulSet's ordinals begin, and planning from the
     // wrong start would count ordinals that do not exist.
-    let ordinals_start = match policy.target.kind {
+    let ordinals_start = match kind {
         TargetKind::Deployment => 0,
         TargetKind::StatefulSet => {
             let set = Api::<StatefulSet>::namespaced(client.clone(), namespace)

@@ -25,8 +25,8 @@ use crate::chaos::report::{RoundReport, Violation};
 use crate::chaos::rng::Rng;
 use crate::chaos::watch::Watcher;
 use crate::support::{
-    Controller, FakePrometheus, Namespace, apply, http, install_crd, kubectl, kubectl_json,
-    kubectl_result, map_image, policy, ready_replicas, repo, status_condition, traffic,
+    Controller, FakePrometheus, Namespace, apply, http, install_crd, kubectl, kubectl_result,
+    map_image, policy, ready_replicas, repo, status_condition, traffic,
 };
 
 pub const MIN_REPLICAS: i64 = 2;
@@ -324,11 +324,34 @@ impl Soak {
     }
 }
 
+/// A read that may fail while the API server restarts: `None` then, and the caller looks
+/// again on its next tick rather than failing the round.
+fn read(args: &[&str]) -> Option<Value> {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["-o", "json"]);
+    let (ok, out, _) = kubectl_result(&all, None);
+    ok.then(|| serde_json::from_str(&out).ok()).flatten()
+}
+
+/// The app's pods, terminating ones left out; `None` while they cannot be read.
+fn app_pods(ns: &str) -> Option<Vec<Value>> {
+    let list = read(&["-n", ns, "get", "pods", "-l", "app=chat"])?;
+    Some(
+        list["items"]
+            .as_array()?
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .cloned()
+            .collect(),
+    )
+}
+
 fn draining_pods(ns: &str) -> usize {
-    crate::support::pods(ns, "chat")
-        .iter()
-        .filter(|(_, d)| *d)
-        .count()
+    app_pods(ns).map_or(0, |pods| {
+        pods.iter()
+            .filter(|p| p["metadata"]["annotations"]["drainscaler.io/draining"] == "true")
+            .count()
+    })
 }
 
 /// Sessions open on the app's live pods, asked of each pod.
@@ -369,15 +392,18 @@ fn unsettled(ns: &str, recent_peak: f64) -> Option<String> {
         return Some("the policy is not Ready".to_owned());
     }
     let desired = sp["status"]["desiredReplicas"].as_i64();
-    let spec = kubectl_json(&["-n", ns, "get", "deployment", "chat"])["spec"]["replicas"]
-        .as_i64()
-        .unwrap_or(-1);
+    let Some(deployment) = read(&["-n", ns, "get", "deployment", "chat"]) else {
+        return Some("the Deployment cannot be read".to_owned());
+    };
+    let spec = deployment["spec"]["replicas"].as_i64().unwrap_or(-1);
     if desired != Some(spec) {
         return Some(format!(
             "desired {desired:?} but the Deployment asks for {spec}"
         ));
     }
-    let all = kubectl_json(&["-n", ns, "get", "pods", "-l", "app=chat"]);
+    let Some(all) = read(&["-n", ns, "get", "pods", "-l", "app=chat"]) else {
+        return Some("the pods cannot be read".to_owned());
+    };
     let all = all["items"].as_array().cloned().unwrap_or_default();
     if all.len() != usize::try_from(spec).unwrap_or(0) {
         return Some(format!("{} pods for {spec} replicas", all.len()));
@@ -535,7 +561,10 @@ pub fn round(cfg: &Config) -> RoundReport {
     let mut peaks: Vec<(Instant, f64)> = Vec::new();
     let mut why = String::new();
     let recovered = soak.until(RECOVERY_BOUND, |s| {
-        let pods = crate::support::live_pods(&s.ns.0, "app=chat");
+        let Some(pods) = app_pods(&s.ns.0) else {
+            why = "the pods cannot be read".to_owned();
+            return false;
+        };
         #[allow(clippy::cast_precision_loss)]
         let sessions = open_sessions(&pods) as f64;
         peaks.push((Instant::now(), sessions));

@@ -183,35 +183,98 @@ impl Drop for Namespace {
     fn drop(&mut self) {
         if std::env::var_os("DRAINSCALER_E2E_KEEP").is_none() {
             let _ = kubectl_result(&["delete", "namespace", &self.0, "--wait=false"], None);
+            release_policies(&self.0);
         }
     }
+}
+
+/// Takes the controller's finalizer off every policy in `ns`: with the test's controller
+/// stopped, nothing else would, and the namespace would never finish terminating.
+pub fn release_policies(ns: &str) {
+    let (ok, names, _) = kubectl_result(&["-n", ns, "get", "scalingpolicies", "-o", "name"], None);
+    if !ok {
+        return;
+    }
+    for name in names.lines().filter(|l| !l.is_empty()) {
+        let _ = kubectl_result(
+            &[
+                "-n",
+                ns,
+                "patch",
+                name,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ],
+            None,
+        );
+    }
+}
+
+/// Why a controller did not start, with its log.
+enum Failed {
+    AddressInUse(String),
+    Exited(String),
 }
 
 /// `drainscaler run` scoped to one namespace, stopped on drop.
 pub struct Controller {
     child: Child,
+    /// The heartbeat port.
     pub addr: String,
+    /// `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_addr: String,
     pub log: PathBuf,
 }
 
+/// A port free a moment ago on 127.0.0.1.
+fn free_addr() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 impl Controller {
+    /// Starts on a free port. The port is free when the kernel names it but not held until the
+    /// controller binds it, and another process may take it first: a controller that cannot
+    /// bind exits, and another port is tried.
     pub fn start(ns: &str, extra: &[&str]) -> Controller {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        Controller::start_on(ns, &format!("127.0.0.1:{port}"), extra)
+        const ATTEMPTS: u32 = 5;
+        for attempt in 1..=ATTEMPTS {
+            let addr = free_addr();
+            match Controller::try_start_on(ns, &addr, extra) {
+                Ok(c) => return c,
+                Err(Failed::AddressInUse(log)) if attempt < ATTEMPTS => {
+                    eprintln!("a port was taken before the controller bound it: {log}");
+                }
+                Err(Failed::AddressInUse(log) | Failed::Exited(log)) => {
+                    panic!("the controller did not start:\n{log}")
+                }
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
-    /// Starts on a given address, such as a stopped controller's.
+    /// Starts with heartbeats on a given address, such as a stopped controller's.
     pub fn start_on(ns: &str, addr: &str, extra: &[&str]) -> Controller {
+        Controller::try_start_on(ns, addr, extra).unwrap_or_else(|failed| match failed {
+            Failed::AddressInUse(log) | Failed::Exited(log) => {
+                panic!("the controller did not start on {addr}:\n{log}")
+            }
+        })
+    }
+
+    fn try_start_on(ns: &str, addr: &str, extra: &[&str]) -> Result<Controller, Failed> {
         let addr = addr.to_owned();
+        let metrics_addr = free_addr();
         let log = std::env::temp_dir().join(format!(
             "drainscaler-{ns}-{}-{}.log",
             addr.replace([':', '.'], "-"),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
+                .map(|d| d.as_nanos())
                 .unwrap_or(0)
         ));
         let file = std::fs::File::create(&log).expect("controller log");
@@ -220,6 +283,7 @@ impl Controller {
             format!("--namespace={ns}"),
             format!("--lease-namespace={ns}"),
             format!("--listen={addr}"),
+            format!("--metrics-listen={metrics_addr}"),
         ];
         if let Ok(url) = std::env::var("PROMETHEUS_URL") {
             args.push(format!("--prometheus-url={url}"));
@@ -234,11 +298,41 @@ impl Controller {
             .stderr(file)
             .spawn()
             .expect("start drainscaler run");
-        let c = Controller { child, addr, log };
-        wait_for(Duration::from_secs(30), "the controller to listen", || {
-            http("GET", &c.addr, "/healthz", &[], "").0 == 200
-        });
-        c
+        let mut c = Controller {
+            child,
+            addr,
+            metrics_addr,
+            log,
+        };
+        // Ours answers only once its log says it listens: a /healthz answer alone may come
+        // from whoever took the port. Either port may be taken (a bind error, another try).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                let log = format!("exited with {status}:\n{}", c.logs());
+                return Err(if log.contains("Address already in use") {
+                    Failed::AddressInUse(log)
+                } else {
+                    Failed::Exited(log)
+                });
+            }
+            if c.logs()
+                .contains("serving heartbeats, and metrics and probes")
+                && http("GET", &c.metrics_addr, "/healthz", &[], "").0 == 200
+            {
+                return Ok(c);
+            }
+            if Instant::now() >= deadline {
+                c.kill();
+                panic!(
+                    "timed out after 30s waiting for the controller to listen on {} and {}:\n{}",
+                    c.addr,
+                    c.metrics_addr,
+                    c.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// Stops the process with SIGTERM, as Kubernetes does, and waits for it.
@@ -565,6 +659,59 @@ spec:
     )
 }
 
+/// The pods of `chat` in `ns` marked draining.
+pub fn draining(ns: &str) -> Vec<String> {
+    pods(ns, "chat")
+        .into_iter()
+        .filter(|(_, d)| *d)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Three pods holding at most `sessions` long sessions under a policy that wants
+/// `ceil(sessions / 10)` of them: at least one drains. Returns the traffic generator.
+pub fn start_draining(
+    ns: &Namespace,
+    controller: &Controller,
+    sessions: u32,
+    session_secs: u32,
+) -> std::process::Child {
+    apply(&session_app(
+        &ns.0,
+        "chat",
+        3,
+        &format!("http://{}", controller.addr),
+    ));
+    wait_for(Duration::from_secs(90), "three ready pods", || {
+        ready_replicas(&ns.0, "chat") == 3
+    });
+    let load = traffic(
+        &ns.0,
+        "chat",
+        &[
+            "-shape",
+            "constant:4",
+            "-duration",
+            "10s",
+            "-max-sessions",
+            &sessions.to_string(),
+            "-fixed-length",
+            &format!("{session_secs}s"),
+            "-seed",
+            "2",
+        ],
+    );
+    // The policy decides on the whole load, not on part of it still arriving.
+    wait_for(Duration::from_secs(30), "every session to open", || {
+        active_sessions(&ns.0, "chat") >= u64::from(sessions)
+    });
+    apply(&policy(&ns.0, "chat", &sessions_spec(2)));
+    wait_for(Duration::from_secs(60), "a drain", || {
+        !draining(&ns.0).is_empty()
+    });
+    load
+}
+
 /// Pod names of `app` in `ns` with their drain annotation.
 pub fn pods(ns: &str, app: &str) -> Vec<(String, bool)> {
     app_pods(ns, app)
@@ -648,31 +795,65 @@ pub fn dropped_sessions(ns: &str) -> u64 {
     dropped_sessions_since(ns, 0)
 }
 
+/// The local node's record of sessions it killed: the file `DRAINSCALER_DROPPED_LOG` names.
+/// The node creates it when it starts, so a missing variable or file fails the test: "nothing
+/// dropped" must mean the record was read.
+fn dropped_log() -> PathBuf {
+    let path = std::env::var_os("DRAINSCALER_DROPPED_LOG").map(PathBuf::from);
+    let path = path.unwrap_or_else(|| {
+        panic!(
+            "DRAINSCALER_DROPPED_LOG is not set, so dropped sessions cannot be counted: run `eval \"$(scripts/cluster env)\"` first"
+        )
+    });
+    assert!(
+        path.is_file(),
+        "the local node's dropped-sessions log {} does not exist: is the plane up (`scripts/cluster up`)?",
+        path.display()
+    );
+    path
+}
+
 /// Where the local node's drop records end now, so that a test sharing a namespace name with
 /// earlier runs counts only its own (`dropped_sessions_since`).
 pub fn dropped_log_end() -> u64 {
-    std::env::var("DRAINSCALER_DROPPED_LOG")
-        .ok()
-        .and_then(|path| std::fs::metadata(path).ok())
-        .map_or(0, |m| m.len())
+    let path = dropped_log();
+    std::fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .len()
 }
 
 /// Sessions the local node dropped in `ns` in records written after `start` (from
 /// `dropped_log_end`); from the beginning if the log was truncated since.
 pub fn dropped_sessions_since(ns: &str, start: u64) -> u64 {
-    let Ok(path) = std::env::var("DRAINSCALER_DROPPED_LOG") else {
-        return 0;
-    };
-    let bytes = std::fs::read(path).unwrap_or_default();
+    let path = dropped_log();
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let start = usize::try_from(start)
         .ok()
         .filter(|&s| s <= bytes.len())
         .unwrap_or(0);
     let text = String::from_utf8_lossy(&bytes[start..]);
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    // The node appends whole lines; a line still being written has no newline yet.
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    complete
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap_or_else(|e| {
+                panic!("{}: a record that is not JSON ({e}): {l}", path.display())
+            })
+        })
         .filter(|v| v["namespace"] == ns)
-        .map(|v| v["sessions"].as_u64().unwrap_or(0))
+        .map(|v| {
+            // A kill whose sockets could not be listed may have dropped any number.
+            let error = v["error"].as_str().unwrap_or_default();
+            assert!(
+                error.is_empty(),
+                "the local node could not count the sessions of pod {} it killed: {error}",
+                v["pod"]
+            );
+            v["sessions"].as_u64().unwrap_or_else(|| {
+                panic!("{}: a record without a session count: {v}", path.display())
+            })
+        })
         .sum()
 }
 
@@ -731,6 +912,42 @@ pub fn active_sessions(ns: &str, app: &str) -> u64 {
                 .unwrap_or(0)
         })
         .sum()
+}
+
+/// Sessions open on one pod now, asked of the pod (`GET /sessions`); fails the test when the
+/// pod cannot answer.
+pub fn pod_sessions(ns: &str, pod: &str) -> u64 {
+    let p = kubectl_json(&["-n", ns, "get", "pod", pod]);
+    let ip = p["status"]["podIP"]
+        .as_str()
+        .unwrap_or_else(|| panic!("pod {pod} has no IP: {}", p["status"]));
+    let (code, body) = http("GET", &format!("{ip}:8080"), "/sessions", &[], "");
+    assert_eq!(code, 200, "GET /sessions on pod {pod}: {body}");
+    serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["active"].as_u64())
+        .unwrap_or_else(|| panic!("pod {pod} answered /sessions with {body}"))
+}
+
+/// The drains `policy` started, from its DrainStarted events ("draining pod NAME (N sessions)
+/// ..."): each pod with the sessions the controller knew it held then (`None`: unknown).
+pub fn drains_started(ns: &str, policy: &str) -> Vec<(String, Option<u64>)> {
+    policy_events(ns, policy, Some("DrainStarted"))
+        .iter()
+        .map(|e| {
+            let note = e["message"].as_str().unwrap_or_default();
+            let parsed = note.strip_prefix("draining pod ").and_then(|rest| {
+                let (pod, rest) = rest.split_once(" (")?;
+                let (count, _) = rest.split_once(')')?;
+                let sessions = match count {
+                    "unknown sessions" => None,
+                    n => Some(n.strip_suffix(" sessions")?.parse().ok()?),
+                };
+                Some((pod.to_owned(), sessions))
+            });
+            parsed.unwrap_or_else(|| panic!("a DrainStarted event in an unknown form: {note}"))
+        })
+        .collect()
 }
 
 /// The columns of `kubectl get scalingpolicies` (the CRD's additionalPrinterColumns).
