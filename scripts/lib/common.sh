@@ -19,10 +19,30 @@ KCM_PORT=${DRAINSCALER_KCM_PORT:-16257}
 PROMETHEUS_PORT=${DRAINSCALER_PROMETHEUS_PORT:-19090}
 LOCALNODE_PORT=${DRAINSCALER_LOCALNODE_PORT:-16250}
 
-# Services get ClusterIPs inside loopback so the local node can listen on them.
-SERVICE_CIDR=${DRAINSCALER_SERVICE_CIDR:-127.96.0.0/16}
-# Pod IPs are handed out by the local node from this loopback range.
-POD_CIDR=${DRAINSCALER_POD_CIDR:-127.10.0.0/16}
+# Which node runs the pods: "localnode" (tests/cluster/cmd/localnode plays the
+# kubelet, scheduler and kube-proxy with local processes on loopback IPs) or
+# "kubelet" (a real kubelet, containerd, kube-proxy and kube-scheduler, with the
+# whole plane inside a network namespace of its own; see tests/cluster/README.md).
+NODE_MODE=${DRAINSCALER_NODE:-localnode}
+case $NODE_MODE in
+localnode | kubelet) ;;
+*)
+	printf 'DRAINSCALER_NODE=%s: want localnode (the default) or kubelet\n' "$NODE_MODE" >&2
+	exit 2
+	;;
+esac
+
+if [[ $NODE_MODE == kubelet ]]; then
+	# Private ranges that exist only inside the plane's network namespace, where
+	# nothing routes them anywhere else.
+	SERVICE_CIDR=${DRAINSCALER_SERVICE_CIDR:-10.96.0.0/16}
+	POD_CIDR=${DRAINSCALER_POD_CIDR:-10.244.0.0/24}
+else
+	# Services get ClusterIPs inside loopback so the local node can listen on them.
+	SERVICE_CIDR=${DRAINSCALER_SERVICE_CIDR:-127.96.0.0/16}
+	# Pod IPs are handed out by the local node from this loopback range.
+	POD_CIDR=${DRAINSCALER_POD_CIDR:-127.10.0.0/16}
+fi
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -90,6 +90,7 @@ func (h *heartbeats) setDrain(pod string, on bool) {
 }
 
 func TestHeartbeatsAuthenticateAsTheirPodAndDrainStopsNewSessions(t *testing.T) {
+	localnodeOnly(t)
 	hb := &heartbeats{drain: map[string]bool{}, sessions: map[string]int{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

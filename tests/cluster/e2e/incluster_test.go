@@ -64,6 +64,7 @@ func runProbe(t *testing.T, ns, name, sa string) (corev1.PodPhase, string) {
 }
 
 func TestInClusterClientsReachTheAPIServerWithTheirServiceAccountsRBAC(t *testing.T) {
+	localnodeOnly(t)
 	ns := cluster.Namespace(t)
 	cluster.KubectlStdin(t, fmt.Sprintf(probeRBAC, ns), "apply", "-f", "-")
 

@@ -19,6 +19,7 @@ import (
 )
 
 func TestDemoAppRunsAsReadyPodsThatPrometheusScrapes(t *testing.T) {
+	localnodeOnly(t)
 	a := app{ns: cluster.Namespace(t), name: "chat", replicas: 2, grace: 5}
 	a.apply(t)
 	_, podCIDR, err := net.ParseCIDR(cluster.Env["DRAINSCALER_POD_CIDR"])
@@ -93,6 +94,7 @@ func TestDemoAppRunsAsReadyPodsThatPrometheusScrapes(t *testing.T) {
 }
 
 func TestAContainerThatDiesIsRestartedAndItsStatusSaysSo(t *testing.T) {
+	localnodeOnly(t)
 	a := app{ns: cluster.Namespace(t), name: "chat", replicas: 1, grace: 5}
 	a.apply(t)
 	pod := a.pods(t)[0]

@@ -56,6 +56,7 @@ func waitPrometheusSees(t *testing.T, ns string, want map[string]int) {
 }
 
 func TestScaleDownWithOpenSessionsDropsThemAndTheNodeRecordsEachOne(t *testing.T) {
+	localnodeOnly(t)
 	a := app{ns: cluster.Namespace(t), name: "chat", replicas: 2, grace: 2}
 	a.apply(t)
 	// Scale up by hand, then open sessions across all three pods.
@@ -126,6 +127,7 @@ func TestScaleDownWithOpenSessionsDropsThemAndTheNodeRecordsEachOne(t *testing.T
 }
 
 func TestScaleDownWaitsForShortSessionsAndDropsNothing(t *testing.T) {
+	localnodeOnly(t)
 	a := app{ns: cluster.Namespace(t), name: "chat", replicas: 2, grace: 30}
 	a.apply(t)
 	g := startSessions(t, a, 6, 3*time.Second)

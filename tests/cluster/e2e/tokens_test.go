@@ -29,6 +29,7 @@ func review(t *testing.T, token string, audiences ...string) authenticationv1.To
 }
 
 func TestPodsGetProjectedTokensThatTokenReviewBindsToThePod(t *testing.T) {
+	localnodeOnly(t)
 	a := app{ns: cluster.Namespace(t), name: "chat", replicas: 1, grace: 1}
 	a.apply(t)
 	pod := a.pods(t)[0]
