@@ -31,31 +31,24 @@ const ACCEPTED_HEARTBEATS: &str = r#"drainscaler_heartbeats_total{result="accept
 /// Removes what `kubectl apply -k examples/demo` creates, except the CRD that other tests share.
 /// Says what failed rather than panicking, since it also runs while a failed test unwinds.
 fn uninstall() {
-    // The controller that would release the policy's finalizer goes with its namespace, maybe
-    // first: the app's pods go with theirs anyway, so let the policy go too.
-    let (ok, _, err) = kubectl_result(
+    // The controller goes first: while it runs it puts its finalizer back on a policy whose
+    // finalizer was released before the policy was being deleted. With it gone, the policy's
+    // finalizer is released and the app's namespace can go.
+    let steps: [&[&str]; 3] = [
+        &[
+            "delete",
+            "namespace",
+            SYSTEM_NS,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+        ],
         &[
             "delete",
             "namespace",
             APP_NS,
             "--ignore-not-found",
             "--wait=false",
-        ],
-        None,
-    );
-    if !ok {
-        eprintln!("kubectl delete namespace {APP_NS}: {err}");
-    }
-    release_policies(APP_NS);
-    let steps: [&[&str]; 2] = [
-        &[
-            "delete",
-            "namespace",
-            APP_NS,
-            SYSTEM_NS,
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=120s",
         ],
         &[
             "delete",
@@ -70,6 +63,18 @@ fn uninstall() {
         if !ok {
             eprintln!("kubectl {}: {err}", args.join(" "));
         }
+    }
+    release_policies(APP_NS);
+    let wait: &[&str] = &[
+        "wait",
+        "--for=delete",
+        "namespace",
+        APP_NS,
+        "--timeout=120s",
+    ];
+    let (ok, _, err) = kubectl_result(wait, None);
+    if !ok && !err.contains("not found") {
+        eprintln!("kubectl {}: {err}", wait.join(" "));
     }
 }
 
