@@ -16,6 +16,11 @@
 # early removals and the longest time from the last fault to the steady state. Each round's JSON
 # goes to $CHAOS_OUT (default a temporary file, named at the end).
 #
+#   benches/chaos.sh --report FILE...
+#
+# prints the table over rounds already run, from their JSON files (several runs, e.g. one on
+# each plane, make one table), and fails if any round failed.
+#
 # --private-plane runs on a second plane of its own (tests/cluster/README.md, "A second, private
 # plane"; state in $CHAOS_PLANE_CACHE, default /tmp/drainscaler-chaos-plane), started here and
 # stopped at the end (CHAOS_KEEP_PLANE=1 keeps it), and adds the apiserver-restart fault, which
@@ -28,14 +33,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 private=false
+report=()
 args=()
 for a in "$@"; do
 	case $a in
 	--private-plane) private=true ;;
+	--report) report=(--report) ;;
 	-h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
 	*) args+=("$a") ;;
 	esac
 done
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${DRAINSCALER_CACHE:-$HOME/.cache/drainscaler}/target}
+if ((${#report[@]})); then
+	if ((${#args[@]} == 0)); then
+		echo "usage: benches/chaos.sh --report FILE...  (the JSON files of earlier runs)" >&2
+		exit 2
+	fi
+	files=$(IFS=:; echo "${args[*]}")
+	exec env DRAINSCALER_CHAOS_REPORT="$files" \
+		cargo test --locked --test e2e_chaos -- chaos_report --exact --nocapture
+fi
 ROUNDS=${args[0]:-}
 SEED=${args[1]:-1000}
 if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ && $SEED =~ ^[0-9]+$ ]]; then
@@ -43,7 +60,6 @@ if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ && $SEED =~ ^[0-9]+$ ]]; then
 	exit 2
 fi
 
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${DRAINSCALER_CACHE:-$HOME/.cache/drainscaler}/target}
 if $private; then
 	export DRAINSCALER_K8S_BIN=${DRAINSCALER_K8S_BIN:-${DRAINSCALER_CACHE:-$HOME/.cache/drainscaler}/k8s-v1.35.4/bin}
 	export DRAINSCALER_CACHE=${CHAOS_PLANE_CACHE:-/tmp/drainscaler-chaos-plane}

@@ -137,7 +137,83 @@ fn chaos_rounds() {
     );
 }
 
+/// `benches/chaos.sh --report FILE...`: the table over rounds already run, read from the JSON
+/// lines that `DRAINSCALER_CHAOS_OUT` collected (`DRAINSCALER_CHAOS_REPORT`, files separated by
+/// `:`). Fails if any of them failed.
+#[test]
+fn chaos_report() {
+    let Ok(files) = std::env::var("DRAINSCALER_CHAOS_REPORT") else {
+        eprintln!(
+            "skipping chaos_report: set DRAINSCALER_CHAOS_REPORT (benches/chaos.sh --report does)"
+        );
+        return;
+    };
+    let mut reports = Vec::new();
+    for file in files.split(':').filter(|f| !f.is_empty()) {
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{file}:{}: not JSON: {e}", i + 1));
+            reports.push(
+                RoundReport::from_json(&value).unwrap_or_else(|e| panic!("{file}:{}: {e}", i + 1)),
+            );
+        }
+    }
+    assert!(!reports.is_empty(), "no rounds in {files}");
+    let mut seeds: Vec<u64> = reports.iter().map(|r| r.seed).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    assert_eq!(
+        seeds.len(),
+        reports.len(),
+        "a seed appears twice: the same round counted twice?"
+    );
+    let table = table(&reports);
+    println!("{table}");
+    assert!(reports.iter().all(RoundReport::passed), "{table}");
+}
+
 // The harness's own parts, on loopback without the plane.
+
+#[test]
+fn a_round_read_back_from_its_json_is_the_same_round() {
+    use chaos::report::{FaultRecord, Violation};
+    let round = RoundReport {
+        seed: 7,
+        replay: "benches/chaos.sh 1 7".to_owned(),
+        faults: vec![FaultRecord {
+            kind: Kind::PartitionRepliesSome,
+            start: 1.5,
+            end: 9.25,
+            detail: "2 pods".to_owned(),
+        }],
+        opened: 120,
+        cut_by_generator: 1,
+        cut_by_node: 2,
+        early_removals: 3,
+        recovery: Some(Duration::from_millis(4_500)),
+        violations: vec![Violation {
+            fault: Some(Kind::PartitionRepliesSome),
+            message: "a session was cut".to_owned(),
+        }],
+    };
+    let back = RoundReport::from_json(&round.json()).expect("it reads back");
+    assert_eq!(back.text(), round.text());
+    assert_eq!(table(&[back]), table(&[round.clone()]));
+    let mut lying = round.json();
+    lying["passed"] = serde_json::Value::Bool(true);
+    assert!(
+        RoundReport::from_json(&lying).is_err(),
+        "a failed round read as passed"
+    );
+    let mut unknown = round.json();
+    unknown["faults"][0]["kind"] = "meteor".into();
+    assert!(RoundReport::from_json(&unknown).is_err());
+}
 
 /// A stand-in controller replica: answers every request with `status` and a body naming
 /// itself; counts the heartbeats it received.

@@ -124,6 +124,70 @@ impl RoundReport {
     }
 }
 
+impl RoundReport {
+    /// Reads back what [`RoundReport::json`] wrote (one line of `DRAINSCALER_CHAOS_OUT`), so
+    /// that rounds run apart (two planes, several runs) make one table.
+    pub fn from_json(v: &Value) -> Result<RoundReport, String> {
+        let uint = |key: &str| {
+            v[key]
+                .as_u64()
+                .ok_or_else(|| format!("{key:?} is not a count in {v}"))
+        };
+        let kind = |name: &Value| -> Result<Kind, String> {
+            let name = name
+                .as_str()
+                .ok_or_else(|| format!("a fault kind: {name}"))?;
+            Kind::ALL
+                .into_iter()
+                .find(|k| k.name() == name)
+                .ok_or_else(|| format!("unknown fault kind {name:?}"))
+        };
+        let list = |key: &str| {
+            v[key]
+                .as_array()
+                .ok_or_else(|| format!("{key:?} is not a list in {v}"))
+        };
+        let faults = list("faults")?
+            .iter()
+            .map(|f| {
+                Ok(FaultRecord {
+                    kind: kind(&f["kind"])?,
+                    start: f["start"].as_f64().ok_or("a fault's start")?,
+                    end: f["end"].as_f64().ok_or("a fault's end")?,
+                    detail: f["detail"].as_str().unwrap_or_default().to_owned(),
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let violations = list("violations")?
+            .iter()
+            .map(|x| {
+                Ok(Violation {
+                    fault: match &x["fault"] {
+                        Value::Null => None,
+                        name => Some(kind(name)?),
+                    },
+                    message: x["message"].as_str().unwrap_or_default().to_owned(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let report = RoundReport {
+            seed: uint("seed")?,
+            replay: v["replay"].as_str().unwrap_or_default().to_owned(),
+            faults,
+            opened: uint("opened")?,
+            cut_by_generator: uint("cutByGenerator")?,
+            cut_by_node: uint("cutByNode")?,
+            early_removals: uint("earlyRemovals")?,
+            recovery: v["recoverySeconds"].as_f64().map(Duration::from_secs_f64),
+            violations,
+        };
+        if v["passed"].as_bool() != Some(report.passed()) {
+            return Err(format!("\"passed\" disagrees with the violations in {v}"));
+        }
+        Ok(report)
+    }
+}
+
 /// The table over rounds: faults injected by kind with the violations under each, then the
 /// totals.
 pub fn table(rounds: &[RoundReport]) -> String {
