@@ -25,8 +25,9 @@ use crate::chaos::report::{RoundReport, Violation};
 use crate::chaos::rng::Rng;
 use crate::chaos::watch::Watcher;
 use crate::support::{
-    Controller, FakePrometheus, Namespace, apply, http, install_crd, kubectl, kubectl_result,
-    map_image, policy, ready_replicas, repo, status_condition, traffic,
+    AppOptions, Controller, FakePrometheus, Namespace, apply, http, install_crd, kubectl,
+    kubectl_result, map_image, policy, ready_replicas, repo, session_app_with, status_condition,
+    traffic,
 };
 
 pub const MIN_REPLICAS: i64 = 2;
@@ -128,50 +129,17 @@ fn app_image() -> &'static str {
 /// The app: the demo session app sending heartbeats from its pod IP to `heartbeat_url`, with a
 /// Service that routes to serving pods only.
 pub fn app(ns: &str, heartbeat_url: &str) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: chat, namespace: {ns}}}
-spec:
-  replicas: {MIN_REPLICAS}
-  selector: {{matchLabels: {{app: chat}}}}
-  template:
-    metadata:
-      labels: {{app: chat, drainscaler.io/serving: "true"}}
-    spec:
-      schedulerName: localnode
-      terminationGracePeriodSeconds: 2
-      containers:
-      - name: app
-        image: {image}
-        args: ["--max-sessions=200", "--max-session-length=5m"]
-        env:
-        - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
-        - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
-        - {{name: HEARTBEAT_SOURCE_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
-        - {{name: HEARTBEAT_URL, value: "{heartbeat_url}"}}
-        - {{name: HEARTBEAT_INTERVAL, value: "1s"}}
-        ports:
-        - {{name: session, containerPort: 7000}}
-        - {{name: http, containerPort: 8080}}
-        readinessProbe: {{httpGet: {{path: /readyz, port: http}}, periodSeconds: 1, failureThreshold: 1}}
-        volumeMounts:
-        - {{name: drainscaler-token, mountPath: /var/run/secrets/drainscaler.io/serviceaccount, readOnly: true}}
-      volumes:
-      - name: drainscaler-token
-        projected:
-          sources:
-          - serviceAccountToken: {{audience: drainscaler, expirationSeconds: 600, path: token}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: chat, namespace: {ns}}}
-spec:
-  selector: {{app: chat, drainscaler.io/serving: "true"}}
-  ports:
-  - {{name: session, port: 7000, targetPort: session}}
-"#,
-        image = app_image()
+    session_app_with(
+        ns,
+        "chat",
+        MIN_REPLICAS as u32,
+        heartbeat_url,
+        &AppOptions {
+            image: &app_image(),
+            args: r#"["--max-sessions=200", "--max-session-length=5m"]"#,
+            scraped: false,
+            heartbeats_from_pod_ip: true,
+        },
     )
 }
 

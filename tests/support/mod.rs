@@ -613,6 +613,51 @@ fn answer_query(mut stream: TcpStream, value: f64, delay: Duration, received: &A
 
 /// The demo session app as a Deployment plus a Service that routes to serving pods only.
 pub fn session_app(ns: &str, name: &str, replicas: u32, heartbeat_url: &str) -> String {
+    session_app_with(ns, name, replicas, heartbeat_url, &AppOptions::default())
+}
+
+/// What a test changes in the demo session app's Deployment.
+pub struct AppOptions<'a> {
+    pub image: &'a str,
+    /// The app's arguments, as a YAML flow list.
+    pub args: &'a str,
+    /// Whether Prometheus (the plane's, by the pod annotations) scrapes the pods.
+    pub scraped: bool,
+    /// Sends heartbeats from the pod's IP (`HEARTBEAT_SOURCE_IP`), so that a proxy can tell
+    /// the pods apart.
+    pub heartbeats_from_pod_ip: bool,
+}
+
+impl Default for AppOptions<'_> {
+    fn default() -> Self {
+        AppOptions {
+            image: "drainscaler/session-app:dev",
+            args: r#"["--max-sessions=100"]"#,
+            scraped: true,
+            heartbeats_from_pod_ip: false,
+        }
+    }
+}
+
+/// [`session_app`] with `options`.
+pub fn session_app_with(
+    ns: &str,
+    name: &str,
+    replicas: u32,
+    heartbeat_url: &str,
+    options: &AppOptions,
+) -> String {
+    let AppOptions { image, args, .. } = options;
+    let annotations = if options.scraped {
+        "\n      annotations: {prometheus.io/scrape: \"true\", prometheus.io/port: \"8080\"}"
+    } else {
+        ""
+    };
+    let source_ip = if options.heartbeats_from_pod_ip {
+        "\n        - {name: HEARTBEAT_SOURCE_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}"
+    } else {
+        ""
+    };
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -622,18 +667,17 @@ spec:
   selector: {{matchLabels: {{app: {name}}}}}
   template:
     metadata:
-      labels: {{app: {name}, drainscaler.io/serving: "true"}}
-      annotations: {{prometheus.io/scrape: "true", prometheus.io/port: "8080"}}
+      labels: {{app: {name}, drainscaler.io/serving: "true"}}{annotations}
     spec:
       schedulerName: localnode
       terminationGracePeriodSeconds: 2
       containers:
       - name: app
-        image: drainscaler/session-app:dev
-        args: ["--max-sessions=100"]
+        image: {image}
+        args: {args}
         env:
         - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
-        - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
+        - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}{source_ip}
         - {{name: HEARTBEAT_URL, value: "{heartbeat_url}"}}
         - {{name: HEARTBEAT_INTERVAL, value: "1s"}}
         ports:
