@@ -23,8 +23,8 @@ use serde_json::Value;
 use support::{
     Controller, FakePrometheus, Namespace, active_sessions, app_with_controller, apply,
     dropped_log_end, dropped_sessions_since, enabled, http, install_crd, kubectl, kubectl_json,
-    pod_exists, pods, policy, ready_replicas, sample, session_app, sessions_spec, signal,
-    spec_replicas, traffic, traffic_summary, wait_for,
+    leader_and_standby, leader_label, pod_exists, pods, policy, ready_replicas, sample,
+    session_app, sessions_spec, signal, spec_replicas, traffic, traffic_summary, wait_for,
 };
 
 /// A TCP relay on 127.0.0.1 to one backend at a time, standing in for the heartbeat Service
@@ -136,14 +136,6 @@ impl Drop for Frozen {
     }
 }
 
-fn leader_label(ns: &str, pod: &str) -> String {
-    let p = kubectl_json(&["-n", ns, "get", "pod", pod]);
-    p["metadata"]["labels"]["drainscaler.io/leader"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 fn draining(ns: &str) -> Vec<String> {
     pods(ns, "chat")
         .into_iter()
@@ -178,25 +170,9 @@ fn a_leader_frozen_past_its_lease_and_woken_writes_nothing_while_the_new_one_car
     ) {
         return;
     }
-    install_crd();
-    let ns = Namespace::new("frozen-leader");
     let dropped_from = dropped_log_end();
-    // Two pods stand in for the controllers' own, which they label as leader.
-    apply(&session_app(&ns.0, "standin", 2, "http://127.0.0.1:9"));
-    wait_for(Duration::from_secs(90), "two stand-in pods", || {
-        pods(&ns.0, "standin").len() == 2
-    });
-    let standins: Vec<String> = pods(&ns.0, "standin").into_iter().map(|(n, _)| n).collect();
-    let (one, two) = (&standins[0], &standins[1]);
-
-    let mut first = Controller::start(&ns.0, &[&format!("--pod-name={one}")]);
-    wait_for(Duration::from_secs(30), "the first to lead", || {
-        first.logs().contains("leading") && leader_label(&ns.0, one) == "true"
-    });
-    let mut second = Controller::start(&ns.0, &[&format!("--pod-name={two}")]);
-    wait_for(Duration::from_secs(30), "the second to wait", || {
-        second.logs().contains("waiting for the lease")
-    });
+    let (ns, [one, two], mut first, mut second) = leader_and_standby("frozen-leader");
+    let (one, two) = (&one, &two);
     let relay = Relay::start(&first.addr);
     apply(&session_app(
         &ns.0,

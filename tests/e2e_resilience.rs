@@ -13,9 +13,9 @@ use serde_json::Value;
 use support::{
     Controller, FakePrometheus, Namespace, app_with_controller, apply, condition, container_pid,
     draining, drains_started, dropped_sessions, enabled, event_reasons, http, install_crd, kubectl,
-    kubectl_json, live_pods, pod_exists, pod_sessions, pods, policy, policy_events, ready_replicas,
-    sample, session_app, sessions_spec, signal, spec_replicas, start_draining, status_condition,
-    traffic, traffic_summary, wait_for,
+    kubectl_json, leader_and_standby, leader_label, live_pods, pod_exists, pod_sessions, pods,
+    policy, policy_events, ready_replicas, sample, session_app, sessions_spec, signal,
+    spec_replicas, start_draining, status_condition, traffic, traffic_summary, wait_for,
 };
 
 fn has_event(ns: &str, reason: &str) -> bool {
@@ -218,37 +218,13 @@ fn require_prometheus() {
     );
 }
 
-fn leader_label(ns: &str, pod: &str) -> String {
-    let p = kubectl_json(&["-n", ns, "get", "pod", pod]);
-    p["metadata"]["labels"]["drainscaler.io/leader"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 #[test]
 fn a_second_replica_takes_over_when_the_leader_stops() {
     if !enabled("a_second_replica_takes_over_when_the_leader_stops") {
         return;
     }
-    install_crd();
-    let ns = Namespace::new("leader-handover");
-    // Two pods stand in for the controller's own, which it labels as leader.
-    apply(&session_app(&ns.0, "standin", 2, "http://127.0.0.1:9"));
-    wait_for(Duration::from_secs(90), "two stand-in pods", || {
-        pods(&ns.0, "standin").len() == 2
-    });
-    let standins: Vec<String> = pods(&ns.0, "standin").into_iter().map(|(n, _)| n).collect();
-    let (one, two) = (&standins[0], &standins[1]);
-
-    let mut first = Controller::start(&ns.0, &[&format!("--pod-name={one}")]);
-    wait_for(Duration::from_secs(30), "the first to lead", || {
-        first.logs().contains("leading") && leader_label(&ns.0, one) == "true"
-    });
-    let second = Controller::start(&ns.0, &[&format!("--pod-name={two}")]);
-    wait_for(Duration::from_secs(30), "the second to wait", || {
-        second.logs().contains("waiting for the lease") && leader_label(&ns.0, two) == "false"
-    });
+    let (ns, [one, two], mut first, second) = leader_and_standby("leader-handover");
+    let (one, two) = (&one, &two);
     apply(&session_app(
         &ns.0,
         "chat",

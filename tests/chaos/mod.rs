@@ -135,7 +135,7 @@ pub fn app(ns: &str, heartbeat_url: &str) -> String {
         MIN_REPLICAS as u32,
         heartbeat_url,
         &AppOptions {
-            image: &app_image(),
+            image: app_image(),
             args: r#"["--max-sessions=200", "--max-session-length=5m"]"#,
             scraped: false,
             heartbeats_from_pod_ip: true,

@@ -61,6 +61,38 @@ pub fn app_with_controller(namespace: &str, replicas: u32) -> (Namespace, Contro
     (ns, controller)
 }
 
+/// Two controllers scoped to a fresh namespace `namespace`, each standing in for one of two
+/// stand-in pods (the controller's own, which it labels as leader): the first leading, the
+/// second waiting for the lease. Returns the namespace, the stand-in pods' names and the two.
+pub fn leader_and_standby(namespace: &str) -> (Namespace, [String; 2], Controller, Controller) {
+    install_crd();
+    let ns = Namespace::new(namespace);
+    apply(&session_app(&ns.0, "standin", 2, "http://127.0.0.1:9"));
+    wait_for(Duration::from_secs(90), "two stand-in pods", || {
+        pods(&ns.0, "standin").len() == 2
+    });
+    let standins: Vec<String> = pods(&ns.0, "standin").into_iter().map(|(n, _)| n).collect();
+    let [one, two] = [standins[0].clone(), standins[1].clone()];
+    let first = Controller::start(&ns.0, &[&format!("--pod-name={one}")]);
+    wait_for(Duration::from_secs(30), "the first to lead", || {
+        first.logs().contains("leading") && leader_label(&ns.0, &one) == "true"
+    });
+    let second = Controller::start(&ns.0, &[&format!("--pod-name={two}")]);
+    wait_for(Duration::from_secs(30), "the second to wait", || {
+        second.logs().contains("waiting for the lease") && leader_label(&ns.0, &two) == "false"
+    });
+    (ns, [one, two], first, second)
+}
+
+/// The `drainscaler.io/leader` label of pod `pod` in `ns` ("" without one).
+pub fn leader_label(ns: &str, pod: &str) -> String {
+    let p = kubectl_json(&["-n", ns, "get", "pod", pod]);
+    p["metadata"]["labels"]["drainscaler.io/leader"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Whether e2e tests should run; says why not when they should not.
 pub fn enabled(test: &str) -> bool {
     if std::env::var_os("DRAINSCALER_E2E").is_some() {
