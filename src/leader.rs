@@ -856,3 +856,144 @@ mod tests {
         assert_eq!(lead.age(clock.now()), Some(Duration::ZERO));
     }
 }
+
+/// The fence as a property: replicas on clocks of their own rates take turns at the lease at
+/// random moments, each frozen now and then for longer than the lease, and whenever one takes
+/// the lease, every other replica's last write (started while its `Leadership` allowed it, and
+/// given up after `API_DEADLINE`) has ended in real time.
+#[cfg(test)]
+mod fence_properties {
+    use std::time::{Duration, Instant};
+
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use k8s_openapi::jiff::Timestamp;
+    use proptest::collection::vec;
+    use proptest::test_runner::{Config, FileFailurePersistence};
+    use proptest::{prop_assert, prop_oneof, proptest};
+
+    use super::{API_DEADLINE, LEASE_DURATION, Leadership, Observed, Step, step};
+
+    /// One replica: its clock runs at `rate` real seconds per second of its own, and it looks
+    /// at the lease after each of its `gaps` (ms of its own clock; long ones are freezes).
+    struct Replica {
+        id: String,
+        rate: f64,
+        gaps: Vec<u64>,
+        next: usize,
+        at: f64,
+        observed: Observed,
+        leadership: Leadership,
+    }
+
+    impl Replica {
+        /// Its own clock's reading at real time `real` (seconds).
+        fn instant(&self, base: Instant, real: f64) -> Instant {
+            base + Duration::from_secs_f64(real * self.rate)
+        }
+
+        /// The real time `d` of its own clock takes.
+        fn real(&self, d: Duration) -> f64 {
+            d.as_secs_f64() / self.rate
+        }
+    }
+
+    fn record(holder: &str, writes: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.to_owned()),
+            lease_duration_seconds: i32::try_from(LEASE_DURATION.as_secs()).ok(),
+            renew_time: Some(MicroTime(
+                Timestamp::from_second(1_700_000_000 + writes).expect("a timestamp"),
+            )),
+            ..LeaseSpec::default()
+        }
+    }
+
+    fn gap() -> impl proptest::strategy::Strategy<Value = u64> {
+        // Mostly the retry period with jitter; sometimes a freeze past the lease.
+        prop_oneof![8 => 100u64..2_500, 2 => 9_000u64..30_000]
+    }
+
+    proptest! {
+        #![proptest_config(Config {
+            cases: 512,
+            failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
+                "proptest-regressions",
+            ))),
+            ..Config::default()
+        })]
+
+        #[test]
+        fn no_replica_takes_the_lease_while_another_may_still_be_writing(
+            // Clock rates within 5% of real time.
+            specs in vec((950u32..=1_050, vec(gap(), 20..60)), 2..4),
+        ) {
+            let base = Instant::now();
+            let mut replicas: Vec<Replica> = specs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (rate, gaps))| Replica {
+                    id: format!("replica-{i}"),
+                    rate: f64::from(rate) / 1_000.0,
+                    gaps,
+                    next: 0,
+                    at: 0.0,
+                    observed: Observed::default(),
+                    leadership: Leadership::monotonic(),
+                })
+                .collect();
+            let mut lease: Option<LeaseSpec> = None;
+            let mut writes = 0i64;
+            let mut takes = 0u32;
+            // The replica due first acts: it reads the lease and writes it at once (the API
+            // server orders writes by resourceVersion; a read-then-write is one step here).
+            while let Some(x) = (0..replicas.len())
+                .filter(|&i| replicas[i].next < replicas[i].gaps.len())
+                .min_by(|&a, &b| replicas[a].at.total_cmp(&replicas[b].at))
+            {
+                let now_real = replicas[x].at;
+                let now = replicas[x].instant(base, now_real);
+                let id = replicas[x].id.clone();
+                let previous = lease.as_ref().and_then(|l| l.holder_identity.clone());
+                match step(lease.as_ref(), &id, &mut replicas[x].observed, now) {
+                    Step::Create | Step::Renew | Step::Take => {
+                        writes += 1;
+                        lease = Some(record(&id, writes));
+                        replicas[x].leadership.renewed(now);
+                        if previous.as_deref() != Some(id.as_str()) {
+                            takes += 1;
+                            // Every other replica: a write it starts from here on, less one API
+                            // deadline of its own clock, would be under way now. Its
+                            // Leadership must refuse it.
+                            for other in replicas.iter().filter(|r| r.id != id) {
+                                let since = now_real - other.real(API_DEADLINE);
+                                let at = other.instant(base, since.max(0.0));
+                                prop_assert!(
+                                    since < 0.0 || other.leadership.check_at(at).is_err(),
+                                    "{id} took the lease at {now_real:.2}s while {} could still \
+                                     write (its check at {since:.2}s passed)",
+                                    other.id
+                                );
+                            }
+                        }
+                    }
+                    Step::Wait { .. } => {
+                        // Another holds it: a replica that led has lost it, for good (it exits
+                        // and comes back as a new replica).
+                        if replicas[x].leadership.age(now).is_some() {
+                            replicas[x].leadership.lose();
+                            replicas[x].leadership = Leadership::monotonic();
+                            replicas[x].observed = Observed::default();
+                            let _ = step(lease.as_ref(), &id, &mut replicas[x].observed, now);
+                        }
+                    }
+                }
+                let r = &mut replicas[x];
+                let gap = Duration::from_millis(r.gaps[r.next]);
+                r.at += r.real(gap);
+                r.next += 1;
+            }
+            prop_assert!(takes >= 1, "nobody ever led");
+        }
+    }
+}
