@@ -393,6 +393,54 @@ fn draining_drops_no_session_where_the_hpa_drops_some() {
     assert_eq!(sim.outcomes.oracle.tally.dropped, 0);
 }
 
+/// `n` with a comma between thousands, as the READMEs write counts.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// `text` with every run of white space (line breaks included) made one space.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn the_readmes_quote_what_simulate_prints_on_the_taxi_sessions() {
+    let sim = run(
+        "examples/policies/chat-keep.yaml",
+        "examples/traces/nyc_taxi_sessions.csv",
+        None,
+        &Options::default(),
+    );
+    let table = sim.report().table();
+    let shown: String = table.lines().map(|l| format!("    {l}\n")).collect();
+    let traces = read("examples/traces/README.md");
+    assert!(
+        traces.contains(&shown),
+        "examples/traces/README.md no longer shows what `drainscaler simulate --policy examples/policies/chat-keep.yaml --trace examples/traces/nyc_taxi_sessions.csv` prints; it prints:\n{table}"
+    );
+    let (ours, hpa) = (&sim.outcomes.drainscaler, &sim.outcomes.hpa);
+    let more = (ours.replica_ms as f64 / hpa.replica_ms as f64 - 1.0) * 100.0;
+    let claim = format!(
+        "drops {} sessions where the HPA drops {}, for {more:.0}% more replica-seconds",
+        thousands(ours.tally.dropped),
+        thousands(hpa.tally.dropped),
+    );
+    for readme in ["README.md", "examples/traces/README.md"] {
+        assert!(
+            one_line(&read(readme)).contains(&claim),
+            "{readme} should say \"{claim}\""
+        );
+    }
+}
+
 #[test]
 fn without_arrivals_every_session_field_is_zero() {
     let dir = scratch("no_arrivals");

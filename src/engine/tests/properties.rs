@@ -9,7 +9,8 @@
 //! (d) a decision is stable when run again over its own history.
 //!
 //! The removable rule is restated here from DESIGN.md §3 rather than taken from the engine,
-//! and the workload's deletion is simulated from the written `replicas`.
+//! and the workload's deletion is simulated from the written `replicas` by the ReplicaSet's
+//! own ranking, which may not yet have seen the deletion costs written with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,14 +24,14 @@ use proptest::{
 use crate::api::{OnLost, OnTimeout, RuleType, SelectPolicy, TargetKind};
 use crate::engine::drain::{CANCEL_PROPAGATION, REMOVABLE_DELETION_COST};
 use crate::engine::{
-    CancelledDrain, Decision, Heartbeat, History, Instance, Mode, Observation, Phase, Reading,
-    Recommendation, ScaleEvent, Time, decide, next_history,
+    CancelledDrain, Decision, DrainPlan, Heartbeat, History, Instance, Mode, Observation, Phase,
+    Reading, Recommendation, Removal, RemovalCause, ScaleEvent, Time, decide, next_history,
 };
 use crate::policy::{
     Behavior, Drain, Fallback, Heartbeat as HeartbeatPolicy, HeartbeatSource, Metric, MetricTarget,
     Policy, RatePolicy, Rules, Source, Target, default_behavior,
 };
-use crate::testing::{NOW, ago, secs};
+use crate::testing::{NOW, ago, observation, pod, policy, secs};
 
 fn arb_rules() -> impl Strategy<Value = Rules> {
     let rate = (
@@ -332,11 +333,12 @@ fn lost(policy: &Policy, seen: &Observation, pod: &Instance, now: Time) -> bool 
     silent(policy, seen, pod, now) && not_ready_long && !broad
 }
 
-/// The pods after the decision is carried out, before the workload acts on `replicas`.
+/// The pods after the decision is carried out, before the workload acts on `replicas`. Their
+/// deletion costs are those written (see `written_cost`); whether the workload has seen them
+/// yet is `deletable`'s concern.
 fn applied(seen: &Observation, d: &Decision, now: Time) -> Vec<Instance> {
     let started: BTreeSet<&str> = d.plan.start.iter().map(String::as_str).collect();
     let cancelled: BTreeSet<&str> = d.plan.cancel.iter().map(String::as_str).collect();
-    let marked: BTreeSet<&str> = d.plan.mark_removable.iter().map(String::as_str).collect();
     let removed: BTreeSet<&str> = d.plan.remove.iter().map(|r| r.pod.as_str()).collect();
     seen.instances
         .iter()
@@ -352,17 +354,35 @@ fn applied(seen: &Observation, d: &Decision, now: Time) -> Vec<Instance> {
             if cancelled.contains(p.name.as_str()) {
                 p.draining_since = None;
             }
-            if marked.contains(p.name.as_str()) {
-                p.deletion_cost = REMOVABLE_DELETION_COST;
-            }
+            p.deletion_cost = written_cost(&p, d);
             p
         })
         .collect()
 }
 
-/// The ReplicaSet's ranking up to the deletion cost; pods equal here go in any order.
-fn rank(p: &Instance) -> (bool, Phase, bool, i32) {
-    (p.scheduled, p.phase, p.ready, p.deletion_cost)
+/// A pod's deletion cost once the decision's patches land: the lowest on the pods the plan
+/// marks or removes (the controller marks both), none on a cancelled pod that drainscaler had
+/// marked.
+fn written_cost(p: &Instance, d: &Decision) -> i32 {
+    let marked = d.plan.mark_removable.contains(&p.name);
+    let removed = d.plan.remove.iter().any(|r| r.pod == p.name);
+    let cancelled = d.plan.cancel.contains(&p.name);
+    if marked || removed {
+        REMOVABLE_DELETION_COST
+    } else if cancelled && p.deletion_cost == REMOVABLE_DELETION_COST {
+        0
+    } else {
+        p.deletion_cost
+    }
+}
+
+/// The ReplicaSet controller's scale-down ranking (`ActivePodsWithRanks.Less` in Kubernetes'
+/// pkg/controller/controller_utils.go), its rules 1 to 4 in its order: unassigned before
+/// assigned, then Pending before Unknown before Running, then not ready before ready, then the
+/// lower `controller.kubernetes.io/pod-deletion-cost`. Its later rules (pods doubled up on a
+/// node, time since ready, restarts, age) are left out: pods equal up to here go in any order.
+fn rank(p: &Instance, deletion_cost: i32) -> (bool, Phase, bool, i32) {
+    (p.scheduled, p.phase, p.ready, deletion_cost)
 }
 
 /// Whether a pod counts towards `spec.replicas`: for a StatefulSet, only ordinals in
@@ -374,12 +394,17 @@ fn fills_a_slot(policy: &Policy, seen: &Observation, p: &Instance) -> bool {
             .is_none_or(|o| (start..start + u64::from(seen.replicas)).contains(&u64::from(o)))
 }
 
-/// Every pod the workload might delete once `replicas` is written.
+/// Every pod the workload might delete once `replicas` is written, ranking each pod by either
+/// of the two deletion costs `costs` gives it: the controller patches costs just before the
+/// count, but the ReplicaSet controller learns of pods and of its count through separate
+/// watches, so it may rank by the new count with none, some or all of the new costs. A pod may
+/// go unless at least the excess rank before it whichever costs are seen.
 fn deletable<'a>(
     kind: TargetKind,
     seen: &Observation,
     pods: &'a [Instance],
     replicas: u32,
+    costs: impl Fn(&Instance) -> [i32; 2],
 ) -> Vec<&'a Instance> {
     match kind {
         TargetKind::StatefulSet => pods
@@ -391,8 +416,20 @@ fn deletable<'a>(
             .collect(),
         TargetKind::Deployment => {
             let excess = pods.len().saturating_sub(replicas as usize);
+            // Each pod's place at its earliest and at its latest.
+            let earliest = |p: &Instance| {
+                let [a, b] = costs(p);
+                rank(p, a.min(b))
+            };
+            let latest = |p: &Instance| {
+                let [a, b] = costs(p);
+                rank(p, a.max(b))
+            };
             pods.iter()
-                .filter(|p| pods.iter().filter(|q| rank(q) < rank(p)).count() < excess)
+                .filter(|p| {
+                    let before = pods.iter().filter(|q| latest(q) < earliest(p)).count();
+                    before < excess
+                })
                 .collect()
         }
     }
@@ -450,12 +487,20 @@ fn check_safety(policy: &Policy, seen: &Observation, d: &Decision) -> Result<(),
     }
     if policy.drains() && d.mode != Mode::Paused {
         // What the workload deletes because of this write: pods beyond `spec.replicas` already
-        // go whatever drainscaler writes.
-        let anyway: BTreeSet<&str> = deletable(policy.target.kind, seen, &after, seen.replicas)
+        // go, ranked by the costs they had, whatever drainscaler writes.
+        let observed = |p: &Instance| {
+            pods.get(p.name.as_str())
+                .map_or(p.deletion_cost, |o| o.deletion_cost)
+        };
+        let anyway: BTreeSet<&str> =
+            deletable(policy.target.kind, seen, &after, seen.replicas, |p| {
+                [observed(p); 2]
+            })
             .iter()
             .map(|p| p.name.as_str())
             .collect();
-        for p in deletable(policy.target.kind, seen, &after, d.replicas) {
+        let either = |p: &Instance| [observed(p), p.deletion_cost];
+        for p in deletable(policy.target.kind, seen, &after, d.replicas, either) {
             if !anyway.contains(p.name.as_str()) {
                 judge(&p.name, &format!("writing replicas {}", d.replicas))?;
             }
@@ -505,24 +550,37 @@ proptest! {
             (low..=high).contains(&d.desired),
             "desired {} outside [{}, {}] from {}", d.desired, low, high, d.current
         );
-        // Draining after the plan, including StatefulSet slots that the count keeps.
+        // Pods still draining after the plan that the count keeps: a StatefulSet pod past
+        // spec.replicas is leaving and kept by none. A pod missing from the count (being
+        // created, or an ordinal being replaced) is no reason for a higher count.
         let after = applied(&seen, &d, NOW);
         let removed: BTreeSet<&str> = d.plan.remove.iter().map(|r| r.pod.as_str()).collect();
-        let draining = after
+        let draining: Vec<&Instance> = after
             .iter()
             .filter(|p| p.draining_since.is_some() && !removed.contains(p.name.as_str()))
-            .count();
-        // Slots below spec.replicas without a pod; a StatefulSet pod past spec.replicas is
-        // leaving and fills none.
-        let in_range = after.iter().filter(|p| fills_a_slot(&policy, &seen, p)).count();
-        let missing = seen.replicas as usize - in_range.min(seen.replicas as usize);
-        let slack = u32::try_from(draining + missing).unwrap_or(u32::MAX);
+            .filter(|p| fills_a_slot(&policy, &seen, p))
+            .collect();
+        let slack = u32::try_from(draining.len()).unwrap_or(u32::MAX);
         prop_assert!(d.replicas >= d.desired, "replicas {} below desired {}", d.replicas, d.desired);
-        // A rollout holds the count where it is (scale-in waits for it to end).
-        let held = if d.plan.rollout { seen.replicas } else { 0 };
+        let held = if d.plan.rollout {
+            // A rollout holds the count where it is (scale-in waits for it to end).
+            seen.replicas
+        } else if policy.target.kind == TargetKind::StatefulSet {
+            // A StatefulSet keeps every ordinal below a draining pod it keeps, with a pod or
+            // without one.
+            draining
+                .iter()
+                .filter_map(|p| p.ordinal)
+                .map(|o| o.saturating_sub(seen.ordinals_start) + 1)
+                .max()
+                .unwrap_or(0)
+        } else {
+            0
+        };
         prop_assert!(
             d.replicas <= (d.desired + slack).max(held),
-            "replicas {} above desired {} plus {} draining or missing", d.replicas, d.desired, slack
+            "replicas {} above desired {} plus {} draining (held at {})",
+            d.replicas, d.desired, slack, held
         );
         if d.plan.rollout {
             prop_assert!(d.plan.start.is_empty(), "drains started in a rollout: {:?}", d.plan.start);
@@ -625,8 +683,8 @@ fn carry_out(seen: &Observation, d: &Decision, now: Time) -> Observation {
         .into_iter()
         .filter(|p| !removed.contains(p.name.as_str()) && !replaced.contains(p.name.as_str()))
         .collect();
-    // Pods beyond the count go, first in the ReplicaSet's ranking.
-    instances.sort_by_key(rank);
+    // Pods beyond the count go, first in the ReplicaSet's ranking, once it has seen the costs.
+    instances.sort_by_key(|p| rank(p, p.deletion_cost));
     let excess = instances.len().saturating_sub(d.replicas as usize);
     instances.drain(..excess);
     let missing = (d.replicas as usize).saturating_sub(instances.len());
@@ -651,9 +709,9 @@ fn carry_out(seen: &Observation, d: &Decision, now: Time) -> Observation {
 #[test]
 fn the_reference_rule_agrees_with_the_engine_on_a_known_case() {
     // Guards the test's own restatement of the rule against drifting into vacuity.
-    let policy = crate::testing::policy().heartbeat(secs(30)).build();
-    let seen = crate::testing::observation().build();
-    let draining = || crate::testing::pod("d").ready().draining_since(ago(60));
+    let policy = policy().heartbeat(secs(30)).build();
+    let seen = observation().build();
+    let draining = || pod("d").ready().draining_since(ago(60));
     assert!(!may_go(
         &policy,
         &seen,
@@ -671,4 +729,30 @@ fn the_reference_rule_agrees_with_the_engine_on_a_known_case() {
     // The zero that crossed the drain mark before the pod heard of it.
     let untold = draining().sessions(0).untold().build();
     assert!(!may_go(&policy, &seen, &untold, ago(60), NOW));
+}
+
+#[test]
+fn the_reference_workload_may_not_have_seen_the_marks_written_with_the_count() {
+    // A drained pod and one serving sessions, equal in the ReplicaSet's ranking: a decision
+    // that marks the drained pod and lowers the count at once may delete either.
+    let policy = policy().heartbeat(secs(30)).build();
+    let drained = || pod("drained").ready().draining_since(ago(60)).sessions(0);
+    let serving = || pod("serving").ready().sessions(5);
+    let seen = observation().pods([drained(), serving()]).build();
+    let mut d = decide(&policy, &seen, &History::default(), NOW);
+    d.replicas = 1;
+    d.plan = DrainPlan {
+        replicas: 1,
+        mark_removable: vec!["drained".to_owned()],
+        remove: vec![Removal {
+            pod: "drained".to_owned(),
+            cause: RemovalCause::Drained,
+        }],
+        ..DrainPlan::default()
+    };
+    assert!(check_safety(&policy, &seen, &d).is_err());
+    // Marked in an earlier decision, the drained pod ranks first.
+    let marked = drained().cost(REMOVABLE_DELETION_COST);
+    let seen = observation().pods([marked, serving()]).build();
+    assert_eq!(check_safety(&policy, &seen, &d), Ok(()));
 }
