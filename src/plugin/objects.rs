@@ -2,7 +2,7 @@
 //! events about policies; parsed from saved files (`kubectl get ... -o yaml`) and matched to a
 //! policy's target by ownership. Pure, no I/O.
 
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSeries as CoreEventSeries, Pod};
 use k8s_openapi::api::events::v1::Event as EventsEvent;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -65,31 +65,26 @@ impl PolicyEvent {
         })
     }
 
-    /// The event if it is about a ScalingPolicy (`events.k8s.io/v1`).
+    /// The event if it is about a ScalingPolicy (`events.k8s.io/v1`), read as the core API
+    /// serves the same event.
     pub fn from_events(e: &EventsEvent) -> Option<PolicyEvent> {
-        let about = e.regarding.as_ref()?;
-        if about.kind.as_deref() != Some(POLICY_KIND) {
-            return None;
-        }
-        let series = e.series.as_ref();
-        let time = series
-            .map(|s| s.last_observed_time.0)
-            .or_else(|| e.deprecated_last_timestamp.as_ref().map(|t| t.0))
-            .or_else(|| e.event_time.as_ref().map(|t| t.0))
-            .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0));
-        Some(PolicyEvent {
-            namespace: about
-                .namespace
-                .clone()
-                .or_else(|| e.metadata.namespace.clone())
-                .unwrap_or_default(),
-            policy: about.name.clone().unwrap_or_default(),
-            time,
-            type_: e.type_.clone().unwrap_or_default(),
-            reason: e.reason.clone().unwrap_or_default(),
-            message: e.note.clone().unwrap_or_default(),
-            count: series.map(|s| s.count).or(e.deprecated_count).unwrap_or(1),
-        })
+        let core = CoreEvent {
+            involved_object: e.regarding.clone()?,
+            message: e.note.clone(),
+            type_: e.type_.clone(),
+            reason: e.reason.clone(),
+            count: e.deprecated_count,
+            last_timestamp: e.deprecated_last_timestamp.clone(),
+            first_timestamp: e.deprecated_first_timestamp.clone(),
+            event_time: e.event_time.clone(),
+            series: e.series.as_ref().map(|s| CoreEventSeries {
+                count: Some(s.count),
+                last_observed_time: Some(s.last_observed_time.clone()),
+            }),
+            metadata: e.metadata.clone(),
+            ..CoreEvent::default()
+        };
+        PolicyEvent::from_core(&core)
     }
 }
 
