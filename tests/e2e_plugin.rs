@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use support::{
@@ -12,23 +12,22 @@ use support::{
     spec_replicas, traffic, traffic_summary, wait_for,
 };
 
-/// A directory holding a `kubectl-drainscaler` symlink to the built binary, for the PATH.
-fn plugin_dir() -> PathBuf {
+/// Puts a `kubectl-drainscaler` symlink to the built binary first on the PATH, as a user
+/// installs the plugin.
+fn install_plugin() {
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-plugin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a directory for the plugin");
     let link = dir.join("kubectl-drainscaler");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_drainscaler"), &link).expect("symlink");
-    dir
+    let path = std::env::var("PATH").unwrap_or_default();
+    // SAFETY: the only test in this file sets it first, before it starts any thread.
+    unsafe { std::env::set_var("PATH", format!("{}:{path}", dir.display())) };
 }
 
-/// `kubectl drainscaler ARGS` with the plugin first on the PATH; fails the test if it fails.
-fn kubectl_drainscaler(dir: &Path, args: &[&str]) -> String {
-    let path = std::env::var("PATH").unwrap_or_default();
-    // SAFETY: set before any thread of this test reads the environment; tests in this file do
-    // not run concurrently with another writer of PATH.
-    unsafe { std::env::set_var("PATH", format!("{}:{path}", dir.display())) };
+/// `kubectl drainscaler ARGS`; fails the test if it fails.
+fn kubectl_drainscaler(args: &[&str]) -> String {
     let mut all = vec!["drainscaler"];
     all.extend(args);
     let (ok, out, err) = kubectl_result(&all, None);
@@ -41,7 +40,7 @@ fn kubectl_drainscaler_shows_a_policy_that_scaled_up_with_its_pods_and_reasons()
     if !support::enabled("kubectl_drainscaler_shows_a_policy_that_scaled_up") {
         return;
     }
-    let dir = plugin_dir();
+    install_plugin();
     let (ns, controller) = app_with_controller("plugin", 1);
     wait_for(Duration::from_secs(90), "one ready pod", || {
         support::ready_replicas(&ns.0, "chat") == 1
@@ -72,18 +71,16 @@ fn kubectl_drainscaler_shows_a_policy_that_scaled_up_with_its_pods_and_reasons()
             .iter()
             .any(|(_, r)| r == "ScaledUp")
     });
-    // The status lists every pod once the new ones report.
-    wait_for(Duration::from_secs(60), "every pod reporting", || {
-        let out = kubectl_drainscaler(&dir, &["-n", &ns.0, "chat", "-o", "json"]);
-        let json: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-        let pods = json["policies"][0]["pods"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        pods.len() >= 3 && pods.iter().all(|p| p["heartbeat"] == "Reporting")
-    });
-
-    let out = kubectl_drainscaler(&dir, &["-n", &ns.0, "chat"]);
+    // New pods are shown from their creation; wait until three serve and report.
+    let mut out = String::new();
+    wait_for(
+        Duration::from_secs(90),
+        "three serving pods in the view",
+        || {
+            out = kubectl_drainscaler(&["-n", &ns.0, "chat"]);
+            out.lines().filter(|l| l.contains(" serving ")).count() >= 3
+        },
+    );
     eprintln!("kubectl drainscaler -n {} chat:\n{out}", ns.0);
     let header = format!(
         "ScalingPolicy {}/chat  ->  Deployment/chat  (min 1, max 4)",
@@ -107,9 +104,18 @@ fn kubectl_drainscaler_shows_a_policy_that_scaled_up_with_its_pods_and_reasons()
             controller.logs()
         );
     }
-    let serving = out.lines().filter(|l| l.contains(" serving ")).count();
-    assert!(serving >= 3, "{serving} serving pods in\n{out}");
     assert!(!out.contains('\x1b'), "colour on a pipe:\n{out}");
+
+    let all = kubectl_drainscaler(&["-A", "-o", "json"]);
+    let all: serde_json::Value = serde_json::from_str(&all).expect("JSON");
+    let listed = all["policies"].as_array().cloned().unwrap_or_default();
+    assert!(
+        listed
+            .iter()
+            .any(|p| p["namespace"] == ns.0.as_str() && p["name"] == "chat"),
+        "-A does not list {}/chat",
+        ns.0
+    );
 
     // The context's namespace is the default, as with kubectl.
     let (ok, _, err) = kubectl_result(&["drainscaler", "absent"], None);
