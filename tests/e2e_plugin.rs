@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::{
     app_with_controller, apply, event_reasons, kubectl_result, policy, sessions_spec,
-    spec_replicas, traffic, traffic_summary, wait_for,
+    spec_replicas, steady_load, traffic_summary, wait_for,
 };
 
 /// Puts a `kubectl-drainscaler` symlink to the built binary first on the PATH, as a user
@@ -49,20 +49,7 @@ fn kubectl_drainscaler_shows_a_policy_that_scaled_up_with_its_pods_and_reasons()
     apply(&policy(&ns.0, "chat", &sessions_spec(600)));
 
     // About 3 sessions a second for 15s, each 60s long: ~45 sessions, 4 pods wanted.
-    let load = traffic(
-        &ns.0,
-        "chat",
-        &[
-            "-shape",
-            "constant:3",
-            "-duration",
-            "15s",
-            "-fixed-length",
-            "60s",
-            "-seed",
-            "3",
-        ],
-    );
+    let load = steady_load(&ns.0, "chat", 3, 15, 60, 3);
     wait_for(Duration::from_secs(60), "a scale-up", || {
         spec_replicas(&ns.0, "chat") >= 3
     });
