@@ -164,3 +164,40 @@ current-context: one
         "{err}"
     );
 }
+
+/// Runs the plugin on a pseudo-terminal (util-linux `script`); returns what the terminal got.
+fn on_a_terminal(args: &[&str], no_color: Option<&str>) -> String {
+    let command = std::iter::once(plugin().display().to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &command, "/dev/null"])
+        .env_remove("NO_COLOR");
+    if let Some(v) = no_color {
+        cmd.env("NO_COLOR", v);
+    }
+    let out = cmd.output().expect("run script");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn on_a_terminal_it_is_coloured_unless_no_color_is_set() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipping: no `script` to make a terminal");
+        return;
+    }
+    let args = ["--from-file", &fixture(), "--now", NOW];
+    let coloured = on_a_terminal(&args, None);
+    assert!(coloured.contains("\x1b[31mlost"), "{coloured}");
+    let plain = on_a_terminal(&args, Some("1"));
+    assert!(plain.contains("lost"), "{plain}");
+    assert!(!plain.contains('\x1b'), "{plain}");
+    // An empty NO_COLOR does not count (no-color.org).
+    assert!(on_a_terminal(&args, Some("")).contains('\x1b'));
+}

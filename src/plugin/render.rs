@@ -76,8 +76,8 @@ pub fn render(v: &PolicyView, now: Timestamp, paint: Paint) -> String {
     out.push('\n');
 
     out.push_str("Metrics:\n");
-    let rows: Vec<Vec<Cell>> = v.metrics.iter().map(|m| metric_row(m, paint)).collect();
-    table(&mut out, "  ", None, &rows);
+    let rows: Vec<Vec<Cell>> = v.metrics.iter().map(metric_row).collect();
+    table(&mut out, "  ", None, &rows, paint);
 
     if v.conditions.is_empty() {
         let _ = writeln!(
@@ -113,10 +113,8 @@ pub fn render(v: &PolicyView, now: Timestamp, paint: Paint) -> String {
             &mut out,
             "  ",
             Some(&["NAME", "STATE", "SESSIONS", "HEARTBEAT", "AGE"]),
-            &rows
-                .into_iter()
-                .map(|r| r.into_iter().map(|c| c.painted(paint)).collect())
-                .collect::<Vec<_>>(),
+            &rows,
+            paint,
         );
     }
 
@@ -124,12 +122,14 @@ pub fn render(v: &PolicyView, now: Timestamp, paint: Paint) -> String {
         out.push_str("Last decisions: none recorded\n");
     } else {
         out.push_str("Last decisions:\n");
-        let rows: Vec<Vec<Cell>> = v
-            .decisions
-            .iter()
-            .map(|d| decision_row(d, now, paint))
-            .collect();
-        table(&mut out, "  ", Some(&["AGE", "REASON", "MESSAGE"]), &rows);
+        let rows: Vec<Vec<Cell>> = v.decisions.iter().map(|d| decision_row(d, now)).collect();
+        table(
+            &mut out,
+            "  ",
+            Some(&["AGE", "REASON", "MESSAGE"]),
+            &rows,
+            paint,
+        );
     }
     out
 }
@@ -155,20 +155,17 @@ impl Cell {
             colour,
         }
     }
-
-    /// With colour off, the colour is dropped here so that `table` does not add it.
-    fn painted(self, paint: Paint) -> Cell {
-        if paint.on {
-            self
-        } else {
-            Cell::plain(self.text)
-        }
-    }
 }
 
 /// Rows aligned in columns; the last column is not padded. Widths count characters, and the
 /// colour is put around the padded text so that escapes do not shift columns.
-fn table(out: &mut String, indent: &str, header: Option<&[&str]>, rows: &[Vec<Cell>]) {
+fn table(
+    out: &mut String,
+    indent: &str,
+    header: Option<&[&str]>,
+    rows: &[Vec<Cell>],
+    paint: Paint,
+) {
     let columns = rows
         .iter()
         .map(Vec::len)
@@ -191,25 +188,21 @@ fn table(out: &mut String, indent: &str, header: Option<&[&str]>, rows: &[Vec<Ce
             } else {
                 format!("{:<w$}  ", c.text, w = widths[i])
             };
-            let painted = match c.colour {
-                Some(colour) => Paint { on: true }.paint(Some(colour), &text),
-                None => text,
-            };
-            line.push_str(&painted);
+            line.push_str(&paint.paint(c.colour, &text));
         }
         out.push_str(line.trim_end());
         out.push('\n');
     }
 }
 
-fn metric_row(m: &MetricView, paint: Paint) -> Vec<Cell> {
+fn metric_row(m: &MetricView) -> Vec<Cell> {
     let per = match m.target_type {
         TargetType::AverageValue => " per replica",
         TargetType::Value => "",
     };
     let current = match (&m.value, &m.error) {
         (Some(v), _) => Cell::plain(v.clone()),
-        (None, Some(_)) => Cell::coloured("unavailable", Some(Colour::Red)).painted(paint),
+        (None, Some(_)) => Cell::coloured("unavailable", Some(Colour::Red)),
         (None, None) => Cell::plain("-"),
     };
     let wants = match (m.desired_replicas, &m.error) {
@@ -265,10 +258,10 @@ fn pod_row(p: &PodView, timeout: Option<&str>, now: Timestamp) -> Vec<Cell> {
     ]
 }
 
-fn decision_row(d: &DecisionView, now: Timestamp, paint: Paint) -> Vec<Cell> {
+fn decision_row(d: &DecisionView, now: Timestamp) -> Vec<Cell> {
     let when = d.time.as_ref().map_or("-".to_owned(), |t| age(t, now));
     let reason = if d.type_ == "Warning" {
-        Cell::coloured(d.reason.clone(), Some(Colour::Yellow)).painted(paint)
+        Cell::coloured(d.reason.clone(), Some(Colour::Yellow))
     } else {
         Cell::plain(d.reason.clone())
     };
