@@ -3,8 +3,6 @@
 //! built from the policy's status, its pods and its events. `-o json` prints it as it is.
 //! Pure, no I/O.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -202,59 +200,32 @@ fn metrics(policy: &ScalingPolicy) -> Vec<MetricView> {
 
 fn pod_views(policy: &ScalingPolicy, pods: &[&Pod]) -> Vec<PodView> {
     let status = policy.status.clone().unwrap_or_default();
-    let reported: BTreeMap<&str, _> = status.pods.iter().map(|p| (p.name.as_str(), p)).collect();
-    let draining: BTreeMap<&str, _> = status
-        .draining
-        .iter()
-        .map(|d| (d.pod.as_str(), d))
-        .collect();
     let mut views: Vec<PodView> = pods
         .iter()
         .map(|pod| {
             let name = pod.name_any();
-            let report = reported.get(name.as_str());
-            let drain = draining.get(name.as_str());
-            let annotations = pod.annotations();
-            let is_draining =
-                annotations.get(DRAINING_ANNOTATION).map(String::as_str) == Some("true");
-            let removable = annotations
-                .get(DELETION_COST_ANNOTATION)
-                .and_then(|c| c.parse::<i32>().ok())
-                == Some(REMOVABLE_DELETION_COST);
-            let ready = pod_ready(pod);
+            let report = status.pods.iter().find(|p| p.name == name);
+            let drain = status.draining.iter().find(|d| d.pod == name);
+            let marks = Marks::of(pod);
             let heartbeat = report.map(|r| r.heartbeat);
-            let state = if pod.metadata.deletion_timestamp.is_some() {
-                PodState::Terminating
-            } else if heartbeat == Some(HeartbeatState::Lost) {
-                PodState::Lost
-            } else if is_draining && removable {
-                PodState::Removable
-            } else if is_draining {
-                PodState::Draining
-            } else if heartbeat == Some(HeartbeatState::Silent) {
-                PodState::Silent
-            } else if ready {
-                PodState::Serving
-            } else {
-                PodState::NotReady
-            };
-            let draining_since = is_draining
+            let draining_since = marks
+                .draining
                 .then(|| {
-                    annotations
-                        .get(DRAINING_SINCE_ANNOTATION)
-                        .and_then(|t| t.parse::<Timestamp>().ok())
-                        .map(Time)
+                    marks
+                        .since
+                        .clone()
                         .or_else(|| drain.map(|d| d.since.clone()))
                 })
                 .flatten();
+            // A draining pod's count is the one it sent since its drain began.
             let sessions = match drain {
-                Some(d) if is_draining => d.sessions,
+                Some(d) if marks.draining => d.sessions,
                 _ => report.and_then(|r| r.sessions),
             };
             PodView {
+                state: state(pod, &marks, heartbeat),
                 name,
-                state,
-                ready,
+                ready: pod_ready(pod),
                 draining_since,
                 sessions,
                 heartbeat,
@@ -265,6 +236,50 @@ fn pod_views(policy: &ScalingPolicy, pods: &[&Pod]) -> Vec<PodView> {
         .collect();
     views.sort_by(|a, b| a.name.cmp(&b.name));
     views
+}
+
+/// What the controller wrote on a pod.
+struct Marks {
+    draining: bool,
+    since: Option<Time>,
+    /// The lowest deletion cost: first in line for removal.
+    removable: bool,
+}
+
+impl Marks {
+    fn of(pod: &Pod) -> Marks {
+        let annotations = pod.annotations();
+        Marks {
+            draining: annotations.get(DRAINING_ANNOTATION).map(String::as_str) == Some("true"),
+            since: annotations
+                .get(DRAINING_SINCE_ANNOTATION)
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                .map(Time),
+            removable: annotations
+                .get(DELETION_COST_ANNOTATION)
+                .and_then(|c| c.parse::<i32>().ok())
+                == Some(REMOVABLE_DELETION_COST),
+        }
+    }
+}
+
+/// The most telling state: on its way out, then what heartbeats and drains say, then readiness.
+fn state(pod: &Pod, marks: &Marks, heartbeat: Option<HeartbeatState>) -> PodState {
+    if pod.metadata.deletion_timestamp.is_some() {
+        PodState::Terminating
+    } else if heartbeat == Some(HeartbeatState::Lost) {
+        PodState::Lost
+    } else if marks.draining && marks.removable {
+        PodState::Removable
+    } else if marks.draining {
+        PodState::Draining
+    } else if heartbeat == Some(HeartbeatState::Silent) {
+        PodState::Silent
+    } else if pod_ready(pod) {
+        PodState::Serving
+    } else {
+        PodState::NotReady
+    }
 }
 
 fn pod_ready(pod: &Pod) -> bool {
