@@ -464,6 +464,10 @@ pub struct ScalingPolicyStatus {
     pub instances: Option<InstancesStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub draining: Vec<DrainingStatus>,
+    /// The target's pods as the heartbeats show them, with a heartbeat source only: Lost and
+    /// Silent first, then by name. At most 100.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodStatus>,
     /// Recent recommendations, for the stabilization windows: one entry per run of equal
     /// recommendations, timed when it was last made; the newest, still in force, keeps the time
     /// its run began. Bounded.
@@ -518,6 +522,32 @@ pub struct DrainingStatus {
     /// Absent until the instance reports after its drain began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    pub name: String,
+    /// Sessions in its latest heartbeat; absent until it reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<i64>,
+    pub heartbeat: HeartbeatState,
+    /// When it last reported; given only while it is Silent or Lost, since a reporting pod's
+    /// time moves with every heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<Time>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum HeartbeatState {
+    /// Reported within the heartbeat timeout.
+    Reporting,
+    /// Has not reported yet and is not overdue.
+    Awaited,
+    /// No heartbeat for one timeout; kept, with its last count.
+    Silent,
+    /// Silent, and not Ready for as long.
+    Lost,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -14,6 +14,7 @@ pub mod listener;
 pub mod metrics;
 pub mod names;
 pub mod observe;
+pub mod plugin;
 pub mod policy;
 pub mod restore;
 pub mod server;

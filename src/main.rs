@@ -1,6 +1,7 @@
-//! The command line: `run`, `crd`, `check`, `simulate`. The only anyhow.
+//! The command line: `run`, `crd`, `check`, `simulate`; and, invoked as `kubectl-drainscaler`,
+//! the kubectl plugin. The only anyhow.
 
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use k8s_openapi::jiff::Timestamp;
 use kube::CustomResourceExt;
 
 use drainscaler::api::ScalingPolicy;
@@ -22,6 +24,8 @@ use drainscaler::metrics::{ApiLayer, Metrics};
 use drainscaler::names::{FIELD_MANAGER, LEADER_LABEL};
 use drainscaler::observe::heartbeats::Heartbeats;
 use drainscaler::observe::prometheus::Prometheus;
+use drainscaler::plugin::render::{Paint, render_all};
+use drainscaler::plugin::{self, PluginError, Scope};
 use drainscaler::policy::parse_duration;
 use drainscaler::server::{self, RequestLimits, ServerState};
 use drainscaler::simulate::plot::{self, Format};
@@ -175,7 +179,68 @@ enum LogFormat {
     Json,
 }
 
+/// `kubectl drainscaler`: what drainscaler sees of a policy (or of every policy in a
+/// namespace) in one screen. kubectl runs it as `kubectl-drainscaler` from the PATH.
+#[derive(Parser)]
+#[command(name = "kubectl-drainscaler", version)]
+struct PluginCli {
+    /// The ScalingPolicy to show; every one in the namespace when absent.
+    name: Option<String>,
+    /// The namespace [default: the context's].
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    all_namespaces: bool,
+    /// `text` for people; `json` for scripts.
+    #[arg(short = 'o', long, value_enum, default_value_t = PluginOutput::Text)]
+    output: PluginOutput,
+    /// The kubeconfig context to use [default: the current one].
+    #[arg(long)]
+    context: Option<String>,
+    /// The kubeconfig file [default: KUBECONFIG, else ~/.kube/config, else in-cluster].
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Read saved objects instead of the cluster, such as the output of
+    /// `kubectl get scalingpolicy,pods,events -o yaml` (`-` reads standard input). Without
+    /// `-n`, every policy in the file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["context", "kubeconfig"])]
+    from_file: Option<PathBuf>,
+    /// Count ages from this RFC 3339 time instead of the clock, such as when the file was saved.
+    #[arg(long, value_name = "TIME")]
+    now: Option<Timestamp>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PluginOutput {
+    Text,
+    Json,
+}
+
+/// Whether this process was started under the plugin's name (a symlink or a copy).
+fn invoked_as_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .is_some_and(|stem| stem == "kubectl-drainscaler")
+}
+
 fn main() -> ExitCode {
+    if invoked_as_plugin() {
+        return match kubectl_plugin(&PluginCli::parse()) {
+            Ok(code) => code,
+            // A PluginError names its cause already.
+            Err(e) if e.downcast_ref::<PluginError>().is_some() => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,
@@ -203,6 +268,70 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { files } => check_files(&files),
         Command::Simulate(args) => simulate_trace(&args),
     }
+}
+
+fn kubectl_plugin(cli: &PluginCli) -> anyhow::Result<ExitCode> {
+    let now = cli.now.unwrap_or_else(Timestamp::now);
+    let (objects, scope) = match &cli.from_file {
+        Some(path) => {
+            let shown = path.display().to_string();
+            let text = if shown == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(path)
+            }
+            .map_err(|source| PluginError::ReadFile {
+                path: shown.clone(),
+                source,
+            })?;
+            let scope = match &cli.namespace {
+                Some(ns) => Scope::Namespace(ns.clone()),
+                None => Scope::All,
+            };
+            (plugin::from_text(&shown, &text)?, scope)
+        }
+        None => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(from_cluster(cli))?
+        }
+    };
+    let views = plugin::views(&objects, &scope, cli.name.as_deref())?;
+    let text = match cli.output {
+        PluginOutput::Json => plugin::to_json(&views).context("rendering JSON")?,
+        PluginOutput::Text if views.is_empty() => {
+            eprintln!("{}", plugin::none_found(&scope));
+            String::new()
+        }
+        PluginOutput::Text => {
+            let stdout = std::io::stdout();
+            let colour =
+                stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            render_all(&views, now, Paint { on: colour })
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.context("writing the view")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn from_cluster(cli: &PluginCli) -> Result<(plugin::objects::Objects, Scope), PluginError> {
+    // kube shares rustls; ring is the one provider compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let conn = plugin::connect(cli.kubeconfig.as_deref(), cli.context.as_deref()).await?;
+    let scope = match (&cli.namespace, cli.all_namespaces) {
+        (_, true) => Scope::All,
+        (Some(ns), false) => Scope::Namespace(ns.clone()),
+        (None, false) => Scope::Namespace(conn.namespace.clone()),
+    };
+    let objects = plugin::load(&conn.client, &conn.url, &scope, cli.name.as_deref()).await?;
+    Ok((objects, scope))
 }
 
 fn simulate_trace(args: &SimulateArgs) -> anyhow::Result<ExitCode> {

@@ -8,10 +8,12 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::api::{
-    DrainingStatus, InstancesStatus, MetricStatus, RecommendationStatus, ScaleEventStatus,
-    ScalingPolicy, ScalingPolicyStatus,
+    DrainingStatus, HeartbeatState, InstancesStatus, MetricStatus, PodStatus, RecommendationStatus,
+    ScaleEventStatus, ScalingPolicy, ScalingPolicyStatus,
 };
-use crate::engine::{Decision, History, Mode, Reading, Recommendation, ScaleEvent, Time};
+use crate::engine::{
+    self, Decision, History, Mode, PodReport, Reading, Recommendation, ScaleEvent, Time,
+};
 use crate::error::Error;
 use crate::names::{FIELD_MANAGER, READY_CONDITION, ShellReason};
 use crate::observe::pods::{time, timestamp};
@@ -137,6 +139,7 @@ pub fn render(
                 sessions: d.sessions.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
             })
             .collect(),
+        pods: decision.pods.iter().map(pod_status).collect(),
         recommendations: next
             .recommendations
             .iter()
@@ -162,6 +165,20 @@ pub fn render(
             generation,
             now,
         ),
+    }
+}
+
+fn pod_status(p: &PodReport) -> PodStatus {
+    PodStatus {
+        name: p.pod.clone(),
+        sessions: p.sessions.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+        heartbeat: match p.heartbeat {
+            engine::HeartbeatState::Reporting => HeartbeatState::Reporting,
+            engine::HeartbeatState::Awaited => HeartbeatState::Awaited,
+            engine::HeartbeatState::Silent => HeartbeatState::Silent,
+            engine::HeartbeatState::Lost => HeartbeatState::Lost,
+        },
+        last_heartbeat: p.last_heartbeat.map(kube_time),
     }
 }
 
@@ -246,7 +263,7 @@ pub async fn patch(
 }
 
 /// Every status field, so that a merge patch clears the ones the new status leaves out.
-const STATUS_FIELDS: [&str; 11] = [
+const STATUS_FIELDS: [&str; 12] = [
     "observedGeneration",
     "currentReplicas",
     "desiredReplicas",
@@ -254,6 +271,7 @@ const STATUS_FIELDS: [&str; 11] = [
     "metrics",
     "instances",
     "draining",
+    "pods",
     "recommendations",
     "scaleEvents",
     "consecutiveFailures",
@@ -276,7 +294,7 @@ pub fn patch_body(status: &ScalingPolicyStatus) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use crate::api::{ScalingPolicySpec, ScalingPolicyStatus};
+    use crate::api::{HeartbeatState, ScalingPolicySpec, ScalingPolicyStatus};
     use crate::engine::{self, Heartbeat, Instance, Observation, Phase, Reading, Time};
     use crate::names::ShellReason;
     use crate::policy::{Policy, validate};
@@ -373,6 +391,45 @@ heartbeat: {source: Push, timeout: 30s}
             ]
         );
         assert_eq!(st.recommendations.len(), 1);
+    }
+
+    #[test]
+    fn pods_are_listed_with_their_sessions_and_a_silent_one_with_its_last_heartbeat() {
+        let now = Time::from_secs(1000);
+        let p = policy();
+        let mut s = seen(Reading::Value(150.0));
+        s.instances[1].heartbeat = Some(Heartbeat {
+            at: Time::from_secs(900),
+            sessions: 4,
+            draining: false,
+        });
+        let h = history(None);
+        let d = engine::decide(&p, &s, &h, now);
+        let next = engine::next_history(&p, &h, &d, now);
+        let st = render(None, Some(3), s.replicas, &d, &next, &ready(), now);
+        let listed: Vec<(&str, Option<i64>, HeartbeatState, bool)> = st
+            .pods
+            .iter()
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.sessions,
+                    p.heartbeat,
+                    p.last_heartbeat.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("chat-b", Some(4), HeartbeatState::Silent, true),
+                ("chat-a", Some(3), HeartbeatState::Reporting, false),
+            ]
+        );
+        assert_eq!(
+            st.pods[0].last_heartbeat.as_ref().map(|t| t.0.as_second()),
+            Some(900)
+        );
     }
 
     #[test]
@@ -498,6 +555,7 @@ heartbeat: {source: Push, timeout: 30s}
             "metrics": [{"name": "x"}],
             "instances": {"ready": 1, "draining": 0, "lost": 0, "sessions": 0},
             "draining": [{"pod": "a", "since": "2026-01-01T00:00:00Z"}],
+            "pods": [{"name": "a", "heartbeat": "Reporting"}],
             "recommendations": [{"time": "2026-01-01T00:00:00Z", "replicas": 1}],
             "scaleEvents": [{"time": "2026-01-01T00:00:00Z", "from": 1, "to": 2}],
             "consecutiveFailures": 1,

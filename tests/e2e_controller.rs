@@ -10,7 +10,7 @@ use std::time::Duration;
 use support::{
     Controller, Namespace, POLICY_COLUMNS, app_with_controller, apply, condition, dropped_sessions,
     enabled, event_reasons, http, install_crd, kubectl, kubectl_result, pods, policy,
-    policy_events, policy_table, ready_replicas, sessions_spec, spec_replicas, traffic,
+    policy_events, policy_table, ready_replicas, sessions_spec, spec_replicas, steady_load,
     traffic_summary, wait_for,
 };
 
@@ -146,20 +146,7 @@ fn load_scales_up_and_scale_in_drains_then_removes_only_drained_pods_without_dro
     apply(&policy(&ns.0, "chat", &sessions_spec(4)));
 
     // About 3 sessions a second for 20s, each 15s long: ~45 sessions at the peak.
-    let load = traffic(
-        &ns.0,
-        "chat",
-        &[
-            "-shape",
-            "constant:3",
-            "-duration",
-            "20s",
-            "-fixed-length",
-            "15s",
-            "-seed",
-            "1",
-        ],
-    );
+    let load = steady_load(&ns.0, "chat", 3, 20, 15, 1);
     wait_for(Duration::from_secs(60), "a scale-up", || {
         spec_replicas(&ns.0, "chat") >= 3
     });

@@ -10,8 +10,8 @@ use std::time::Duration;
 use crate::api::{OnLost, OnTimeout, TargetKind};
 use crate::engine::metric_replicas;
 use crate::engine::{
-    Draining, Event, EventReason, Heartbeat, Instance, InstanceCounts, Observation, Phase, Reading,
-    Time,
+    Draining, Event, EventReason, Heartbeat, HeartbeatState, Instance, InstanceCounts, Observation,
+    Phase, PodReport, Reading, Time,
 };
 use crate::policy::{Heartbeat as HeartbeatPolicy, HeartbeatSource, MetricTarget, Policy};
 
@@ -336,6 +336,39 @@ pub fn draining_status(pods: &[&Instance], plan: &DrainPlan) -> Vec<Draining> {
             sessions: sessions_since(p, since),
         })
         .collect()
+}
+
+/// The most pods a status lists one by one; a status object must stay small.
+pub const MAX_POD_REPORTS: usize = 100;
+
+/// Each pod's heartbeat state and latest count, Lost and Silent first, then by name, at most
+/// `MAX_POD_REPORTS`.
+pub fn pod_reports(pods: &[&Instance], live: &Liveness) -> Vec<PodReport> {
+    let mut reports: Vec<PodReport> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let heartbeat = if live.lost[i] {
+                HeartbeatState::Lost
+            } else if live.silent[i] {
+                HeartbeatState::Silent
+            } else if p.heartbeat.is_some() {
+                HeartbeatState::Reporting
+            } else {
+                HeartbeatState::Awaited
+            };
+            let quiet = matches!(heartbeat, HeartbeatState::Lost | HeartbeatState::Silent);
+            PodReport {
+                pod: p.name.clone(),
+                sessions: p.heartbeat.map(|h| h.sessions),
+                heartbeat,
+                last_heartbeat: p.heartbeat.filter(|_| quiet).map(|h| h.at),
+            }
+        })
+        .collect();
+    reports.sort_by(|a, b| (a.heartbeat, &a.pod).cmp(&(b.heartbeat, &b.pod)));
+    reports.truncate(MAX_POD_REPORTS);
+    reports
 }
 
 /// A pod's place in a ReplicaSet's deletion order. `class` is the ReplicaSet's ranking up to

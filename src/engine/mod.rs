@@ -13,7 +13,7 @@ use crate::policy::{Policy, Source};
 
 pub use behavior::{Limit, RateLimited, limit_rate, stabilize};
 pub use drain::REMOVABLE_DELETION_COST;
-pub use drain::{DrainPlan, Removal, RemovalCause, deletion_order};
+pub use drain::{DrainPlan, MAX_POD_REPORTS, Removal, RemovalCause, deletion_order};
 pub use history::next_history;
 pub use replicas::metric_replicas;
 
@@ -236,6 +236,31 @@ pub struct Draining {
     pub sessions: Option<u64>,
 }
 
+/// One pod as the heartbeats show it, for status: a client cannot read heartbeats otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodReport {
+    pub pod: String,
+    /// Sessions in its latest heartbeat; `None` until it reports.
+    pub sessions: Option<u64>,
+    pub heartbeat: HeartbeatState,
+    /// When it last reported, given only while it is Silent or Lost: a reporting pod's time
+    /// moves with every heartbeat and would rewrite the status at every decision.
+    pub last_heartbeat: Option<Time>,
+}
+
+/// Where a pod stands with its heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HeartbeatState {
+    /// Silent, and not Ready for as long: it counts as gone.
+    Lost,
+    /// No heartbeat for one timeout; still counted with its last report.
+    Silent,
+    /// Has not reported yet and is not overdue (a new pod, or a new leader still waiting).
+    Awaited,
+    /// Reported within the timeout.
+    Reporting,
+}
+
 /// Condition types the engine decides (the controller adds `Ready`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ConditionType {
@@ -348,6 +373,9 @@ pub struct Decision {
     pub plan: DrainPlan,
     pub instances: InstanceCounts,
     pub draining: Vec<Draining>,
+    /// Per pod, with a heartbeat source only; Lost and Silent first, at most
+    /// `MAX_POD_REPORTS`.
+    pub pods: Vec<PodReport>,
     pub conditions: Vec<Condition>,
     pub events: Vec<Event>,
 }
@@ -471,6 +499,11 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
     events.extend(silence_events(policy, &pods, &live));
     let instances = drain::counts(&pods, &live);
     let draining = drain::draining_status(&pods, &plan);
+    let pod_reports = if policy.heartbeat.is_some() {
+        drain::pod_reports(&pods, &live)
+    } else {
+        Vec::new()
+    };
     events.append(&mut plan.events);
 
     let replicas = plan.replicas;
@@ -543,6 +576,7 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
         plan,
         instances,
         draining,
+        pods: pod_reports,
         conditions,
         events,
     }

@@ -947,6 +947,32 @@ pub fn traffic(ns: &str, service: &str, args: &[&str]) -> Child {
         .expect("start the traffic generator")
 }
 
+/// `per_second` new sessions a second for `secs` seconds, each `length` seconds long, to the
+/// Service `service` in `ns`, drawn from `seed`.
+pub fn steady_load(
+    ns: &str,
+    service: &str,
+    per_second: u32,
+    secs: u32,
+    length: u32,
+    seed: u32,
+) -> Child {
+    traffic(
+        ns,
+        service,
+        &[
+            "-shape",
+            &format!("constant:{per_second}"),
+            "-duration",
+            &format!("{secs}s"),
+            "-fixed-length",
+            &format!("{length}s"),
+            "-seed",
+            &seed.to_string(),
+        ],
+    )
+}
+
 /// Waits for the traffic generator and returns its JSON summary.
 pub fn traffic_summary(child: Child) -> Value {
     let out = child.wait_with_output().expect("traffic output");

@@ -5,7 +5,9 @@
 use crate::api::{OnLost, OnTimeout};
 use crate::engine::drain::REMOVABLE_DELETION_COST;
 use crate::engine::tests::{condition, events, run};
-use crate::engine::{ConditionType, Decision, EventReason, Removal, RemovalCause};
+use crate::engine::{
+    ConditionType, Decision, EventReason, HeartbeatState, MAX_POD_REPORTS, Removal, RemovalCause,
+};
 use crate::testing::{
     ObservationBuilder, PodBuilder, PolicyBuilder, ago, history, observation, pod, policy, rules,
     secs,
@@ -1177,4 +1179,48 @@ fn a_statefulset_pod_with_an_absurd_ordinal_holds_the_plan_instead_of_allocating
     assert_eq!(d.replicas, u32::MAX - 1, "held");
     assert!(d.plan.start.is_empty() && d.plan.remove.is_empty());
     assert_eq!(events(&d, EventReason::ScalingHeld).len(), 1);
+}
+
+#[test]
+fn status_lists_each_pods_heartbeat_lost_and_silent_first_and_at_most_a_hundred() {
+    let mut pods = mixed_pods();
+    pods.push(pod("f").ready().sessions(3).heartbeat_at(ago(60))); // Silent, still Ready
+    pods.extend((0..120).map(|i| pod(&format!("p{i:03}")).ready().sessions(1)));
+    let seen = observation()
+        .replicas(125)
+        .reading("rps", 12_500.0)
+        .pods(pods);
+    let d = run(sessions().max(200), seen, history());
+    assert_eq!(d.pods.len(), MAX_POD_REPORTS);
+    let first: Vec<(&str, HeartbeatState, Option<u64>, bool)> = d.pods[..4]
+        .iter()
+        .map(|p| {
+            (
+                p.pod.as_str(),
+                p.heartbeat,
+                p.sessions,
+                p.last_heartbeat.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        first,
+        [
+            ("d", HeartbeatState::Lost, Some(7), true),
+            ("f", HeartbeatState::Silent, Some(3), true),
+            ("a", HeartbeatState::Reporting, Some(5), false),
+            ("b", HeartbeatState::Reporting, Some(1), false),
+        ]
+    );
+    assert_eq!(d.pods[1].last_heartbeat, Some(ago(60)));
+}
+
+#[test]
+fn a_policy_without_heartbeats_lists_no_pods() {
+    let p = policy().average("rps", 100.0);
+    let seen = observation()
+        .replicas(2)
+        .reading("rps", 200.0)
+        .pods([pod("a").ready(), pod("b").ready()]);
+    assert!(run(p, seen, history()).pods.is_empty());
 }
