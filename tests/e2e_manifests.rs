@@ -55,6 +55,8 @@ fn uninstall() {
             "clusterrole/drainscaler",
             "clusterrole/drainscaler-prometheus-secrets",
             "clusterrolebinding/drainscaler",
+            "clusterrole/drainscaler-view",
+            "clusterrole/drainscaler-edit",
             "--ignore-not-found",
         ],
         &[
@@ -270,6 +272,50 @@ fn the_controller_may_write_only_its_marks_on_pods() {
     kubectl(&["-n", APP_NS, "delete", "pod", pod, "--wait=false"]);
 }
 
+/// Whether `user` may `verb` ScalingPolicies in the app's namespace, by `kubectl auth can-i`.
+fn may(user: &str, verb: &str) -> bool {
+    let args = [
+        "auth",
+        "can-i",
+        verb,
+        "scalingpolicies.drainscaler.io",
+        "-n",
+        APP_NS,
+        "--as",
+        user,
+    ];
+    let (_, out, _) = kubectl_result(&args, None);
+    out.trim() == "yes"
+}
+
+/// manifests/base/rbac.yaml's aggregated roles: the built-in view role reads policies (what
+/// `kubectl drainscaler` needs), edit writes them.
+fn people_with_view_read_policies_and_only_edit_writes_them() {
+    for (user, role) in [("a-viewer", "view"), ("an-editor", "edit")] {
+        kubectl(&[
+            "-n",
+            APP_NS,
+            "create",
+            "rolebinding",
+            user,
+            &format!("--clusterrole={role}"),
+            &format!("--user={user}"),
+        ]);
+    }
+    // The controller-manager aggregates the rules into the built-in roles.
+    wait_for(
+        Duration::from_secs(60),
+        "the view and edit roles to take in drainscaler's rules",
+        || may("a-viewer", "list") && may("an-editor", "patch"),
+    );
+    assert!(may("a-viewer", "watch") && may("a-viewer", "get"));
+    assert!(
+        !may("a-viewer", "patch") && !may("a-viewer", "create"),
+        "view may write policies"
+    );
+    assert!(!may("nobody", "list"), "anyone may list policies");
+}
+
 fn policy() -> Value {
     kubectl_json(&["-n", APP_NS, "get", "scalingpolicy", "chat"])
 }
@@ -310,6 +356,7 @@ fn the_manifests_run_in_cluster_scale_a_wave_without_drops_and_survive_losing_th
         pods.len() == 2 && pods.iter().all(pod_ready)
     });
     the_controller_may_write_only_its_marks_on_pods();
+    people_with_view_read_policies_and_only_edit_writes_them();
 
     // ~3 sessions a second for 40s, ~30s each (up to 90s): ~90 at the peak with 10 a pod
     // wanted. The tail keeps sessions arriving after the peak, and the generator sends each to
