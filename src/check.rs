@@ -121,6 +121,11 @@ fn parse_stream(yaml: &str) -> Result<Vec<Value>, String> {
         let plain = plain.strip_prefix("error: ").unwrap_or(&plain);
         // The parser's advice is for programmers, not for the person writing the file.
         let plain = plain.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+        // The parser's limits on size and alias expansion (a YAML bomb), said in words.
+        let plain = plain.replace(
+            "budget breached: ",
+            "over a limit (aliases that expand too far, or too many nodes, documents or levels): ",
+        );
         format!("not valid YAML: {plain}")
     })
 }

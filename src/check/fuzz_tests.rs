@@ -370,6 +370,96 @@ proptest! {
     }
 }
 
+/// `levels` of lists, each holding `width` aliases of the level below: width^levels nodes.
+fn alias_bomb(levels: u32, width: usize) -> String {
+    let mut out = String::from("kind: ScalingPolicy\nspec:\n  l0: &l0 {lol: lol}\n");
+    for level in 1..=levels {
+        let items = vec![format!("*l{}", level - 1); width].join(", ");
+        out.push_str(&format!("  l{level}: &l{level} [{items}]\n"));
+    }
+    out
+}
+
+/// One document of a stream: policies, other kinds, scalars, deep nesting, anchors, odd keys.
+fn document() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(CHAT.to_owned()),
+        mutated_policy().prop_map(|(yaml, _)| yaml),
+        Just("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}".to_owned()),
+        select(vec!["", "~", "42", "\"text\"", "[]", "kind: [ScalingPolicy]", "kind: ~"])
+            .prop_map(str::to_owned),
+        (1..400usize).prop_map(|d| format!("kind: ScalingPolicy\nspec: {}{}", "[".repeat(d), "]".repeat(d))),
+        (1..100usize).prop_map(|d| {
+            let nested: String = (0..d).map(|i| format!("{}k{i}:\n", "  ".repeat(i + 1))).collect();
+            format!("kind: ScalingPolicy\nspec:\n{nested}")
+        }),
+        Just(CHAT.replace("spec:", "spec: &spec").replace("  minReplicas: 2", "  minReplicas: 2\n  copy: *spec")),
+        Just("base: &b {minReplicas: 1, maxReplicas: 2}\nkind: ScalingPolicy\nspec:\n  <<: *b\n  <<: *b".to_owned()),
+        (2..6u32, 2..6usize).prop_map(|(levels, width)| alias_bomb(levels, width)),
+        any::<String>().prop_map(|key| format!("kind: ScalingPolicy\n{}: 1", serde_json::to_string(&key).expect("a key"))),
+        (0..3_000usize).prop_map(|n| format!("kind: ScalingPolicy\n{}: 1", "k".repeat(n))),
+        Just("kind: ScalingPolicy\nkind: ScalingPolicy".to_owned()),
+        Just("kind: !!binary U2NhbGluZ1BvbGljeQ==\nspec: !!set {a, b}\n? [complex, key]\n: 1".to_owned()),
+        any::<String>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(fuzz_config(128))]
+
+    #[test]
+    fn no_stream_of_hostile_documents_panics(
+        docs in vec(document(), 1..6),
+        separator in select(vec!["\n---\n", "\n...\n---\n", "\n--- ", "\n"]),
+    ) {
+        let yaml = docs.join(separator);
+        assert_well_formed(&yaml, &check(&yaml));
+    }
+}
+
+/// One string of `bytes` and `aliases` aliases of it: its bytes times as many.
+fn string_bomb(bytes: usize, aliases: usize) -> String {
+    // Anchors of their own keep the alias-to-anchor ratio under the parser's heuristic.
+    let anchors: String = (0..aliases / 5)
+        .map(|i| format!("  - &a{i} {i}\n"))
+        .collect();
+    let uses = "  - *big\n".repeat(aliases);
+    format!(
+        "kind: ScalingPolicy\nbig: &big \"{}\"\nanchors:\n{anchors}uses:\n{uses}",
+        "x".repeat(bytes)
+    )
+}
+
+proptest! {
+    // Slow (each expands to the parser's node limit, a few seconds in a debug build): one in
+    // the normal run.
+    #![proptest_config(fuzz_config(1))]
+
+    /// Billion laughs: the parser's budget refuses the expansion, with a message that says so.
+    #[test]
+    fn an_alias_bomb_is_refused_not_expanded(levels in 6..12u32, width in 10..20usize) {
+        let why = check(&alias_bomb(levels, width)).expect_err("an alias bomb is refused");
+        assert!(why.contains("aliases that expand too far"), "{why}");
+        assert_printable(&why);
+    }
+}
+
+proptest! {
+    #![proptest_config(fuzz_config(16))]
+
+    /// A long string aliased thousands of times: refused before its copies add up past the
+    /// parser's 64 MiB of scalars.
+    #[test]
+    fn a_string_aliased_past_the_scalar_budget_is_refused(
+        bytes in 100_000..1_000_000usize,
+        aliases in 1_000..5_000usize,
+    ) {
+        let why = check(&string_bomb(bytes, aliases)).expect_err("a string bomb is refused");
+        assert!(why.contains("aliases that expand too far"), "{why}");
+        assert_printable(&why);
+    }
+}
+
 #[test]
 fn a_hostile_key_or_value_is_shown_on_one_short_line() {
     let yaml = CHAT
