@@ -6,7 +6,7 @@
 //! read no further than its bound.
 //!
 //! `PROPTEST_CASES` sets the number of inputs (256 by default, in the normal test run). A
-//! longer run: `PROPTEST_CASES=20000 cargo test --lib observe::prometheus::fuzz_tests`.
+//! longer run: `PROPTEST_CASES=10000 cargo test --lib observe::prometheus::fuzz_tests`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
