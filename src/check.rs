@@ -147,7 +147,7 @@ fn check_document(doc: Value, schema: Option<&JSONSchemaProps>) -> Verdict {
         Loaded::Invalid { name, errors } => Verdict::Invalid { name, errors },
         Loaded::Valid { name, policy } => Verdict::Valid {
             name,
-            summary: policy.summary(),
+            summary: one_line(&policy.summary()),
         },
     }
 }
