@@ -121,6 +121,11 @@ fn parse_stream(yaml: &str) -> Result<Vec<Value>, String> {
         let plain = plain.strip_prefix("error: ").unwrap_or(&plain);
         // The parser's advice is for programmers, not for the person writing the file.
         let plain = plain.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+        // The parser's limits on size and alias expansion (a YAML bomb), said in words.
+        let plain = plain.replace(
+            "budget breached: ",
+            "over a limit (aliases that expand too far, or too many nodes, documents or levels): ",
+        );
         format!("not valid YAML: {plain}")
     })
 }
@@ -142,7 +147,7 @@ fn check_document(doc: Value, schema: Option<&JSONSchemaProps>) -> Verdict {
         Loaded::Invalid { name, errors } => Verdict::Invalid { name, errors },
         Loaded::Valid { name, policy } => Verdict::Valid {
             name,
-            summary: policy.summary(),
+            summary: one_line(&policy.summary()),
         },
     }
 }
@@ -154,7 +159,53 @@ enum Loaded {
     Skipped { kind: String },
 }
 
+/// The most characters of one printed message or name; past it the middle is left out.
+const MAX_SHOWN: usize = 500;
+
+/// `text` as one printable line: control characters escaped, so that a key or name with a
+/// newline cannot forge a line of output, and a long one cut in the middle, where a hostile
+/// value sits between the field's path and the advice.
+fn one_line(text: &str) -> String {
+    let chars: Vec<char> = text
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    if chars.len() <= MAX_SHOWN {
+        return chars.into_iter().collect();
+    }
+    let (head, tail) = (MAX_SHOWN * 3 / 5, MAX_SHOWN / 5);
+    let left_out = chars.len() - head - tail;
+    format!(
+        "{}...({left_out} characters left out)...{}",
+        chars[..head].iter().collect::<String>(),
+        chars[chars.len() - tail..].iter().collect::<String>()
+    )
+}
+
 fn load_document(doc: Value, schema: Option<&JSONSchemaProps>) -> Loaded {
+    match load_raw(doc, schema) {
+        Loaded::Skipped { kind } => Loaded::Skipped {
+            kind: one_line(&kind),
+        },
+        Loaded::Invalid { name, errors } => Loaded::Invalid {
+            name: one_line(&name),
+            errors: errors.iter().map(|e| one_line(e)).collect(),
+        },
+        Loaded::Valid { name, policy } => Loaded::Valid {
+            name: one_line(&name),
+            policy,
+        },
+    }
+}
+
+fn load_raw(doc: Value, schema: Option<&JSONSchemaProps>) -> Loaded {
     let kind = doc
         .get("kind")
         .and_then(Value::as_str)
@@ -382,3 +433,6 @@ fn describe_got(got: &str) -> String {
         other => other.strip_prefix("string ").unwrap_or(other).to_owned(),
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -726,7 +726,8 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         total += value * scale;
         rest = next;
     }
-    Ok(Duration::from_secs_f64(total))
+    // A cast would panic on a total past u64 seconds, and the schema's pattern admits one.
+    Duration::try_from_secs_f64(total).map_err(|_| format!("{raw:?} is too long"))
 }
 
 /// Parses a Kubernetes quantity: a decimal number with an optional SI (`m`, `k`, `M`, `G`, ...),
@@ -921,6 +922,20 @@ mod tests {
         assert!(parse_duration("15").is_err());
         assert!(parse_duration("15d").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn a_duration_too_long_to_hold_is_an_error_not_a_panic() {
+        // The CRD's pattern admits these; the controller validates every policy it sees.
+        let nines = "9".repeat(400) + "m";
+        for raw in ["99999999999999999999s", "5124095576030432h", &nines] {
+            let err = parse_duration(raw).expect_err("too long");
+            assert!(err.contains("too long"), "{raw}: {err}");
+        }
+        assert_eq!(
+            parse_duration("5000000000000000h"),
+            Ok(Duration::from_secs(18_000_000_000_000_000_000))
+        );
     }
 
     #[test]

@@ -474,3 +474,18 @@ impl HistoryBuilder {
         self
     }
 }
+
+/// Proptest's settings for a fuzzing property: `default` inputs in the normal test run, or
+/// `PROPTEST_CASES` of them for a longer run. A failing input is kept in proptest-regressions/
+/// and tried first on every later run.
+#[cfg(test)]
+pub fn fuzz_config(default: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(default);
+    proptest::test_runner::Config {
+        cases,
+        ..proptest::test_runner::Config::default()
+    }
+}

@@ -45,8 +45,10 @@ pub fn envelope(status: u16, body: &[u8]) -> Result<Data, String> {
                 "Prometheus answered status {:?}",
                 shorten(&ok.status)
             )),
+            // serde quotes a value of the wrong type in full: the server's, of any length.
             Err(e) => Err(format!(
-                "the answer is not a Prometheus query result ({e}); is spec.prometheus.address a Prometheus server?"
+                "the answer is not a Prometheus query result ({}); is spec.prometheus.address a Prometheus server?",
+                shorten(&e.to_string())
             )),
         };
     }
@@ -166,7 +168,8 @@ pub fn per_pod(data: &Data, now: Time) -> Result<PerPod, String> {
         };
         if !seen.insert(pod.as_str()) {
             return Err(format!(
-                "the heartbeat query returned pod {pod} twice: aggregate with sum by (pod) (...)"
+                "the heartbeat query returned pod {} twice: aggregate with sum by (pod) (...)",
+                shorten(pod)
             ));
         }
         let uid = UID_LABELS

@@ -347,4 +347,6 @@ fn base64(raw: &[u8]) -> String {
 #[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;
