@@ -165,7 +165,7 @@ const MAX_SHOWN: usize = 500;
 /// `text` as one printable line: control characters escaped, so that a key or name with a
 /// newline cannot forge a line of output, and a long one cut in the middle, where a hostile
 /// value sits between the field's path and the advice.
-fn one_line(text: &str) -> String {
+pub fn one_line(text: &str) -> String {
     let chars: Vec<char> = text
         .chars()
         .flat_map(|c| {

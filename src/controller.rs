@@ -450,6 +450,8 @@ async fn block(
     message: String,
     now: Time,
 ) -> Result<(), Error> {
+    // The reasons quote the policy's own values: one bounded line in the status and the event.
+    let message = crate::check::one_line(&message);
     ctx.remember_selector(sp, None);
     tracing::warn!(
         namespace,
