@@ -15,6 +15,13 @@
 // after writing END, so "the socket is still established on the server" and
 // "the client will not see a clean END" are the same fact; the local node
 // relies on that to count dropped sessions from the kernel's socket table.
+//
+// On SIGTERM it logs "terminating" with the sessions it holds (open=N and their
+// ids), then "session over after SIGTERM" (its id, open=N) as each ends, then
+// "no sessions left, exiting". A pod killed before the last line died holding
+// its last open=N, the sessions not logged as over:
+// on a real kubelet that log is how sessions cut are counted from the server's
+// side (scripts/demo reads it with kubectl logs).
 package main
 
 import (
@@ -238,10 +245,15 @@ func run(cfg config, log *slog.Logger) error {
 	// instead of a reset, and readiness fails so Services stop routing here.
 	s.mu.Lock()
 	s.closed = true
-	n := len(s.open)
+	held := make([]string, 0, len(s.open))
+	for key := range s.open {
+		held = append(held, key)
+	}
 	zero := s.zero
 	s.mu.Unlock()
-	log.Info("terminating: refusing new sessions, waiting for open ones to end", "signal", got.String(), "open", n)
+	sort.Strings(held)
+	log.Info("terminating: refusing new sessions, waiting for open ones to end", "signal", got.String(),
+		"open", len(held), "sessions", strings.Join(held, ","))
 	<-zero
 	log.Info("no sessions left, exiting")
 	_ = hs.Close()
@@ -308,6 +320,12 @@ func (s *server) finish(key string, abandoned bool) {
 		s.m.abandoned++
 	} else {
 		s.m.completed++
+	}
+	if s.closed {
+		// With the "terminating" line, these make the log say how many sessions the
+		// pod still held when it died: its last "open" count, unless it logged that it
+		// exited with none. A session counts as over only once it is logged here.
+		s.log.Info("session over after SIGTERM", "id", key, "abandoned", abandoned, "open", len(s.open))
 	}
 	if len(s.open) == 0 {
 		close(s.zero)
