@@ -14,6 +14,34 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+mod pod_logs;
+use pod_logs::PodLogs;
+
+/// Whether the plane runs a real kubelet (`DRAINSCALER_NODE=kubelet`). Pod IPs exist only in
+/// the plane's network namespace there, so the test binaries run inside it
+/// (`scripts/cluster netns-exec`), with the controllers and the traffic generator they start.
+pub fn real_node() -> bool {
+    std::env::var("DRAINSCALER_NODE").is_ok_and(|mode| mode == "kubelet")
+}
+
+/// Where the controllers a test starts listen, so that pods reach their heartbeat port: the
+/// host's loopback, which the local node's pods share, or on the real node the node's address
+/// on the pod bridge (`DRAINSCALER_NODE_IP`).
+fn listen_host() -> String {
+    if real_node() {
+        std::env::var("DRAINSCALER_NODE_IP").unwrap_or_else(|_| {
+            panic!("DRAINSCALER_NODE_IP is not set: run `eval \"$(scripts/cluster env)\"` first")
+        })
+    } else {
+        "127.0.0.1".to_owned()
+    }
+}
+
+/// On the real node, the logs of each test namespace's pods, followed from `Namespace::new`
+/// until its drop: the record of sessions cut there (`dropped_sessions`).
+static POD_LOGS: Mutex<std::collections::BTreeMap<String, PodLogs>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
 /// A ScalingPolicy named after its Deployment `target` in `ns`, with `spec` (the lines after
 /// `targetRef`, indented two spaces).
 pub fn policy(ns: &str, target: &str, spec: &str) -> String {
@@ -207,12 +235,23 @@ impl Namespace {
             (suffix ^ nanos) & 0xffff
         );
         kubectl(&["create", "namespace", &name]);
+        if real_node() {
+            POD_LOGS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name.clone(), PodLogs::follow(&name));
+        }
         Namespace(name)
     }
 }
 
 impl Drop for Namespace {
     fn drop(&mut self) {
+        let followed = POD_LOGS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.0);
+        drop(followed);
         if std::env::var_os("DRAINSCALER_E2E_KEEP").is_none() {
             let _ = kubectl_result(&["delete", "namespace", &self.0, "--wait=false"], None);
             release_policies(&self.0);
@@ -259,13 +298,18 @@ pub struct Controller {
     pub log: PathBuf,
 }
 
-/// A port free a moment ago on 127.0.0.1.
+/// A port free a moment ago on the address pods reach (`listen_host`).
 fn free_addr() -> String {
-    let port = TcpListener::bind("127.0.0.1:0")
+    let host = listen_host();
+    let port = TcpListener::bind((host.as_str(), 0))
         .and_then(|l| l.local_addr())
-        .expect("a free port")
+        .unwrap_or_else(|e| {
+            panic!(
+                "no free port on {host} ({e}); on the real node run the tests inside the plane's network namespace: scripts/cluster netns-exec"
+            )
+        })
         .port();
-    format!("127.0.0.1:{port}")
+    format!("{host}:{port}")
 }
 
 impl Controller {
@@ -690,6 +734,12 @@ pub fn session_app_with(
     } else {
         ""
     };
+    // The local node runs only the pods that ask for it; the real node's scheduler takes the rest.
+    let scheduler = if real_node() {
+        ""
+    } else {
+        "\n      schedulerName: localnode"
+    };
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -700,8 +750,7 @@ spec:
   template:
     metadata:
       labels: {{app: {name}, drainscaler.io/serving: "true"}}{annotations}
-    spec:
-      schedulerName: localnode
+    spec:{scheduler}
       terminationGracePeriodSeconds: 2
       containers:
       - name: app
@@ -709,7 +758,8 @@ spec:
         args: {args}
         env:
         - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
-        - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}{source_ip}
+        - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
+        - {{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}{source_ip}
         - {{name: HEARTBEAT_URL, value: "{heartbeat_url}"}}
         - {{name: HEARTBEAT_INTERVAL, value: "1s"}}
         ports:
@@ -866,9 +916,23 @@ pub fn event_reasons(ns: &str, policy: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Sessions the local node dropped in `ns` (killed with the pod that held them).
+/// Sessions the local node dropped in `ns` (killed with the pod that held them); on the real
+/// node, the sessions its pods' logs say they held when they died.
 pub fn dropped_sessions(ns: &str) -> u64 {
     dropped_sessions_since(ns, 0)
+}
+
+/// On the real node: the sessions `ns`'s pods held when they died, by their logs.
+fn held_at_death(ns: &str) -> u64 {
+    let followed = POD_LOGS.lock().unwrap_or_else(PoisonError::into_inner);
+    let logs = followed.get(ns).unwrap_or_else(|| {
+        panic!(
+            "on the real node sessions cut are counted from pod logs followed from Namespace::new, and {ns} was not made by it"
+        )
+    });
+    let ends = logs.ends();
+    eprintln!("{ns}: pods that got SIGTERM, by their logs: {ends:?}");
+    ends.iter().map(|e| e.held_at_death).sum()
 }
 
 /// The local node's record of sessions it killed: the file `DRAINSCALER_DROPPED_LOG` names.
@@ -892,6 +956,9 @@ fn dropped_log() -> PathBuf {
 /// Where the local node's drop records end now, so that a test sharing a namespace name with
 /// earlier runs counts only its own (`dropped_sessions_since`).
 pub fn dropped_log_end() -> u64 {
+    if real_node() {
+        return 0; // the pod logs a test namespace follows are its own
+    }
     let path = dropped_log();
     std::fs::metadata(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
@@ -901,6 +968,9 @@ pub fn dropped_log_end() -> u64 {
 /// Sessions the local node dropped in `ns` in records written after `start` (from
 /// `dropped_log_end`); from the beginning if the log was truncated since.
 pub fn dropped_sessions_since(ns: &str, start: u64) -> u64 {
+    if real_node() {
+        return held_at_death(ns);
+    }
     let path = dropped_log();
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let start = usize::try_from(start)
