@@ -344,31 +344,41 @@ pub const MAX_POD_REPORTS: usize = 100;
 /// Each pod's heartbeat state and latest count, Lost and Silent first, then by name, at most
 /// `MAX_POD_REPORTS`.
 pub fn pod_reports(pods: &[&Instance], live: &Liveness) -> Vec<PodReport> {
-    let mut reports: Vec<PodReport> = pods
+    let state = |i: usize, p: &Instance| {
+        if live.lost[i] {
+            HeartbeatState::Lost
+        } else if live.silent[i] {
+            HeartbeatState::Silent
+        } else if p.heartbeat.is_some() {
+            HeartbeatState::Reporting
+        } else {
+            HeartbeatState::Awaited
+        }
+    };
+    // Ordered and cut by reference first: a large workload costs no allocation per pod.
+    let mut order: Vec<(HeartbeatState, &str, usize)> = pods
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            let heartbeat = if live.lost[i] {
-                HeartbeatState::Lost
-            } else if live.silent[i] {
-                HeartbeatState::Silent
-            } else if p.heartbeat.is_some() {
-                HeartbeatState::Reporting
-            } else {
-                HeartbeatState::Awaited
-            };
+        .map(|(i, p)| (state(i, p), p.name.as_str(), i))
+        .collect();
+    if order.len() > MAX_POD_REPORTS {
+        order.select_nth_unstable(MAX_POD_REPORTS - 1);
+        order.truncate(MAX_POD_REPORTS);
+    }
+    order.sort_unstable();
+    order
+        .into_iter()
+        .map(|(heartbeat, name, i)| {
             let quiet = matches!(heartbeat, HeartbeatState::Lost | HeartbeatState::Silent);
+            let p = pods[i];
             PodReport {
-                pod: p.name.clone(),
+                pod: name.to_owned(),
                 sessions: p.heartbeat.map(|h| h.sessions),
                 heartbeat,
                 last_heartbeat: p.heartbeat.filter(|_| quiet).map(|h| h.at),
             }
         })
-        .collect();
-    reports.sort_by(|a, b| (a.heartbeat, &a.pod).cmp(&(b.heartbeat, &b.pod)));
-    reports.truncate(MAX_POD_REPORTS);
-    reports
+        .collect()
 }
 
 /// A pod's place in a ReplicaSet's deletion order. `class` is the ReplicaSet's ranking up to
