@@ -21,10 +21,10 @@ use drainscaler::observe::{self, PodUids};
 use drainscaler::testing::{NOW, pod, policy as policy_builder};
 use serde_json::Value;
 use support::{
-    Controller, FakePrometheus, Namespace, active_sessions, app_with_controller, apply,
-    dropped_log_end, dropped_sessions_since, enabled, http, install_crd, kubectl, kubectl_json,
-    leader_and_standby, leader_label, pod_exists, pods, policy, ready_replicas, sample,
-    session_app, sessions_spec, signal, spec_replicas, traffic, traffic_summary, wait_for,
+    Controller, FakePrometheus, Namespace, app_with_controller, apply, dropped_log_end,
+    dropped_sessions_since, enabled, http, install_crd, kubectl, kubectl_json, leader_and_standby,
+    leader_label, pod_exists, pods, policy, ready_replicas, sample, session_app, signal,
+    spec_replicas, start_draining_via, traffic_summary, wait_for,
 };
 
 /// A TCP relay on 127.0.0.1 to one backend at a time, standing in for the heartbeat Service
@@ -174,39 +174,8 @@ fn a_leader_frozen_past_its_lease_and_woken_writes_nothing_while_the_new_one_car
     let (ns, [one, two], mut first, mut second) = leader_and_standby("frozen-leader");
     let (one, two) = (&one, &two);
     let relay = Relay::start(&first.addr);
-    apply(&session_app(
-        &ns.0,
-        "chat",
-        3,
-        &format!("http://{}", relay.addr),
-    ));
-    wait_for(Duration::from_secs(90), "three ready pods", || {
-        ready_replicas(&ns.0, "chat") == 3
-    });
     // Long sessions, so that the drain is still under way across the handover.
-    let load = traffic(
-        &ns.0,
-        "chat",
-        &[
-            "-shape",
-            "constant:4",
-            "-duration",
-            "10s",
-            "-max-sessions",
-            "12",
-            "-fixed-length",
-            "75s",
-            "-seed",
-            "5",
-        ],
-    );
-    wait_for(Duration::from_secs(30), "every session to open", || {
-        active_sessions(&ns.0, "chat") >= 12
-    });
-    apply(&policy(&ns.0, "chat", &sessions_spec(2)));
-    wait_for(Duration::from_secs(60), "a drain", || {
-        !draining(&ns.0).is_empty()
-    });
+    let load = start_draining_via(&ns, &relay.addr, 12, 75);
     let drained = draining(&ns.0);
     let replicas_before = spec_replicas(&ns.0, "chat");
 

@@ -802,11 +802,21 @@ pub fn start_draining(
     sessions: u32,
     session_secs: u32,
 ) -> std::process::Child {
+    start_draining_via(ns, &controller.addr, sessions, session_secs)
+}
+
+/// [`start_draining`] with the pods sending heartbeats to `heartbeat_addr` (a relay, say).
+pub fn start_draining_via(
+    ns: &Namespace,
+    heartbeat_addr: &str,
+    sessions: u32,
+    session_secs: u32,
+) -> std::process::Child {
     apply(&session_app(
         &ns.0,
         "chat",
         3,
-        &format!("http://{}", controller.addr),
+        &format!("http://{heartbeat_addr}"),
     ));
     wait_for(Duration::from_secs(90), "three ready pods", || {
         ready_replicas(&ns.0, "chat") == 3
