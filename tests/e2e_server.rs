@@ -113,15 +113,18 @@ fn the_token_of_a_pod_recreated_under_the_same_name_is_forbidden() {
         "a heartbeat from solo accepted",
         || send().0 == 200,
     );
-    let first_uid = kubectl(&[
-        "-n",
-        &ns.0,
-        "get",
-        "pod",
-        "solo",
-        "-o",
-        "jsonpath={.metadata.uid}",
-    ]);
+    let uid = || {
+        kubectl(&[
+            "-n",
+            &ns.0,
+            "get",
+            "pod",
+            "solo",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+    };
+    let first_uid = uid();
     kubectl(&[
         "-n",
         &ns.0,
@@ -133,15 +136,7 @@ fn the_token_of_a_pod_recreated_under_the_same_name_is_forbidden() {
         "--force",
     ]);
     apply(&pod);
-    let second_uid = kubectl(&[
-        "-n",
-        &ns.0,
-        "get",
-        "pod",
-        "solo",
-        "-o",
-        "jsonpath={.metadata.uid}",
-    ]);
+    let second_uid = uid();
     assert_ne!(first_uid, second_uid, "the pod was recreated");
     // The old token, still cached as the first pod's, speaks for no one once the new pod is
     // in the cache.
