@@ -12,10 +12,10 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 use support::{
     Controller, FakePrometheus, Namespace, app_with_controller, apply, condition, container_pid,
-    draining, drains_started, dropped_sessions, enabled, event_reasons, http, install_crd, kubectl,
-    kubectl_json, leader_and_standby, leader_label, live_pods, pod_exists, pod_sessions, pods,
-    policy, policy_events, ready_replicas, sample, session_app, sessions_spec, signal,
-    spec_replicas, start_draining, status_condition, traffic, traffic_summary, wait_for,
+    draining, dropped_sessions, enabled, event_reasons, http, install_crd, kubectl, kubectl_json,
+    leader_and_standby, leader_label, live_pods, pod_exists, pod_sessions, pods, policy,
+    policy_events, ready_replicas, sample, session_app, sessions_spec, signal, spec_replicas,
+    start_draining, status_condition, traffic, traffic_summary, wait_for,
 };
 
 fn has_event(ns: &str, reason: &str) -> bool {
@@ -114,16 +114,10 @@ fn restart_mid_drain(name: &str, exit: Exit) {
     let summary = traffic_summary(load);
     assert_eq!(summary["dropped"].as_u64(), Some(0), "{summary}");
     assert_eq!(dropped_sessions(&ns.0), 0);
-    // And the drain was not trivial: the controller knew the pod held sessions when it began.
-    let started = drains_started(&ns.0, "chat");
-    for pod in &drained {
-        assert!(
-            started
-                .iter()
-                .any(|(p, sessions)| p == pod && sessions.is_some_and(|n| n > 0)),
-            "pod {pod} was drained without sessions: DrainStarted {started:?}"
-        );
-    }
+    // The drain was not trivial: each drained pod still held sessions when the controller went
+    // (checked above from the app itself), so it held them when its drain began. A DrainStarted
+    // event cannot show that here: events are published after the mark, and the exit may come
+    // in between, which is the point of the killed case.
 }
 
 #[test]
