@@ -47,6 +47,8 @@ hpa_ns=demo-hpa
 adapter_image=registry.k8s.io/prometheus-adapter/prometheus-adapter:$ADAPTER_VERSION
 run=$CACHE/versus-hpa
 mkdir -p "$run"
+# The table goes to stdout (and $run/table.md); everything else to stderr.
+exec 3>&1 1>&2
 
 say() { printf '\n== %s\n' "$*" >&2; }
 
@@ -312,9 +314,10 @@ for ns in "$ds_ns" "$hpa_ns"; do
 done
 
 row() { printf '| %s | %s | %s |\n' "$1" "${fig[$ds_ns.$2]}" "${fig[$hpa_ns.$2]}"; }
+{
 cat <<TXT
 
-drainscaler vs the HPA, $started_at, $(nproc) shared cores, load average $load_before before, $load_after after
+drainscaler ($(git rev-parse --short HEAD 2>/dev/null || echo "no git")) vs the HPA, $started_at, $(nproc) shared cores, load average $load_before before, $load_after after
 wave $wave (${duration}s, mean session 20s, max 90s), seed $seed, both workloads at once; 2-20 replicas,
 10 sessions a pod, scale-down stabilization 30s; drainscaler decides every 5s (heartbeats every 2s),
 the HPA controller every $sync (Prometheus scrapes every 2s, prometheus-adapter $ADAPTER_VERSION);
@@ -335,4 +338,5 @@ row "step up of the load to the first scale-up" steps
 if ((failed)); then
 	echo "FAIL: sessions cut by the generator and by the node's records differ (above; files in $run)"
 fi
+} | tee "$run/table.md" >&3
 exit "$failed"
