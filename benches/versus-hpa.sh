@@ -21,6 +21,7 @@
 # pod ($DRAINSCALER_DROPPED_LOG); a mismatch fails the run (exit 1).
 #
 #   benches/versus-hpa.sh [SEED]            (default seed 7, the demo's)
+#   VERSUS_MEAN_LENGTH=60s VERSUS_MAX_LENGTH=300s benches/versus-hpa.sh   (longer sessions)
 #
 # On a fresh machine it brings the plane up (scripts/cluster up, which builds Kubernetes the
 # first time), builds prometheus-adapter once (scripts/build-adapter) and drainscaler (debug, as
@@ -42,6 +43,9 @@ seed=${1:-7}
 
 wave=examples/demo/wave.csv
 duration=240
+# The demo's sessions (scripts/demo); VERSUS_MEAN_LENGTH and VERSUS_MAX_LENGTH change them.
+mean_length=${VERSUS_MEAN_LENGTH:-20s}
+max_length=${VERSUS_MAX_LENGTH:-90s}
 ds_ns=demo
 hpa_ns=demo-hpa
 adapter_image=registry.k8s.io/prometheus-adapter/prometheus-adapter:$ADAPTER_VERSION
@@ -170,11 +174,11 @@ base_dropped=$(wc -l 2>/dev/null <"$DRAINSCALER_DROPPED_LOG" || echo 0)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started_at=$(date -u +%FT%TZ)
 
-say "traffic: $wave for ${duration}s, mean length 20s, seed $seed, to both at once"
+say "traffic: $wave for ${duration}s, mean length $mean_length, seed $seed, to both at once"
 traffic_pids=()
 for ns in "$ds_ns" "$hpa_ns"; do
 	traffic -n "$ns" -service chat -port session -shape "trace:$wave" -duration "${duration}s" \
-		-mean-length 20s -max-length 90s -seed "$seed" -out "$run/$ns.sessions.json" \
+		-mean-length "$mean_length" -max-length "$max_length" -seed "$seed" -out "$run/$ns.sessions.json" \
 		>"$run/$ns.result.json" 2>"$run/$ns.traffic.log" &
 	traffic_pids+=($!)
 done
@@ -318,10 +322,10 @@ row() { printf '| %s | %s | %s |\n' "$1" "${fig[$ds_ns.$2]}" "${fig[$hpa_ns.$2]}
 cat <<TXT
 
 drainscaler ($(git rev-parse --short HEAD 2>/dev/null || echo "no git")) vs the HPA, $started_at, $(nproc) shared cores, load average $load_before before, $load_after after
-wave $wave (${duration}s, mean session 20s, max 90s), seed $seed, both workloads at once; 2-20 replicas,
+wave $wave (${duration}s, mean session $mean_length, max $max_length), seed $seed, both workloads at once; 2-20 replicas,
 10 sessions a pod, scale-down stabilization 30s; drainscaler decides every 5s (heartbeats every 2s),
 the HPA controller every $sync (Prometheus scrapes every 2s, prometheus-adapter $ADAPTER_VERSION);
-terminationGracePeriodSeconds 30 on both. Figures over ${fig[$ds_ns.window]}s from the first session to both back at 2 replicas.
+terminationGracePeriodSeconds 30 on both. Figures over ${fig[$ds_ns.window]}s: from the first session until the last one ended and both were back at 2 replicas.
 
 | | drainscaler | HPA |
 |---|---|---|
