@@ -28,8 +28,9 @@
 # scripts/demo). A plane is chosen by the environment, as for scripts/cluster (a private one:
 # tests/cluster/README.md, "A second, private plane"). The HPA sync period is a flag of
 # kube-controller-manager: if the plane is already running with another one, the script stops
-# and says how to restart it. The local node only (DRAINSCALER_NODE=localnode). About 8 minutes
-# with everything built. The plane keeps running afterwards; the run's files stay in
+# and says how to restart it. The local node only (DRAINSCALER_NODE=localnode). About 6 minutes
+# with everything built (11 with the longer sessions below). It replaces whatever scripts/demo
+# left in namespace demo. The plane keeps running afterwards; the run's files stay in
 # $DRAINSCALER_CACHE/versus-hpa.
 set -euo pipefail
 cd "$(dirname "$0")/.."
