@@ -164,6 +164,7 @@ pids=()
 cleanup() { ((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null; true; }
 trap cleanup EXIT
 stamp() { while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "$line"; done; }
+rm -f "$run"/*.replicas "$run"/*.pods "$run"/*.result.json "$run"/*.sessions.json "$run/table.md"
 for ns in "$ds_ns" "$hpa_ns"; do
 	kubectl -n "$ns" get deployment chat -w -o 'jsonpath={.spec.replicas}{"\n"}' > >(stamp >"$run/$ns.replicas") &
 	pids+=($!)
@@ -171,6 +172,9 @@ for ns in "$ds_ns" "$hpa_ns"; do
 		-o 'jsonpath={.type} {.object.metadata.name}{"\n"}' > >(stamp >"$run/$ns.pods") &
 	pids+=($!)
 done
+# shellcheck disable=SC2317 # called through wait_for
+recording() { [[ -s $run/$ds_ns.replicas && -s $run/$hpa_ns.replicas && -s $run/$ds_ns.pods && -s $run/$hpa_ns.pods ]]; }
+wait_for 60 "the recorders' first lines (the state before the load)" recording
 base_dropped=$(wc -l 2>/dev/null <"$DRAINSCALER_DROPPED_LOG" || echo 0)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started_at=$(date -u +%FT%TZ)
