@@ -39,6 +39,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 export DRAINSCALER_HPA_SYNC_PERIOD=${DRAINSCALER_HPA_SYNC_PERIOD:-5s}
 seed=${1:-7}
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo "no git")
 [[ $seed =~ ^[0-9]+$ ]] || die "usage: benches/versus-hpa.sh [SEED]  (SEED a number)"
 [[ $NODE_MODE == localnode ]] || die "benches/versus-hpa.sh runs on the local node only (DRAINSCALER_NODE=$NODE_MODE)"
 
@@ -326,7 +327,7 @@ row() { printf '| %s | %s | %s |\n' "$1" "${fig[$ds_ns.$2]}" "${fig[$hpa_ns.$2]}
 {
 cat <<TXT
 
-drainscaler ($(git rev-parse --short HEAD 2>/dev/null || echo "no git")) vs the HPA, $started_at, $(nproc) shared cores, load average $load_before before, $load_after after
+drainscaler ($commit) vs the HPA, $started_at, $(nproc) shared cores, load average $load_before before, $load_after after
 wave $wave (${duration}s, mean session $mean_length, max $max_length), seed $seed, both workloads at once; 2-20 replicas,
 10 sessions a pod, scale-down stabilization 30s; drainscaler decides every 5s (heartbeats every 2s),
 the HPA controller every $sync (Prometheus scrapes every 2s, prometheus-adapter $ADAPTER_VERSION);
