@@ -7,6 +7,10 @@ CLUSTER_MOD=$REPO_ROOT/tests/cluster
 CACHE=${DRAINSCALER_CACHE:-$HOME/.cache/drainscaler}
 # The Kubernetes binaries; a second plane can share the first one's build.
 K8S_BIN=${DRAINSCALER_K8S_BIN:-$CACHE/k8s-$K8S_VERSION/bin}
+# prometheus-adapter for the HPA side of benches/versus-hpa.sh (scripts/build-adapter).
+ADAPTER_MODULE=sigs.k8s.io/prometheus-adapter
+ADAPTER_VERSION=v0.12.0
+ADAPTER_BIN=${DRAINSCALER_ADAPTER_BIN:-$CACHE/prometheus-adapter-$ADAPTER_VERSION/bin}
 STATE=$CACHE/cluster
 CLUSTER_BIN=$STATE/bin
 
