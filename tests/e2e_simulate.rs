@@ -51,12 +51,12 @@ fn instant(query: &str) -> Option<f64> {
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
-fn now_rfc3339(offset: Duration) -> String {
+/// Now, in whole seconds, as RFC 3339.
+fn now_rfc3339() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")
-        .as_secs()
-        - offset.as_secs();
+        .as_secs();
     k8s_openapi::jiff::Timestamp::from_second(i64::try_from(secs).expect("fits"))
         .expect("a time")
         .to_string()
@@ -125,7 +125,6 @@ fn simulate_reads_back_a_wave_prometheus_scraped_and_replays_it_offline_the_same
         "Prometheus to scrape the app",
         || instant(&started_query).is_some(),
     );
-    let from = now_rfc3339(Duration::ZERO);
     // A wave: 6 sessions a second give or take 4, over a 40 s period, each 6 s long.
     let wave = traffic(
         &ns.0,
@@ -151,7 +150,7 @@ fn simulate_reads_back_a_wave_prometheus_scraped_and_replays_it_offline_the_same
     );
     // Ten seconds past the last session's end, scraped.
     std::thread::sleep(Duration::from_secs(12));
-    let until = now_rfc3339(Duration::ZERO);
+    let until = now_rfc3339();
 
     let dir = std::env::temp_dir().join(&ns.0);
     std::fs::create_dir_all(&dir).expect("a temporary directory");
@@ -215,15 +214,12 @@ fn simulate_reads_back_a_wave_prometheus_scraped_and_replays_it_offline_the_same
         })
         .collect();
     assert!(
-        rows.len() >= 50,
-        "2 minutes at 2 s: {} rows\n{csv}",
+        rows.len() >= 30,
+        "the wave and after, at 2 s: {} rows\n{csv}",
         rows.len()
     );
-    // RFC 3339 in UTC, whole seconds: their order is the text's.
-    assert!(
-        rows[0].0 <= from && rows[0].0.ends_with('Z'),
-        "the trace starts before the wave\n{csv}"
-    );
+    // The trace starts where both series first have a sample, at most 2 minutes back.
+    assert!(rows[0].0.ends_with('Z'), "{csv}");
     // The wave is there: sessions rise well above the idle level and are all over at the end.
     let peak = rows.iter().map(|r| r.1).fold(0.0, f64::max);
     assert!(peak >= 20.0, "peak of {peak} active sessions\n{csv}");
