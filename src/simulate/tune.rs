@@ -382,11 +382,22 @@ fn acceptable(score: &Score, max_rejected: u64) -> bool {
     score.dropped == 0 && score.rejected <= max_rejected
 }
 
-/// Orders candidates: acceptable ones by cost, then rejections; others by how far they miss.
-fn rank(t: &Tried, max_rejected: u64) -> (u8, u64, u64, i64, u64, Knobs) {
+/// The order of candidates: acceptable ones by cost, then rejections, then the fewest knobs
+/// changed from the policy as given (so that a change that saves nothing is not proposed);
+/// the others by how far they miss.
+type Rank = (u8, u64, u64, i64, u64, usize, Knobs);
+
+fn rank(t: &Tried, max_rejected: u64, given: &Knobs) -> Rank {
+    let changed = t
+        .knobs
+        .0
+        .iter()
+        .zip(&given.0)
+        .filter(|(a, b)| a != b)
+        .count();
     match &t.score {
         Ok(s) if acceptable(s, max_rejected) => {
-            (0, 0, 0, s.replica_ms, s.rejected, t.knobs.clone())
+            (0, 0, 0, s.replica_ms, s.rejected, changed, t.knobs.clone())
         }
         Ok(s) => (
             1,
@@ -394,9 +405,10 @@ fn rank(t: &Tried, max_rejected: u64) -> (u8, u64, u64, i64, u64, Knobs) {
             s.rejected.saturating_sub(max_rejected),
             s.replica_ms,
             s.rejected,
+            changed,
             t.knobs.clone(),
         ),
-        Err(_) => (2, 0, 0, 0, 0, t.knobs.clone()),
+        Err(_) => (2, 0, 0, 0, 0, changed, t.knobs.clone()),
     }
 }
 
@@ -497,7 +509,7 @@ impl Search<'_> {
     fn best(&self) -> Option<&Tried> {
         self.tried
             .iter()
-            .min_by_key(|t| rank(t, self.options.max_rejected))
+            .min_by_key(|t| rank(t, self.options.max_rejected, self.space.given()))
     }
 
     fn out_of_budget(&self) -> bool {
@@ -559,7 +571,7 @@ pub fn tune(
     }
     let tried = search.tried;
     let given = search.seen.get(space.given()).copied().unwrap_or(0);
-    let front = pareto(&tried, options.max_rejected, options.rows);
+    let front = pareto(&tried, options.max_rejected, options.rows, space.given());
     Ok(Tuned {
         space,
         tried,
@@ -571,7 +583,7 @@ pub fn tune(
 
 /// The acceptable candidates that no other beats on both cost and rejections, cheapest first,
 /// at most `rows`.
-fn pareto(tried: &[Tried], max_rejected: u64, rows: usize) -> Vec<usize> {
+fn pareto(tried: &[Tried], max_rejected: u64, rows: usize, given: &Knobs) -> Vec<usize> {
     let mut ok: Vec<usize> = (0..tried.len())
         .filter(|&i| {
             tried[i]
@@ -580,7 +592,7 @@ fn pareto(tried: &[Tried], max_rejected: u64, rows: usize) -> Vec<usize> {
                 .is_ok_and(|s| acceptable(s, max_rejected))
         })
         .collect();
-    ok.sort_by_key(|&i| rank(&tried[i], max_rejected));
+    ok.sort_by_key(|&i| rank(&tried[i], max_rejected, given));
     let mut front: Vec<usize> = Vec::new();
     let mut fewest = u64::MAX;
     for i in ok {

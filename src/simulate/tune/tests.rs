@@ -182,7 +182,24 @@ fn the_front_keeps_the_cheapest_for_each_fewer_rejections_and_drops_nothing() {
         tried(200, 0, 0), // front
         tried(210, 0, 0), // dominated
     ];
-    assert_eq!(pareto(&all, 5, 10), vec![1, 4, 6]);
-    assert_eq!(pareto(&all, 0, 10), vec![6]);
-    assert_eq!(pareto(&all, 5, 2), vec![1, 4]);
+    let given = Knobs(vec![0]);
+    assert_eq!(pareto(&all, 5, 10, &given), vec![1, 4, 6]);
+    assert_eq!(pareto(&all, 0, 10, &given), vec![6]);
+    assert_eq!(pareto(&all, 5, 2, &given), vec![1, 4]);
+}
+
+#[test]
+fn of_two_equally_good_candidates_the_front_keeps_the_one_closer_to_the_given_policy() {
+    let same = |knobs: Vec<usize>| Tried {
+        knobs: Knobs(knobs),
+        score: Ok(Score {
+            replica_ms: 100,
+            rejected: 0,
+            dropped: 0,
+            peak: 1,
+        }),
+    };
+    let all = vec![same(vec![0, 0, 3]), same(vec![2, 1, 3])];
+    assert_eq!(pareto(&all, 0, 10, &Knobs(vec![2, 1, 3])), vec![1]);
+    assert_eq!(pareto(&all, 0, 10, &Knobs(vec![0, 1, 3])), vec![0]);
 }
