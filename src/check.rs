@@ -113,6 +113,19 @@ pub fn single_policy(yaml: &str) -> Result<(String, Policy), Vec<String>> {
     }
 }
 
+/// The single ScalingPolicy of a YAML stream as written (for tools that change and write it
+/// back), with its validated policy; or every reason it cannot be used, as `single_policy`.
+pub fn single_resource(yaml: &str) -> Result<(ScalingPolicy, Policy), Vec<String>> {
+    let (_, policy) = single_policy(yaml)?;
+    let docs = parse_stream(yaml).map_err(|e| vec![e])?;
+    let doc = docs
+        .into_iter()
+        .find(|d| d.get("kind").and_then(Value::as_str) == Some("ScalingPolicy"))
+        .ok_or_else(|| vec!["no ScalingPolicy found".to_owned()])?;
+    let resource = serde_json::from_value(doc).map_err(|e| vec![e.to_string()])?;
+    Ok((resource, policy))
+}
+
 /// The documents of a YAML stream, or one line saying where the YAML is broken.
 fn parse_stream(yaml: &str) -> Result<Vec<Value>, String> {
     serde_saphyr::from_multiple(yaml).map_err(|e| {

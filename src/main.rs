@@ -28,8 +28,10 @@ use drainscaler::plugin::render::{Paint, render_all};
 use drainscaler::plugin::{self, PluginError, Scope};
 use drainscaler::policy::parse_duration;
 use drainscaler::server::{self, RequestLimits, ServerState};
+use drainscaler::simulate::history;
 use drainscaler::simulate::plot::{self, Format};
 use drainscaler::simulate::trace::Trace;
+use drainscaler::simulate::tune::{self, TuneOptions};
 use drainscaler::simulate::{self, Options};
 use drainscaler::tokens::{self, KubeReviewer, SystemClock, TokenCache};
 
@@ -59,6 +61,7 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["trace", "prometheus"])))]
 struct SimulateArgs {
     /// The ScalingPolicy to try (a YAML file with exactly one).
     #[arg(long, value_name = "POLICY.yaml")]
@@ -66,8 +69,32 @@ struct SimulateArgs {
     /// CSV with a header: `time` (seconds or timestamps), then one column per metric by name,
     /// and optionally `arrivals` (new sessions per second).
     #[arg(long, value_name = "TRACE.csv")]
-    trace: PathBuf,
-    /// Seed for session lengths; the same seed gives the same output.
+    trace: Option<PathBuf>,
+    /// Build the trace from this Prometheus's history instead: each of the policy's
+    /// Prometheus metrics read with its own query over --since, a column by the metric's name.
+    #[arg(long, value_name = "URL")]
+    prometheus: Option<String>,
+    /// With --prometheus: how far back to read, such as 7d, 36h or 90m.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = since, requires = "prometheus")]
+    since: Duration,
+    /// With --prometheus: the end of the range, in RFC 3339 [default: now].
+    #[arg(long, value_name = "TIME", requires = "prometheus")]
+    until: Option<Timestamp>,
+    /// With --prometheus: the resolution of the trace, one row per step. (How often sessions
+    /// arrive and end is --session-step.)
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = duration, requires = "prometheus")]
+    step: Duration,
+    /// With --prometheus: a query for new sessions per second, the trace's `arrivals`, such
+    /// as sum(rate(app_sessions_opened_total[1m])). Without it no sessions are simulated.
+    #[arg(long, value_name = "PROMQL", requires = "prometheus")]
+    arrivals_query: Option<String>,
+    /// With --prometheus: also write the fetched trace to this CSV, to run again with --trace.
+    #[arg(long, value_name = "FILE", requires = "prometheus")]
+    save_trace: Option<PathBuf>,
+    /// With --prometheus: the longest one page of a query may take.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration, requires = "prometheus")]
+    query_timeout: Duration,
+    /// Seed for session lengths (and the tuner's search); the same seed gives the same output.
     #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
     /// Replicas at the start [default: minReplicas].
@@ -84,13 +111,27 @@ struct SimulateArgs {
     session_length: Duration,
     /// How often sessions arrive and end.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
-    step: Duration,
+    session_step: Duration,
     /// `table` for people; `json` for scripts (its field names are stable).
-    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table, conflicts_with = "tune")]
     output: OutputFormat,
     /// Also draw the runs to this file (.svg or .png).
-    #[arg(long, value_name = "OUT.svg|OUT.png")]
+    #[arg(long, value_name = "OUT.svg|OUT.png", conflicts_with = "tune")]
     plot: Option<PathBuf>,
+    /// Search the policy's knobs (metric targets, stabilization windows, rate policies, drain
+    /// timeout and onTimeout) on the trace, and print the cheapest variants that drop no
+    /// session and reject at most --max-rejected.
+    #[arg(long)]
+    tune: bool,
+    /// With --tune: the most sessions a variant may reject.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "tune")]
+    max_rejected: u64,
+    /// With --tune: write the cheapest variant to this file as a ScalingPolicy.
+    #[arg(long, value_name = "FILE", requires = "tune")]
+    write_policy: Option<PathBuf>,
+    /// With --tune: the most variants to run.
+    #[arg(long, value_name = "N", default_value_t = TuneOptions::default().budget, requires = "tune")]
+    tune_budget: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -101,6 +142,14 @@ enum OutputFormat {
 
 fn duration(raw: &str) -> Result<Duration, String> {
     parse_duration(raw)
+}
+
+/// A duration that may also be in days, as `--since 7d`.
+fn since(raw: &str) -> Result<Duration, String> {
+    match raw.strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(days)) => Ok(Duration::from_secs(days.saturating_mul(86_400))),
+        _ => parse_duration(raw).map_err(|why| format!("{why}; days are written such as 7d")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -341,16 +390,25 @@ fn simulate_trace(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     let policy_file = args.policy.display().to_string();
     let yaml = read(&args.policy)?;
     let (name, policy) = simulate::load_policy(&policy_file, &yaml)?;
-    let trace_file = args.trace.display().to_string();
-    let trace = Trace::parse(&trace_file, &read(&args.trace)?)?;
+    let (trace, origin) = match (&args.trace, &args.prometheus) {
+        (Some(path), _) => {
+            let file = path.display().to_string();
+            (Trace::parse(&file, &read(path)?)?, file)
+        }
+        (None, Some(url)) => trace_from_prometheus(args, &policy, url)?,
+        (None, None) => anyhow::bail!("give --trace FILE or --prometheus URL"),
+    };
     let options = Options {
         seed: args.seed,
         initial_replicas: args.initial_replicas,
         startup: args.startup,
         capacity: args.capacity,
         session_length: args.session_length,
-        step: args.step,
+        step: args.session_step,
     };
+    if args.tune {
+        return tune_policy(args, &yaml, &policy_file, &trace, &origin, &options);
+    }
     let sim = simulate::simulate(&name, &policy, &trace, &options)?;
     if let Some(path) = &args.plot {
         plot::render(path, &sim, &policy, &trace)?;
@@ -365,10 +423,131 @@ fn simulate_trace(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
         OutputFormat::Json => report.write_json(&mut out).map_err(std::io::Error::from),
     }
     .and_then(|()| out.flush());
+    finish_output(written)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A reader that stopped early (`| head`) is not an error.
+fn finish_output(written: std::io::Result<()>) -> anyhow::Result<()> {
     match written {
-        // A reader that stopped early (`| head`) is not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        other => other.context("writing the report")?,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing the report"),
+    }
+}
+
+/// `simulate --prometheus`: the trace from the policy's queries over the range, saved when
+/// asked; and words for where it came from.
+fn trace_from_prometheus(
+    args: &SimulateArgs,
+    policy: &drainscaler::policy::Policy,
+    url: &str,
+) -> anyhow::Result<(Trace, String)> {
+    let prometheus = Prometheus::plain(url)
+        .context("--prometheus")?
+        .with_timeout(args.query_timeout);
+    let columns = history::columns(policy, args.arrivals_query.as_deref());
+    let until = args.until.unwrap_or_else(Timestamp::now).as_millisecond();
+    let range = history::Range::ending(until, args.since, args.step)?;
+    let terminal = std::io::stderr().is_terminal();
+    let mut progress = |p: &history::Progress<'_>| {
+        if terminal {
+            eprint!(
+                "\r\x1b[Kreading {} from {url}: page {}/{}",
+                p.column, p.done, p.total
+            );
+            if p.done == p.total {
+                eprintln!();
+            }
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let fetched = runtime.block_on(history::fetch(&prometheus, &columns, range, &mut progress));
+    if terminal && fetched.is_err() {
+        eprintln!();
+    }
+    let fetched = fetched?;
+    for note in &fetched.notes {
+        eprintln!("note: {note}");
+    }
+    if let Some(path) = &args.save_trace {
+        std::fs::write(path, history::to_csv(&fetched.trace))
+            .with_context(|| format!("writing --save-trace {}", path.display()))?;
+        eprintln!(
+            "saved the trace to {} ({} rows); run it again with --trace {}",
+            path.display(),
+            fetched.trace.times.len(),
+            path.display()
+        );
+    }
+    let origin = format!(
+        "{url} from {} to {} every {}",
+        history::rfc3339(range.start_ms),
+        history::rfc3339(range.end_ms),
+        drainscaler::policy::fmt_duration(args.step)
+    );
+    Ok((fetched.trace, origin))
+}
+
+/// `simulate --tune`: the Pareto table, and the cheapest variant written when asked.
+fn tune_policy(
+    args: &SimulateArgs,
+    yaml: &str,
+    policy_file: &str,
+    trace: &Trace,
+    origin: &str,
+    options: &Options,
+) -> anyhow::Result<ExitCode> {
+    let (resource, policy) = drainscaler::check::single_resource(yaml).map_err(|errors| {
+        anyhow::anyhow!(
+            "{}",
+            errors
+                .iter()
+                .map(|e| format!("{policy_file}: {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let prepared = simulate::prepare(&policy, trace, options)?;
+    for note in &prepared.notes {
+        eprintln!("note: {note}");
+    }
+    let tune_options = TuneOptions {
+        seed: args.seed,
+        max_rejected: args.max_rejected,
+        budget: args.tune_budget,
+        ..TuneOptions::default()
+    };
+    let tuned = tune::tune(&resource, &policy, &prepared, trace, &tune_options)?;
+    let acceptable = tuned.front.len();
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let summary = format!(
+        "{} variants of {policy_file} run on {} rows ({origin}), seed {}: {acceptable} on the front of those that drop no session and reject at most {}\n",
+        tuned.tried.len(),
+        trace.times.len(),
+        args.seed,
+        args.max_rejected
+    );
+    let written = out
+        .write_all(summary.as_bytes())
+        .and_then(|()| out.write_all(tune::table(&tuned).as_bytes()))
+        .and_then(|()| out.flush());
+    finish_output(written)?;
+    let Some(best) = tuned.best() else {
+        eprintln!(
+            "error: no variant dropped no session and rejected at most {} sessions; raise --max-rejected, --tune-budget or maxReplicas",
+            args.max_rejected
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    if let Some(path) = &args.write_policy {
+        let text = tune::policy_yaml(&tuned, best, origin)
+            .map_err(|e| anyhow::anyhow!("rendering the tuned policy: {e}"))?;
+        std::fs::write(path, text)
+            .with_context(|| format!("writing --write-policy {}", path.display()))?;
+        eprintln!("wrote variant 1 to {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 
 use crate::api::ScalingPolicy;
-use crate::plugin::objects::{Objects, PolicyEvent, belongs_to, events_of};
+use crate::observe::{Blocked, target_named};
+use crate::plugin::objects::{Objects, PolicyEvent, Workload, belongs_to, events_of, target_of};
 use crate::plugin::view::{PolicyView, view};
 
 /// Which policies to show.
@@ -57,6 +58,8 @@ pub enum PluginError {
         namespace: String,
         source: kube::Error,
     },
+    #[error("reading the scale subresource of {target}: {source}")]
+    ReadTarget { target: String, source: kube::Error },
     #[error("no ScalingPolicy {name:?} {where_}{}", known_list(.known))]
     UnknownPolicy {
         name: String,
@@ -76,6 +79,7 @@ impl PluginError {
             PluginError::ListPolicies { .. } => "list_policies",
             PluginError::ListPods { .. } => "list_pods",
             PluginError::ListEvents { .. } => "list_events",
+            PluginError::ReadTarget { .. } => "read_target",
             PluginError::UnknownPolicy { .. } => "unknown_policy",
         }
     }
@@ -138,16 +142,41 @@ pub fn views(
     let mut views: Vec<PolicyView> = chosen
         .into_iter()
         .map(|p| {
-            let pods: Vec<&Pod> = objects
-                .pods
-                .iter()
-                .filter(|pod| belongs_to(p, pod))
-                .collect();
-            view(p, &pods, &events_of(p, &objects.events))
+            let (pods, unknown) = match target_of(p, &objects.workloads) {
+                Some(w) => match &w.selector {
+                    Ok(selector) => (
+                        objects
+                            .pods
+                            .iter()
+                            .filter(|pod| belongs_to(w, selector, pod))
+                            .collect(),
+                        None,
+                    ),
+                    Err(why) => (Vec::new(), Some(why.clone())),
+                },
+                None => (Vec::new(), Some(no_target(p))),
+            };
+            let mut v = view(p, &pods, &events_of(p, &objects.events));
+            v.pods_unknown = unknown;
+            v
         })
         .collect();
     views.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Ok(views)
+}
+
+/// Why a policy's pods cannot be told when its target is not among the objects read.
+fn no_target(policy: &ScalingPolicy) -> String {
+    let t = &policy.spec.target_ref;
+    let kind = match t.kind {
+        crate::api::TargetKind::Deployment => "deployment",
+        crate::api::TargetKind::StatefulSet => "statefulset",
+    };
+    format!(
+        "{kind} {} is not among the objects read, so its pod selector is unknown; save it too \
+         (kubectl get scalingpolicy,{kind},pods,events -o yaml)",
+        t.name
+    )
 }
 
 /// `-o json`: `{"policies": [...]}`, the fields in `PolicyView`'s order.
@@ -251,6 +280,29 @@ pub async fn load(
             name: n.to_owned(),
             where_: scope_words(scope),
             known,
+        });
+    }
+    for p in &objects.policies {
+        let namespace = p.namespace().unwrap_or_default();
+        let target = &p.spec.target_ref;
+        // The target's pod selector from its scale subresource, as the controller reads it.
+        let selector = match target_named(client, &namespace, target.kind, &target.name).await {
+            Ok(Ok(found)) => Ok(found.selector),
+            Ok(Err(Blocked::TargetNotFound(why) | Blocked::Conflict(why))) => Err(why),
+            Ok(Err(Blocked::PrometheusAuth(why) | Blocked::InvalidQuery(why))) => Err(why),
+            Err(crate::error::Error::ReadScale { source }) => {
+                return Err(PluginError::ReadTarget {
+                    target: format!("{namespace}/{}", target.name),
+                    source,
+                });
+            }
+            Err(other) => Err(other.to_string()),
+        };
+        objects.workloads.push(Workload {
+            namespace,
+            kind: target.kind,
+            name: target.name.clone(),
+            selector,
         });
     }
     let mut namespaces: Vec<String> = objects

@@ -1,11 +1,15 @@
-//! The objects `kubectl drainscaler` reads, wherever they come from: policies, pods and the
-//! events about policies; parsed from saved files (`kubectl get ... -o yaml`) and matched to a
-//! policy's target by ownership. Pure, no I/O.
+//! The objects `kubectl drainscaler` reads, wherever they come from: policies, their targets'
+//! pod selectors, pods and the events about policies; parsed from saved files (`kubectl get
+//! ... -o yaml`) and matched to a policy's target by its label selector, as the controller
+//! matches them. Pure, no I/O.
 
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSeries as CoreEventSeries, Pod};
 use k8s_openapi::api::events::v1::Event as EventsEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
 use serde_json::Value;
 
 use crate::api::{ScalingPolicy, TargetKind};
@@ -14,8 +18,55 @@ use crate::api::{ScalingPolicy, TargetKind};
 #[derive(Clone, Debug, Default)]
 pub struct Objects {
     pub policies: Vec<ScalingPolicy>,
+    /// The Deployments and StatefulSets that policies target, with their pod selectors.
+    pub workloads: Vec<Workload>,
     pub pods: Vec<Pod>,
     pub events: Vec<PolicyEvent>,
+}
+
+/// A policy's target as far as matching pods goes: its pod selector, or why there is none to
+/// use (the same reasons the controller has for not acting).
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub namespace: String,
+    pub kind: TargetKind,
+    pub name: String,
+    pub selector: Result<Selector, String>,
+}
+
+impl Workload {
+    /// A saved Deployment or StatefulSet, its selector from `spec.selector`.
+    fn saved(
+        namespace: String,
+        kind: TargetKind,
+        name: String,
+        selector: Option<LabelSelector>,
+    ) -> Workload {
+        let what = match kind {
+            TargetKind::Deployment => "Deployment",
+            TargetKind::StatefulSet => "StatefulSet",
+        };
+        let selector = selector
+            .ok_or_else(|| "it has no spec.selector".to_owned())
+            .and_then(|s| {
+                Selector::try_from(s).map_err(|e| format!("its spec.selector cannot be read: {e}"))
+            })
+            .and_then(|s| {
+                if s.selects_all() {
+                    // The controller refuses it too: it would select every pod.
+                    Err("its selector is empty: it would select every pod".to_owned())
+                } else {
+                    Ok(s)
+                }
+            })
+            .map_err(|why| format!("{what} {namespace}/{name}: {why}"));
+        Workload {
+            namespace,
+            kind,
+            name,
+            selector,
+        }
+    }
 }
 
 /// An event about a ScalingPolicy, from either events API.
@@ -118,6 +169,24 @@ fn add(objects: &mut Objects, doc: Value) -> Result<(), String> {
         POLICY_KIND => objects
             .policies
             .push(serde_json::from_value(doc).map_err(what)?),
+        "Deployment" => {
+            let d: Deployment = serde_json::from_value(doc).map_err(what)?;
+            objects.workloads.push(Workload::saved(
+                d.namespace().unwrap_or_default(),
+                TargetKind::Deployment,
+                d.name_any(),
+                d.spec.map(|s| s.selector),
+            ));
+        }
+        "StatefulSet" => {
+            let s: StatefulSet = serde_json::from_value(doc).map_err(what)?;
+            objects.workloads.push(Workload::saved(
+                s.namespace().unwrap_or_default(),
+                TargetKind::StatefulSet,
+                s.name_any(),
+                s.spec.map(|s| s.selector),
+            ));
+        }
         "Pod" => objects
             .pods
             .push(serde_json::from_value(doc).map_err(what)?),
@@ -135,28 +204,21 @@ fn add(objects: &mut Objects, doc: Value) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `pod` belongs to `policy`'s target: a StatefulSet owns its pods, a Deployment owns
-/// them through ReplicaSets named after it and the pod's template hash.
-pub fn belongs_to(policy: &ScalingPolicy, pod: &Pod) -> bool {
-    if pod.namespace() != policy.namespace() {
-        return false;
-    }
+/// The target of `policy` among `workloads`.
+pub fn target_of<'a>(policy: &ScalingPolicy, workloads: &'a [Workload]) -> Option<&'a Workload> {
     let target = &policy.spec.target_ref;
-    let owners = pod.owner_references();
-    match target.kind {
-        TargetKind::StatefulSet => owners
-            .iter()
-            .any(|o| o.kind == "StatefulSet" && o.name == target.name),
-        TargetKind::Deployment => {
-            let Some(hash) = pod.labels().get("pod-template-hash") else {
-                return false;
-            };
-            let replica_set = format!("{}-{hash}", target.name);
-            owners
-                .iter()
-                .any(|o| o.kind == "ReplicaSet" && o.name == replica_set)
-        }
-    }
+    let namespace = policy.namespace().unwrap_or_default();
+    workloads
+        .iter()
+        .find(|w| w.namespace == namespace && w.kind == target.kind && w.name == target.name)
+}
+
+/// Whether `pod` is one of `workload`'s: in its namespace and matched by its label selector,
+/// as the controller counts pods (ownership is not asked: a pod relabelled out of the
+/// selector is not the target's any more, and one that matches it is counted).
+pub fn belongs_to(workload: &Workload, selector: &Selector, pod: &Pod) -> bool {
+    pod.namespace().as_deref() == Some(workload.namespace.as_str())
+        && selector.matches(pod.labels())
 }
 
 /// The events about `policy`.

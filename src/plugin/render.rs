@@ -100,7 +100,9 @@ pub fn render(v: &PolicyView, now: Timestamp, paint: Paint) -> String {
         }
     }
 
-    if v.pods.is_empty() {
+    if let Some(why) = &v.pods_unknown {
+        let _ = writeln!(out, "Pods:       unknown: {why}");
+    } else if v.pods.is_empty() {
         out.push_str("Pods:       none of the target's pods found\n");
     } else {
         out.push_str("Pods:\n");

@@ -205,3 +205,92 @@ fn ages_read_like_kubectl() {
         assert_eq!(age(&Time(at(then)), now), want, "{then}");
     }
 }
+
+/// The fixture and more saved objects after it.
+fn fixture_with(extra: &str) -> Objects {
+    parse(&format!("{FIXTURE}\n---\n{extra}")).expect("the objects parse")
+}
+
+#[test]
+fn the_targets_pods_are_those_its_selector_matches_as_the_controller_counts_them() {
+    // One pod matches the Deployment's selector (app: chat) but has no owner, as after
+    // `kubectl run` or an orphaning delete; another is owned by the Deployment's ReplicaSet
+    // but was relabelled out of the selector to debug it. The controller counts the first and
+    // not the second; so does the view.
+    let objects = fixture_with(
+        r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: chat-by-hand
+    namespace: prod
+    creationTimestamp: "2026-11-29T07:00:00Z"
+    labels: {app: chat}
+  spec: {containers: [{name: app, image: chat}]}
+  status: {phase: Running, conditions: [{type: Ready, status: "True"}]}
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: chat-5d8f7-debug
+    namespace: prod
+    creationTimestamp: "2026-11-29T07:00:00Z"
+    labels: {app: chat-debug, pod-template-hash: 5d8f7}
+    ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: chat-5d8f7, uid: rs-1, controller: true}]
+  spec: {containers: [{name: app, image: chat}]}
+  status: {phase: Running, conditions: [{type: Ready, status: "True"}]}
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: chat-elsewhere
+    namespace: dev
+    creationTimestamp: "2026-11-29T07:00:00Z"
+    labels: {app: chat}
+  spec: {containers: [{name: app, image: chat}]}
+"#,
+    );
+    let shown = views(&objects, &Scope::All, None).expect("views");
+    let names: Vec<&str> = shown[0].pods.iter().map(|p| p.name.as_str()).collect();
+    assert!(names.contains(&"chat-by-hand"), "{names:?}");
+    assert!(!names.contains(&"chat-5d8f7-debug"), "{names:?}");
+    assert!(!names.contains(&"chat-elsewhere"), "{names:?}");
+    assert_eq!(
+        shown[0].pods.len(),
+        7,
+        "the fixture's six and the one by hand: {names:?}"
+    );
+    assert_eq!(shown[0].pods_unknown, None);
+}
+
+#[test]
+fn without_its_target_a_policys_pods_are_unknown_and_the_view_says_what_to_save() {
+    let mut objects = fixture();
+    objects.workloads.clear();
+    let shown = views(&objects, &Scope::All, None).expect("views");
+    assert!(shown[0].pods.is_empty());
+    let text = render_all(&shown, at("2026-11-29T08:00:00Z"), Paint { on: false });
+    assert!(
+        text.contains(
+            "Pods:       unknown: deployment chat is not among the objects read, so its pod selector is unknown; save it too (kubectl get scalingpolicy,deployment,pods,events -o yaml)\n"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_target_with_an_empty_selector_shows_no_pods_rather_than_every_pod() {
+    let text = FIXTURE.replace("selector: {matchLabels: {app: chat}}", "selector: {}");
+    assert_ne!(
+        text, FIXTURE,
+        "the fixture's Deployment selector is where this test expects it"
+    );
+    let objects = parse(&text).expect("parses");
+    let shown = views(&objects, &Scope::All, None).expect("views");
+    assert!(shown[0].pods.is_empty());
+    assert_eq!(
+        shown[0].pods_unknown.as_deref(),
+        Some("Deployment prod/chat: its selector is empty: it would select every pod")
+    );
+}

@@ -38,6 +38,9 @@ pub struct PolicyView {
     /// Only those not at their healthy value.
     pub conditions: Vec<ConditionView>,
     pub pods: Vec<PodView>,
+    /// Why the target's pods could not be told (its pod selector is unknown), when so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods_unknown: Option<String>,
     /// Newest first.
     pub decisions: Vec<DecisionView>,
 }
@@ -156,6 +159,7 @@ pub fn view(policy: &ScalingPolicy, pods: &[&Pod], events: &[&PolicyEvent]) -> P
             })
             .collect(),
         pods: pod_views(policy, pods),
+        pods_unknown: None,
         decisions: decisions(policy, events),
     }
 }

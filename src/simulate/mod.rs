@@ -1,12 +1,15 @@
 //! `drainscaler simulate`: replays a traffic trace through a policy with the real engine and a
-//! synthetic clock, beside two baselines (`hpa`, `oracle`). Pure apart from the caller reading
-//! the files and `plot::render` writing the picture.
+//! synthetic clock, beside two baselines (`hpa`, `oracle`); and `tune`, which searches a
+//! policy's knobs on a trace. Pure apart from the caller reading the files, `plot::render`
+//! writing the picture and `history::fetch` reading Prometheus.
 
+pub mod history;
 pub mod plot;
 pub mod report;
 pub mod runs;
 pub mod sessions;
 pub mod trace;
+pub mod tune;
 pub mod world;
 
 use std::time::Duration;
@@ -102,6 +105,58 @@ pub fn simulate(
     trace: &Trace,
     options: &Options,
 ) -> Result<Simulation, SimulateError> {
+    let prepared = prepare(policy, trace, options)?;
+    let outcomes = run_all(&prepared.setup(&prepared.policy, trace));
+    Ok(Simulation {
+        policy_name: policy_name.to_owned(),
+        outcomes,
+        notes: prepared.notes,
+    })
+}
+
+/// A policy and options checked against a trace, ready to run: what every run over the trace
+/// shares, whichever variant of the policy it runs (`tune` runs many).
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// The policy as simulated (`paused` and `dryRun` cleared).
+    pub policy: Policy,
+    /// Things the user should know about how the policy was run.
+    pub notes: Vec<String>,
+    columns: Vec<Option<usize>>,
+    arrivals: Option<usize>,
+    seed: u64,
+    initial_replicas: u32,
+    startup_ms: i64,
+    capacity: u32,
+    session_ms: i64,
+    step_ms: i64,
+}
+
+impl Prepared {
+    /// The setup of a run of `policy` (this policy or a variant with the same metrics) over
+    /// `trace` (the trace this was prepared on).
+    pub fn setup<'a>(&self, policy: &'a Policy, trace: &'a Trace) -> Setup<'a> {
+        Setup {
+            policy,
+            trace,
+            columns: self.columns.clone(),
+            arrivals: self.arrivals,
+            seed: self.seed,
+            initial_replicas: self.initial_replicas,
+            startup_ms: self.startup_ms,
+            capacity: self.capacity,
+            session_ms: self.session_ms,
+            step_ms: self.step_ms,
+        }
+    }
+}
+
+/// Checks the options and matches the policy's metrics to the trace's columns.
+pub fn prepare(
+    policy: &Policy,
+    trace: &Trace,
+    options: &Options,
+) -> Result<Prepared, SimulateError> {
     let millis = |flag: &'static str, d: Duration, min_ms: i64| {
         let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         if ms < min_ms {
@@ -117,7 +172,7 @@ pub fn simulate(
             Ok(ms)
         }
     };
-    let step_ms = millis("step", options.step, 1)?;
+    let step_ms = millis("session-step", options.step, 1)?;
     let session_ms = millis("session-length", options.session_length, 1)?;
     let startup_ms = millis("startup", options.startup, 0)?;
     if options.capacity == 0 {
@@ -191,23 +246,17 @@ pub fn simulate(
         }
     }
 
-    let setup = Setup {
-        policy: &policy,
-        trace,
+    Ok(Prepared {
+        initial_replicas: options.initial_replicas.unwrap_or(policy.min_replicas),
+        policy,
+        notes,
         columns,
         arrivals,
         seed: options.seed,
-        initial_replicas: options.initial_replicas.unwrap_or(policy.min_replicas),
         startup_ms,
         capacity: options.capacity,
         session_ms,
         step_ms,
-    };
-    let outcomes = run_all(&setup);
-    Ok(Simulation {
-        policy_name: policy_name.to_owned(),
-        outcomes,
-        notes,
     })
 }
 

@@ -390,29 +390,27 @@ struct Meter {
     timeline: Vec<Point>,
 }
 
+fn world(setup: &Setup<'_>) -> World {
+    World::new(
+        setup.policy.target.kind,
+        setup.policy.target.name.as_str(),
+        setup.initial_replicas,
+        setup.startup_ms,
+        setup.capacity,
+    )
+}
+
 /// Runs `drainscaler`, `hpa` and `oracle` over the trace in lockstep, with the same
 /// arrivals and session lengths for all three.
 pub fn run_all(setup: &Setup<'_>) -> Outcomes {
-    let policy = setup.policy;
-    let kind = policy.target.kind;
-    let name = policy.target.name.as_str();
-    let world = || {
-        World::new(
-            kind,
-            name,
-            setup.initial_replicas,
-            setup.startup_ms,
-            setup.capacity,
-        )
-    };
     let mut drainscaler = Drainscaler {
         setup,
-        world: world(),
+        world: world(setup),
         history: History::default(),
     };
     let mut hpa = Hpa {
         setup,
-        world: world(),
+        world: world(setup),
         recommendations: Vec::new(),
         events: Vec::new(),
     };
@@ -423,10 +421,35 @@ pub fn run_all(setup: &Setup<'_>) -> Outcomes {
         tally: Tally::default(),
     };
     let mut runs: [&mut dyn Run; 3] = [&mut drainscaler, &mut hpa, &mut oracle];
-    let mut meters: [Meter; 3] = Default::default();
+    let [md, mh, mo] = drive(setup, &mut runs);
+    let [d, h, o] = runs;
+    Outcomes {
+        drainscaler: finish(d, md),
+        hpa: finish(h, mh),
+        oracle: finish(o, mo),
+    }
+}
+
+/// The `drainscaler` run alone, exactly as `run_all` runs it: the same arrivals and lengths
+/// for the same seed, so that variants of a policy are compared on the same sessions.
+pub fn run_drainscaler(setup: &Setup<'_>) -> Outcome {
+    let mut drainscaler = Drainscaler {
+        setup,
+        world: world(setup),
+        history: History::default(),
+    };
+    let mut runs: [&mut dyn Run; 1] = [&mut drainscaler];
+    let [meter] = drive(setup, &mut runs);
+    let [run] = runs;
+    finish(run, meter)
+}
+
+/// Steps the runs through the trace with the shared clock and arrivals.
+fn drive<const N: usize>(setup: &Setup<'_>, runs: &mut [&mut dyn Run; N]) -> [Meter; N] {
+    let mut meters: [Meter; N] = std::array::from_fn(|_| Meter::default());
     let mut arrivals = Arrivals::new(setup.seed, setup.session_ms);
     let mut lengths = Vec::new();
-    let interval = i64::try_from(policy.interval.as_millis()).unwrap_or(i64::MAX);
+    let interval = i64::try_from(setup.policy.interval.as_millis()).unwrap_or(i64::MAX);
     let clock = Clock::new(
         &setup.trace.times,
         interval,
@@ -463,13 +486,7 @@ pub fn run_all(setup: &Setup<'_>) -> Outcomes {
         }
         last = tick.at;
     }
-    let [d, h, o] = runs;
-    let [md, mh, mo] = meters;
-    Outcomes {
-        drainscaler: finish(d, md),
-        hpa: finish(h, mh),
-        oracle: finish(o, mo),
-    }
+    meters
 }
 
 fn finish(run: &mut dyn Run, meter: Meter) -> Outcome {

@@ -16,6 +16,8 @@ pub struct Trace {
     pub times: Vec<i64>,
     /// `values[column][row]`.
     values: Vec<Vec<f64>>,
+    /// Milliseconds since the epoch of time 0, when the trace's times are on the clock.
+    pub origin_ms: Option<i64>,
     /// The 1-based line of the header and of each row.
     header_line: usize,
     lines: Vec<usize>,
@@ -104,6 +106,7 @@ impl Trace {
             columns,
             times: Vec::new(),
             values: vec![Vec::new(); names.len() - 1],
+            origin_ms: None,
             header_line,
             lines: Vec::new(),
         };
@@ -148,6 +151,9 @@ impl Trace {
             trace.times.push(at);
             trace.lines.push(line);
         }
+        if let Some(TimeForm::Timestamp { first }) = form {
+            trace.origin_ms = Some(first);
+        }
         if trace.times.is_empty() {
             return Err(err(
                 header_line + 1,
@@ -156,6 +162,29 @@ impl Trace {
             ));
         }
         Ok(trace)
+    }
+
+    /// A trace built in memory: `values[column][row]`, one value per time in each column.
+    /// Rows are numbered as the CSV `history::to_csv` writes would number them (header on
+    /// line 1), so that a message about a cell points into the saved file.
+    pub fn from_columns(
+        file: &str,
+        columns: Vec<String>,
+        times: Vec<i64>,
+        values: Vec<Vec<f64>>,
+        origin_ms: Option<i64>,
+    ) -> Trace {
+        debug_assert!(values.iter().all(|v| v.len() == times.len()));
+        let lines = (0..times.len()).map(|row| row + 2).collect();
+        Trace {
+            file: file.to_owned(),
+            columns,
+            times,
+            values,
+            origin_ms,
+            header_line: 1,
+            lines,
+        }
     }
 
     /// The index of a series by name.

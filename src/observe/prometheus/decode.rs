@@ -1,5 +1,5 @@
-//! Decoding Prometheus API answers: the response envelope, one-number results for metrics and
-//! per-pod results for heartbeats. A failed, empty, NaN or ambiguous result is never zero.
+//! Decoding Prometheus API answers: the response envelope, one-number results for metrics,
+//! per-pod results for heartbeats and one-series range results for `simulate`. A failed, empty, NaN or ambiguous result is never zero.
 //! Pure, no I/O.
 
 use std::collections::BTreeMap;
@@ -118,6 +118,89 @@ fn unavailable(reason: &str) -> Reading {
     }
 }
 
+/// The samples of a range query that must return one series: `(milliseconds since the epoch,
+/// value)` in time order. No series at all is an empty list (a range with no data); NaN and
+/// infinite samples are left out, as gaps. Several series are an error that names the labels
+/// that tell them apart, so that the query can be aggregated over exactly those.
+pub fn range(data: &Data) -> Result<Vec<(i64, f64)>, String> {
+    let Data::Matrix(series) = data else {
+        return Err("a range query must return a range vector (a matrix)".to_owned());
+    };
+    match series.as_slice() {
+        [] => Ok(Vec::new()),
+        [one] => Ok(one
+            .samples()
+            .iter()
+            .filter(|s| s.value().is_finite())
+            .map(|s| ((s.timestamp() * 1000.0).round() as i64, s.value()))
+            .collect()),
+        several => {
+            let labels: Vec<&std::collections::HashMap<String, String>> =
+                several.iter().map(|s| s.metric()).collect();
+            Err(several_series(&labels))
+        }
+    }
+}
+
+/// Labels shown per differing label name in `several_series`.
+const SHOWN_VALUES: usize = 3;
+
+/// "the query returned N series that differ in ...; aggregate ...".
+fn several_series(labels: &[&std::collections::HashMap<String, String>]) -> String {
+    let mut names: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for l in labels {
+        names.extend(l.keys().map(String::as_str));
+    }
+    let differing: Vec<(&str, Vec<&str>)> = names
+        .into_iter()
+        .filter_map(|name| {
+            let mut values: Vec<&str> = labels
+                .iter()
+                .map(|l| l.get(name).map_or("(none)", String::as_str))
+                .collect();
+            values.sort_unstable();
+            values.dedup();
+            (values.len() > 1).then_some((name, values))
+        })
+        .collect();
+    let shown: Vec<String> = differing
+        .iter()
+        .map(|(name, values)| {
+            let mut v: Vec<String> = values
+                .iter()
+                .take(SHOWN_VALUES)
+                .map(|v| shorten(v))
+                .collect();
+            if values.len() > SHOWN_VALUES {
+                v.push("...".to_owned());
+            }
+            format!("{} ({})", shorten(name), v.join(", "))
+        })
+        .collect();
+    let by: Vec<&str> = differing.iter().map(|(name, _)| *name).collect();
+    let fix = if by.is_empty() {
+        "aggregate it to one, such as sum(...)".to_owned()
+    } else {
+        format!(
+            "aggregate it to one, such as sum(...) or sum without ({}) (...)",
+            shorten(&by.join(", "))
+        )
+    };
+    let at_least = if labels.len() == 2 { "at least " } else { "" };
+    if shown.is_empty() {
+        format!(
+            "the query returned {at_least}{} series; {fix}",
+            labels.len()
+        )
+    } else {
+        format!(
+            "the query returned {at_least}{} series that differ in {}; {fix}",
+            labels.len(),
+            shown.join(", ")
+        )
+    }
+}
+
 /// One pod's session count as Prometheus reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodSample {
@@ -220,7 +303,7 @@ pub fn parse_data(json: &str) -> Result<Data, serde_json::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_HEARTBEAT_SERIES, PodSample, classify, envelope, parse_data, per_pod};
+    use super::{MAX_HEARTBEAT_SERIES, PodSample, classify, envelope, parse_data, per_pod, range};
     use crate::engine::{Reading, Time};
 
     fn data(json: &str) -> prometheus_http_query::response::Data {
@@ -447,5 +530,37 @@ mod tests {
                 uid: Some("u-1".to_owned()),
             }
         );
+    }
+
+    #[test]
+    fn a_range_of_one_series_is_its_samples_in_milliseconds_without_nan() {
+        let d = data(
+            r#"{"resultType":"matrix","result":[{"metric":{},"values":[
+                [1700000000,"1.5"],[1700000015,"NaN"],[1700000030.5,"3"]]}]}"#,
+        );
+        assert_eq!(
+            range(&d).expect("one series"),
+            vec![(1_700_000_000_000, 1.5), (1_700_000_030_500, 3.0)]
+        );
+        let empty = data(r#"{"resultType":"matrix","result":[]}"#);
+        assert_eq!(range(&empty).expect("no series"), vec![]);
+    }
+
+    #[test]
+    fn a_range_of_several_series_names_the_labels_that_differ_and_how_to_aggregate() {
+        let d = data(
+            r#"{"resultType":"matrix","result":[
+                {"metric":{"app":"chat","pod":"chat-a","instance":"1"},"values":[[1700000000,"1"]]},
+                {"metric":{"app":"chat","pod":"chat-b","instance":"1"},"values":[[1700000000,"2"]]},
+                {"metric":{"app":"chat","pod":"chat-c","instance":"2"},"values":[[1700000000,"2"]]}]}"#,
+        );
+        let err = range(&d).expect_err("ambiguous");
+        assert_eq!(
+            err,
+            "the query returned 3 series that differ in instance (1, 2), pod (chat-a, chat-b, \
+             chat-c); aggregate it to one, such as sum(...) or sum without (instance, pod) (...)"
+        );
+        let vector = data(r#"{"resultType":"vector","result":[]}"#);
+        assert!(range(&vector).is_err());
     }
 }

@@ -23,6 +23,18 @@ pub enum Answer {
     Endless,
     /// Reads the request and never answers.
     Silent,
+    /// A 200 with the JSON body a function makes of the request's head and body.
+    Compute(Responder),
+}
+
+/// Makes an answer's body from the request.
+#[derive(Clone)]
+pub struct Responder(pub Arc<dyn Fn(&str) -> String + Send + Sync>);
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Responder")
+    }
 }
 
 /// What the server saw.
@@ -95,6 +107,7 @@ fn serve(mut stream: TcpStream, answer: &Answer, seen: &Seen, halt: &AtomicBool)
         return;
     };
     seen.requests.fetch_add(1, Ordering::SeqCst);
+    let request_text = request.clone();
     seen.raw
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -133,6 +146,15 @@ fn serve(mut stream: TcpStream, answer: &Answer, seen: &Seen, halt: &AtomicBool)
             }
         }
         Answer::Silent => hold(&mut stream, halt),
+        Answer::Compute(Responder(respond)) => {
+            let body = respond(&request_text);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body.as_bytes());
+        }
     }
 }
 

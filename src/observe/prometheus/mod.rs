@@ -1,5 +1,5 @@
 //! Prometheus: a client for a policy's server, with credentials only from Secrets that opt in,
-//! and instant queries whose answers are read up to a byte bound. Needs a client.
+//! and instant and range queries whose answers are read up to a byte bound. Needs a client.
 
 pub mod decode;
 pub mod tenancy;
@@ -194,6 +194,17 @@ impl Prometheus {
         self.timeout
     }
 
+    /// The same server with another time budget per query (`simulate` reads long ranges).
+    pub fn with_timeout(mut self, timeout: Duration) -> Prometheus {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The server's base URL, for messages.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
     /// One instant query that must return a single number.
     pub async fn reading(&self, query: &str) -> Reading {
         match self.query(query, None).await {
@@ -209,6 +220,29 @@ impl Prometheus {
         decode::per_pod(&data, now)
     }
 
+    /// One range query (`/api/v1/query_range`) from `start` to `end` (both included) every
+    /// `step`. The caller keeps a range within the server's 11,000 points per series.
+    pub async fn range(
+        &self,
+        query: &str,
+        start: Time,
+        end: Time,
+        step: Duration,
+    ) -> Result<Data, QueryError> {
+        let seconds = |t: Time| format!("{:.3}", t.0 as f64 / 1000.0);
+        let form = vec![
+            ("query", query.to_owned()),
+            ("start", seconds(start)),
+            ("end", seconds(end)),
+            ("step", format!("{:.3}", step.as_secs_f64())),
+            ("timeout", format!("{}ms", self.timeout.as_millis())),
+            // Two are enough to show that a query returns several series, on a server that
+            // honours `limit`; others send them all, up to the byte bound.
+            ("limit", "2".to_owned()),
+        ];
+        self.post("query_range", &form).await
+    }
+
     async fn query(&self, query: &str, limit: Option<usize>) -> Result<Data, String> {
         let mut form = vec![
             ("query", query.to_owned()),
@@ -217,20 +251,54 @@ impl Prometheus {
         if let Some(limit) = limit {
             form.push(("limit", limit.to_string()));
         }
+        self.post("query", &form).await.map_err(|e| match e {
+            QueryError::Unreachable { reason, .. } => format!("the query failed: {reason}"),
+            QueryError::Answer(reason) => reason,
+        })
+    }
+
+    async fn post(&self, endpoint: &str, form: &[(&str, String)]) -> Result<Data, QueryError> {
         let mut request = self
             .http
-            .post(format!("{}/api/v1/query", self.address))
-            .form(&form);
+            .post(format!("{}/api/v1/{endpoint}", self.address))
+            .form(form);
         if let Some(auth) = &self.authorization {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("the query failed: {}", chain(&e)))?;
+        let response = request.send().await.map_err(|e| {
+            if e.is_connect() {
+                QueryError::Unreachable {
+                    address: self.address.clone(),
+                    reason: chain(&e),
+                }
+            } else {
+                QueryError::Answer(format!("the query failed: {}", chain(&e)))
+            }
+        })?;
         let status = response.status().as_u16();
-        let body = read_bounded(response, MAX_RESPONSE_BYTES).await?;
-        decode::envelope(status, &body)
+        let body = read_bounded(response, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(QueryError::Answer)?;
+        decode::envelope(status, &body).map_err(QueryError::Answer)
+    }
+}
+
+/// Why a query has no answer: the server cannot be reached, or its answer is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("cannot reach Prometheus at {address}: {reason}")]
+    Unreachable { address: String, reason: String },
+    #[error("{0}")]
+    Answer(String),
+}
+
+impl QueryError {
+    /// A stable name for the way it failed.
+    pub fn label(&self) -> &'static str {
+        match self {
+            QueryError::Unreachable { .. } => "unreachable",
+            QueryError::Answer(_) => "answer",
+        }
     }
 }
 
