@@ -111,6 +111,12 @@ impl ReadingCache {
         (young && kept.generation == generation).then(|| kept.reused.clone())
     }
 
+    /// When the policy's last readings were taken, whatever their generation.
+    pub fn taken_at(&self, policy: &ObjectRef<ScalingPolicy>) -> Option<Time> {
+        let map = self.kept.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(policy).map(|kept| kept.reused.at)
+    }
+
     /// Keeps only the policies `keep` accepts.
     pub fn retain(&self, keep: impl Fn(&ObjectRef<ScalingPolicy>) -> bool) {
         self.kept
@@ -243,6 +249,9 @@ mod tests {
             cache.fresh(&p, Some(2), interval, Time::from_secs(105)),
             None
         );
+        // When they were taken is known whatever the generation, to tell a late reading.
+        assert_eq!(cache.taken_at(&p), Some(Time::from_secs(100)));
+        assert_eq!(cache.taken_at(&policy("a", "other")), None);
     }
 
     #[test]
