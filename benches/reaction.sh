@@ -111,7 +111,7 @@ objects | "$KUBECTL" apply --server-side -f - >/dev/null
 # The first reading of each policy is its creation's, not a step's: measure from one period on.
 start=$(($(date +%s) + PERIOD))
 # Each policy steps once a period.
-wait_s=$(((STEPS + POLICIES - 1) / POLICIES * PERIOD + PERIOD + INTERVAL + 2))
+wait_s=$(((STEPS + POLICIES - 1) / POLICIES * PERIOD + 2 * PERIOD + INTERVAL + 2))
 log "$POLICIES policies, interval ${INTERVAL}s, a step every ${PERIOD}s each; measuring for ${wait_s}s"
 sleep "$wait_s"
 end=$(($(date +%s) - PERIOD))

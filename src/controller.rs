@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::Selector;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
@@ -27,7 +26,8 @@ use crate::index::{LatestMade, ReadingCache, Reused, SelectorIndex};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::names::{CONTROLLER_NAME, FINALIZER, ShellReason};
-use crate::observe::{self, Blocked, Sources, pods};
+use crate::observe::pods::{self, CachedPod};
+use crate::observe::{self, Blocked, Sources};
 use crate::policy::{self, Policy};
 use crate::restore;
 use crate::status::{self, Ready};
@@ -545,12 +545,12 @@ pub async fn run(
     config: RunConfig,
     heartbeats: observe::heartbeats::Heartbeats,
     metrics: Arc<Metrics>,
-    on_ready: impl FnOnce(Store<Pod>),
+    on_ready: impl FnOnce(Store<CachedPod>),
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), String> {
-    let (pod_store, writer) = reflector::store_shared::<Pod>(4096);
+    let (pod_store, writer) = reflector::store_shared::<CachedPod>(4096);
     let subscriber = writer.subscribe().ok_or("the pod cache cannot be shared")?;
-    let (pods_api, policies_api): (Api<Pod>, Api<ScalingPolicy>) = match &config.namespace {
+    let (pods_api, policies_api): (Api<CachedPod>, Api<ScalingPolicy>) = match &config.namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -659,7 +659,7 @@ pub async fn run(
         }
     };
     let reconciling = controller
-        .watches_shared_stream(subscriber, move |pod: Arc<Pod>| {
+        .watches_shared_stream(subscriber, move |pod: Arc<CachedPod>| {
             mapper.selectors.policies_for(&pod)
         })
         .watches_stream(hpa_stream, move |hpa: HorizontalPodAutoscaler| {
