@@ -42,6 +42,16 @@
 # PATCH 66.2); GET p50 3.2 / p99 37.5 ms, PATCH p50 7.2 / p99 46.7 ms; 0.24 cores, 83 MiB.
 # BENCH_CLUSTER_WIDE=1 (03:35): 64.6 reconciles/s, p50 8.8 ms, p99 24.9 ms, 65.3 API
 # requests/s, 0.35 cores, peak RSS 83 MiB, 0 errors.
+#
+# 2026-11-29 12:20, release build, private plane, load average 13-18 (other engineers' builds and
+# e2e runs; benches/reaction.sh beside it), after the pod cache became `CachedPod` (the heap
+# profile, heaptrack on the 1,000 x 10 run, showed 24.6 MB of the 53 MB heap in the 10,000
+# cached `Pod` structs, 2.4 KB each before any string) and glibc got two malloc arenas:
+# peak RSS 52.8 MiB (88.6 MiB for the previous build on the same plane at load 11-14),
+# 65.4 reconciles/s, CPU per reconcile 3.2 ms (4.1 ms before), 0.21 cores; reconcile p50 86 ms,
+# p99 486 ms, all of it waiting on the overloaded API server (GET p50 51 ms, p99 444 ms).
+# `CPU per reconcile` is the controller process's CPU over the window over its reconciles: what
+# is ours, apart from the API server's latency (`API wait per reconcile`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
