@@ -42,6 +42,16 @@
 # PATCH 66.2); GET p50 3.2 / p99 37.5 ms, PATCH p50 7.2 / p99 46.7 ms; 0.24 cores, 83 MiB.
 # BENCH_CLUSTER_WIDE=1 (03:35): 64.6 reconciles/s, p50 8.8 ms, p99 24.9 ms, 65.3 API
 # requests/s, 0.35 cores, peak RSS 83 MiB, 0 errors.
+#
+# 2026-11-29 12:20, release build, private plane, load average 13-18 (other engineers' builds and
+# e2e runs; benches/reaction.sh beside it), after the pod cache became `CachedPod` (the heap
+# profile, heaptrack on the 1,000 x 10 run, showed 24.6 MB of the 53 MB heap in the 10,000
+# cached `Pod` structs, 2.4 KB each before any string) and glibc got two malloc arenas:
+# peak RSS 52.8 MiB (88.6 MiB for the previous build on the same plane at load 11-14),
+# 65.4 reconciles/s, CPU per reconcile 3.2 ms (4.1 ms before), 0.21 cores; reconcile p50 86 ms,
+# p99 486 ms, all of it waiting on the overloaded API server (GET p50 51 ms, p99 444 ms).
+# `CPU per reconcile` is the controller process's CPU over the window over its reconciles: what
+# is ours, apart from the API server's latency (`API wait per reconcile`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,25 +67,47 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${DRAINSCALER_CACHE:-$HOME/.cache/dr
 : "${KUBECONFIG:?run eval \"\$(scripts/cluster env)\" first}"
 # BENCH_PROFILE=dev for a quick check of the script itself.
 PROFILE=${BENCH_PROFILE:-release}
-cargo build --profile "$PROFILE" --locked --bin drainscaler >&2
-BIN=$CARGO_TARGET_DIR/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")/drainscaler
+# BENCH_BIN=PATH runs that binary instead (to compare two builds on the same objects).
+if [[ -n ${BENCH_BIN:-} ]]; then
+	BIN=$BENCH_BIN
+else
+	cargo build --profile "$PROFILE" --locked --bin drainscaler >&2
+	BIN=$CARGO_TARGET_DIR/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")/drainscaler
+fi
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-cleanup() {
-	[[ -n ${PID:-} ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
-	"$KUBECTL" delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+# BENCH_KEEP=1 keeps the namespace and its deployments (and so their pods) for the next run with
+# the same POLICIES and PODS, which then skips creating them; only the policies are deleted.
+release_policies() {
 	# The controller that would release the policies' finalizers is stopped.
 	"$KUBECTL" -n "$NS" get scalingpolicies -o name 2>/dev/null |
 		xargs -r -n 100 "$KUBECTL" -n "$NS" patch --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
+}
+cleanup() {
+	[[ -n ${PID:-} ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
+	if [[ -n ${BENCH_KEEP:-} ]]; then
+		release_policies
+		"$KUBECTL" -n "$NS" delete scalingpolicies --all --wait=false >/dev/null 2>&1 || true
+	else
+		"$KUBECTL" delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+		release_policies
+	fi
 	[[ -n ${WINDOW:-} ]] && rm -rf "$WINDOW"
 }
 trap cleanup EXIT
 
 "$KUBECTL" apply --server-side --force-conflicts -f crds/scalingpolicy.yaml >/dev/null
-# A previous run's namespace may still be terminating.
-"$KUBECTL" wait --for=delete "namespace/$NS" --timeout=300s >/dev/null 2>&1 || true
-"$KUBECTL" create namespace "$NS" >/dev/null
+reuse=
+if [[ -n ${BENCH_KEEP:-} ]] && "$KUBECTL" get namespace "$NS" -o jsonpath='{.status.phase}' 2>/dev/null | grep -qx Active; then
+	reuse=1
+	release_policies
+	"$KUBECTL" -n "$NS" delete scalingpolicies --all >/dev/null
+else
+	# A previous run's namespace may still be terminating.
+	"$KUBECTL" wait --for=delete "namespace/$NS" --timeout=300s >/dev/null 2>&1 || true
+	"$KUBECTL" create namespace "$NS" >/dev/null
+fi
 
 # BENCH_CHANGING=1: the value moves on every reading (within the tolerance, so the count stays),
 # which makes every reading a status write: the busiest steady state.
@@ -85,6 +117,7 @@ else
 	QUERY="vector($((PODS * 100)))"
 fi
 
+[[ -n $reuse ]] && log "reusing namespace $NS"
 log "creating $POLICIES deployments of $PODS pending pods each"
 objects() {
 	local kind=$1 i
@@ -191,6 +224,31 @@ scrape >"$WINDOW/before"; cpu0=$(cpu)
 sleep "$SECONDS_STEADY" # the measurement window itself
 scrape >"$WINDOW/after"; cpu1=$(cpu)
 rss=$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$PID/status")
+rss_now=$(awk '/VmRSS/ {print $2 / 1024}' "/proc/$PID/status")
+# Seconds spent waiting on the API server over the window (every verb that is timed), per
+# reconcile: what a reconcile waits for that is not ours.
+api_wait() {
+	awk -v m="${API}_sum{" '
+		index($1, m) == 1 { if (FILENAME == ARGV[1]) b += $2; else a += $2 }
+		END { print a - b }' "$1" "$2"
+}
+# Readings of a policy taken more than 1 s after their interval, and the bucket of the latest.
+late() {
+	awk -v m="drainscaler_read_lateness_seconds_bucket{" '
+		index($1, m) == 1 {
+			le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
+			if (FILENAME == ARGV[1]) b[le] = $2; else { a[le] = $2; order[n++] = le }
+		}
+		END {
+			total = a["+Inf"] - b["+Inf"]; worst = order[0]
+			for (i = 0; i < n; i++) {
+				le = order[i]; c = a[le] - b[le]
+				if (le != "+Inf" && le + 0 == 1) within = c
+				if (c < total) worst = order[i + 1]
+			}
+			printf "%d of %d readings more than 1 s after their interval (the latest within %s s)\n", total - within, total, worst
+		}' "$1" "$2"
+}
 errors=$(awk '/^drainscaler_reconcile_errors_total/ {n += $2} END {print n + 0}' "$WINDOW/after")
 r0=$(metric "$WINDOW/before" drainscaler_reconciles_total); r1=$(metric "$WINDOW/after" drainscaler_reconciles_total)
 s0=$(metric "$WINDOW/before" drainscaler_reconcile_duration_seconds_sum); s1=$(metric "$WINDOW/after" drainscaler_reconcile_duration_seconds_sum)
@@ -207,7 +265,10 @@ API GET p50 / p99:        $(quantile "$WINDOW/before" "$WINDOW/after" 0.5 $API '
 API PATCH p50 / p99:      $(quantile "$WINDOW/before" "$WINDOW/after" 0.5 $API 'verb="PATCH"') / $(quantile "$WINDOW/before" "$WINDOW/after" 0.99 $API 'verb="PATCH"') ms
 API requests (steady):    $(api_rates "$WINDOW/before" "$WINDOW/after")
 controller CPU (steady):  $(echo "scale=2; ($cpu1 - $cpu0) / $SECONDS_STEADY" | bc) cores
-peak RSS:                 ${rss} MiB
+CPU per reconcile:        $(echo "scale=2; ($cpu1 - $cpu0) * 1000 / ($r1 - $r0)" | bc) ms (the whole process over the window, watches included)
+API wait per reconcile:   $(echo "scale=2; $(api_wait "$WINDOW/before" "$WINDOW/after") * 1000 / ($r1 - $r0)" | bc) ms (summed over its calls; some run concurrently)
+reads late:               $(late "$WINDOW/before" "$WINDOW/after")
+peak RSS:                 ${rss} MiB (${rss_now} MiB at the end)
 load average:             $(cut -d' ' -f1-3 /proc/loadavg)
 reconcile errors:         $errors
 REPORT

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::Selector;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
@@ -27,17 +26,25 @@ use crate::index::{LatestMade, ReadingCache, Reused, SelectorIndex};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::names::{CONTROLLER_NAME, FINALIZER, ShellReason};
-use crate::observe::{self, Blocked, Sources, pods};
+use crate::observe::pods::{self, CachedPod};
+use crate::observe::{self, Blocked, Sources};
 use crate::policy::{self, Policy};
 use crate::restore;
 use crate::status::{self, Ready};
 
+/// Where `kubectl apply` (client-side) keeps the spec it applied last.
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// How often a policy that cannot act is looked at again (spec changes trigger at once).
 const BLOCKED_REQUEUE: Duration = Duration::from_secs(30);
 const INVALID_REQUEUE: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How soon a policy whose count changed under its decision decides again.
 const CONFLICT_REQUEUE: Duration = Duration::from_secs(1);
+/// How long the controller waits for more triggers of a policy before it runs; every requeue
+/// is run this much later than asked.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+/// The shortest requeue of a policy that read its metrics earlier in the interval.
+const MIN_REQUEUE: Duration = Duration::from_millis(100);
 
 /// Everything a reconcile needs.
 pub struct Context {
@@ -326,15 +333,22 @@ async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result
     let mut before = history.clone();
     match &reuse {
         Some(r) => before.consecutive_failures = r.failures_before,
-        None => ctx.readings.keep(
-            key.clone(),
-            generation,
-            Reused {
-                at: now,
-                readings: seen.readings.clone(),
-                failures_before: history.consecutive_failures,
-            },
-        ),
+        None => {
+            if let Some(last) = ctx.readings.taken_at(&key) {
+                ctx.metrics
+                    .read_lateness
+                    .observe(now.since(last.plus(policy.interval)).as_secs_f64());
+            }
+            ctx.readings.keep(
+                key.clone(),
+                generation,
+                Reused {
+                    at: now,
+                    readings: seen.readings.clone(),
+                    failures_before: history.consecutive_failures,
+                },
+            );
+        }
     }
 
     // decide (pure)
@@ -401,15 +415,19 @@ async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result
     ctx.metrics
         .observe_decision(&namespace, &sp.name_any(), policy.drain.timeout, &decision);
     ctx.succeeded(&sp);
-    // Next read one interval after the last one, whatever triggered this reconcile.
-    let next_read = match &reuse {
-        Some(r) => policy
-            .interval
-            .saturating_sub(now.since(r.at))
-            .max(Duration::from_secs(1)),
-        None => policy.interval,
-    };
-    Ok(Action::requeue(next_read))
+    // Next read one interval after the last one, whatever triggered this reconcile and however
+    // long it took: the requeue is run `DEBOUNCE` late, so it asks for that much less.
+    let read_at = reuse.as_ref().map_or(now, |r| r.at);
+    let done = pods::time(Timestamp::now());
+    Ok(Action::requeue(next_read(read_at, policy.interval, done)))
+}
+
+/// The requeue that reads again one `interval` after `read_at`, asked for at `done`.
+fn next_read(read_at: Time, interval: Duration, done: Time) -> Duration {
+    interval
+        .saturating_sub(done.since(read_at))
+        .saturating_sub(DEBOUNCE)
+        .max(MIN_REQUEUE)
 }
 
 async fn blocked(
@@ -527,12 +545,12 @@ pub async fn run(
     config: RunConfig,
     heartbeats: observe::heartbeats::Heartbeats,
     metrics: Arc<Metrics>,
-    on_ready: impl FnOnce(Store<Pod>),
+    on_ready: impl FnOnce(Store<CachedPod>),
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), String> {
-    let (pod_store, writer) = reflector::store_shared::<Pod>(4096);
+    let (pod_store, writer) = reflector::store_shared::<CachedPod>(4096);
     let subscriber = writer.subscribe().ok_or("the pod cache cannot be shared")?;
-    let (pods_api, policies_api): (Api<Pod>, Api<ScalingPolicy>) = match &config.namespace {
+    let (pods_api, policies_api): (Api<CachedPod>, Api<ScalingPolicy>) = match &config.namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -580,6 +598,7 @@ pub async fn run(
     let (policy_store, policy_writer) = reflector::store::<ScalingPolicy>();
     let policy_stream = watcher(policies_api, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(prune_policy)
         .reflect(policy_writer)
         .applied_objects()
         // Adding the finalizer leaves the generation as it is; a deletion bumps it.
@@ -590,7 +609,7 @@ pub async fn run(
     let controller = Controller::for_stream(policy_stream, policy_store).with_config(
         ControllerConfig::default()
             .concurrency(config.concurrency)
-            .debounce(Duration::from_millis(500)),
+            .debounce(DEBOUNCE),
     );
     let recorder = Recorder::new(
         client.clone(),
@@ -640,7 +659,7 @@ pub async fn run(
         }
     };
     let reconciling = controller
-        .watches_shared_stream(subscriber, move |pod: Arc<Pod>| {
+        .watches_shared_stream(subscriber, move |pod: Arc<CachedPod>| {
             mapper.selectors.policies_for(&pod)
         })
         .watches_stream(hpa_stream, move |hpa: HorizontalPodAutoscaler| {
@@ -665,6 +684,15 @@ pub async fn run(
     Ok(())
 }
 
+/// Drops from a cached policy what no reconcile reads: its managed fields (two field managers
+/// at least, each a copy of the fields it set) and the copy of the spec `kubectl apply` keeps.
+fn prune_policy(sp: &mut ScalingPolicy) {
+    sp.metadata.managed_fields = None;
+    if let Some(annotations) = sp.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
 /// The policies in `hpa`'s namespace whose target it scales too.
 fn policies_scaling(
     policies: &Store<ScalingPolicy>,
@@ -683,4 +711,70 @@ fn policies_scaling(
         })
         .map(|sp| ObjectRef::from_obj(&**sp))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    use super::{DEBOUNCE, LAST_APPLIED_ANNOTATION, MIN_REQUEUE, next_read, prune_policy};
+    use crate::api::ScalingPolicy;
+    use crate::engine::Time;
+
+    #[test]
+    fn a_cached_policy_keeps_its_spec_status_and_finalizers_but_not_its_managed_fields() {
+        let mut sp: ScalingPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "drainscaler.io/v1alpha1",
+            "kind": "ScalingPolicy",
+            "metadata": {"name": "chat", "namespace": "demo", "finalizers": ["f"]},
+            "spec": {
+                    "targetRef": {"kind": "Deployment", "name": "chat"},
+                    "maxReplicas": 5,
+                    "metrics": [],
+                },
+        }))
+        .expect("a policy");
+        sp.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        sp.metadata.annotations = Some(BTreeMap::from([
+            (LAST_APPLIED_ANNOTATION.to_owned(), "{...}".to_owned()),
+            ("team".to_owned(), "chat".to_owned()),
+        ]));
+        let before = sp.clone();
+        prune_policy(&mut sp);
+        assert_eq!(sp.metadata.managed_fields, None);
+        assert_eq!(
+            sp.metadata.annotations,
+            Some(BTreeMap::from([("team".to_owned(), "chat".to_owned())]))
+        );
+        assert_eq!(sp.spec, before.spec);
+        assert_eq!(sp.metadata.finalizers, before.metadata.finalizers);
+    }
+
+    #[test]
+    fn the_next_read_comes_one_interval_after_the_last_whatever_the_reconcile_took() {
+        let interval = Duration::from_secs(15);
+        let read_at = Time::from_secs(100);
+        // Asked for at the end of a 40 ms reconcile, run `DEBOUNCE` later: at 115 s exactly.
+        let done = read_at.plus(Duration::from_millis(40));
+        let requeue = next_read(read_at, interval, done);
+        assert_eq!(done.plus(requeue).plus(DEBOUNCE), read_at.plus(interval));
+        // A reconcile between two reads (a pod changed) keeps the interval's cadence.
+        let done = read_at.plus(Duration::from_secs(9));
+        assert_eq!(
+            done.plus(next_read(read_at, interval, done)).plus(DEBOUNCE),
+            read_at.plus(interval)
+        );
+    }
+
+    #[test]
+    fn a_read_already_due_is_requeued_soon_but_not_at_once() {
+        let read_at = Time::from_secs(100);
+        let interval = Duration::from_secs(1);
+        let done = read_at.plus(Duration::from_millis(900));
+        assert_eq!(next_read(read_at, interval, done), MIN_REQUEUE);
+    }
 }

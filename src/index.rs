@@ -7,13 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::ObjectRef;
 
 use crate::api::ScalingPolicy;
 use crate::engine::{History, Reading, Recommendation, Time};
+use crate::observe::pods::CachedPod;
 
 /// Each policy's pod selector by namespace, so that a pod change triggers its policies.
 #[derive(Default)]
@@ -53,7 +53,7 @@ impl SelectorIndex {
     }
 
     /// The policies whose target selects `pod`.
-    pub fn policies_for(&self, pod: &Pod) -> Vec<ObjectRef<ScalingPolicy>> {
+    pub fn policies_for(&self, pod: &CachedPod) -> Vec<ObjectRef<ScalingPolicy>> {
         let map = self
             .by_namespace
             .read()
@@ -109,6 +109,12 @@ impl ReadingCache {
         // A little slack so that the interval's own requeue reads afresh.
         let young = now.since(kept.reused.at) < interval.mul_f64(0.8);
         (young && kept.generation == generation).then(|| kept.reused.clone())
+    }
+
+    /// When the policy's last readings were taken, whatever their generation.
+    pub fn taken_at(&self, policy: &ObjectRef<ScalingPolicy>) -> Option<Time> {
+        let map = self.kept.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(policy).map(|kept| kept.reused.at)
     }
 
     /// Keeps only the policies `keep` accepts.
@@ -182,20 +188,19 @@ mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    use k8s_openapi::api::core::v1::Pod;
     use kube::runtime::reflector::ObjectRef;
 
     use super::{LatestMade, ReadingCache, Readings, Reused, SelectorIndex};
     use crate::api::ScalingPolicy;
     use crate::engine::{History, Reading, Recommendation, Time};
-    use crate::observe::pods::parse_selector;
+    use crate::observe::pods::{CachedPod, parse_selector};
 
     fn policy(ns: &str, name: &str) -> ObjectRef<ScalingPolicy> {
         ObjectRef::new(name).within(ns)
     }
 
-    fn pod(ns: &str, app: &str) -> Pod {
-        let mut p = Pod::default();
+    fn pod(ns: &str, app: &str) -> CachedPod {
+        let mut p = CachedPod::default();
         p.metadata.namespace = Some(ns.to_owned());
         p.metadata.labels = Some(BTreeMap::from([("app".to_owned(), app.to_owned())]));
         p
@@ -243,6 +248,9 @@ mod tests {
             cache.fresh(&p, Some(2), interval, Time::from_secs(105)),
             None
         );
+        // When they were taken is known whatever the generation, to tell a late reading.
+        assert_eq!(cache.taken_at(&p), Some(Time::from_secs(100)));
+        assert_eq!(cache.taken_at(&policy("a", "other")), None);
     }
 
     #[test]

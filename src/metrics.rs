@@ -43,6 +43,8 @@ pub struct Metrics {
     pub reconciles: Counter,
     pub errors: Family<StepLabels, Counter>,
     pub reconcile_seconds: Histogram,
+    /// How late each reading of a policy's metrics was taken after its interval.
+    pub read_lateness: Histogram,
     pub desired: Family<PolicyLabels, Gauge>,
     pub current: Family<PolicyLabels, Gauge>,
     pub draining: Family<PolicyLabels, Gauge>,
@@ -78,6 +80,8 @@ impl Default for Metrics {
         let reconciles = Counter::default();
         let errors = Family::<StepLabels, Counter>::default();
         let reconcile_seconds = latency_histogram();
+        // From the interval's own jitter to a controller far behind; 1 s is a bound users ask.
+        let read_lateness = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]);
         let desired = Family::<PolicyLabels, Gauge>::default();
         let current = Family::<PolicyLabels, Gauge>::default();
         let draining = Family::<PolicyLabels, Gauge>::default();
@@ -107,6 +111,11 @@ impl Default for Metrics {
             "reconcile_duration_seconds",
             "Time from observing to reporting one policy",
             reconcile_seconds.clone(),
+        );
+        registry.register(
+            "read_lateness_seconds",
+            "How long after its interval a policy's metrics were read again (0 when on time)",
+            read_lateness.clone(),
         );
         registry.register(
             "desired_replicas",
@@ -197,6 +206,7 @@ impl Default for Metrics {
             reconciles,
             errors,
             reconcile_seconds,
+            read_lateness,
             desired,
             current,
             draining,

@@ -12,7 +12,8 @@ use crate::act::{Writer, cancel_patch, cancelled_drain, patch_pod};
 use crate::engine::{CancelledDrain, Instance, Time};
 use crate::error::Error;
 use crate::names::REMOVABLE_DELETION_COST;
-use crate::observe::{PodUids, pods};
+use crate::observe::PodUids;
+use crate::observe::pods::{self, CachedPod};
 
 /// A pod's drain marks, as restoring reads them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,7 +102,8 @@ pub async fn marked_pods(
     selector: &Selector,
     now: Time,
 ) -> Result<Vec<Marks>, Error> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    // Listed into the cache's shape: `instance` reads it, and the rest is never parsed.
+    let api: Api<CachedPod> = Api::namespaced(client.clone(), namespace);
     let list = api
         .list(&ListParams::default().labels(&selector.to_string()))
         .await

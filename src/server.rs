@@ -12,7 +12,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use k8s_openapi::api::authentication::v1::TokenReviewStatus;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::{Deserialize, Serialize};
@@ -26,6 +25,7 @@ use crate::names::{
     DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, POD_NAME_EXTRA, POD_UID_EXTRA, TOKEN_AUDIENCE,
 };
 use crate::observe::heartbeats::{Heartbeats, PodKey};
+use crate::observe::pods::CachedPod;
 use crate::observe::pods::time;
 use crate::tokens::TokenCache;
 
@@ -41,7 +41,7 @@ pub const MAX_SESSIONS_PER_POD: u64 = 10_000_000;
 pub struct ServerState {
     pub heartbeats: Heartbeats,
     pub metrics: Arc<Metrics>,
-    pub pods: RwLock<Option<Store<Pod>>>,
+    pub pods: RwLock<Option<Store<CachedPod>>>,
     pub insecure_dev_heartbeats: bool,
     pub tokens: TokenCache,
     /// The longest a client may take to send a heartbeat's body once its headers are in.
@@ -73,7 +73,7 @@ impl ServerState {
     }
 
     /// Starts answering heartbeats from `pods` (on becoming leader).
-    pub fn lead(&self, pods: Store<Pod>) {
+    pub fn lead(&self, pods: Store<CachedPod>) {
         *self.pods.write().unwrap_or_else(PoisonError::into_inner) = Some(pods);
     }
 
@@ -89,7 +89,7 @@ impl ServerState {
     }
 
     /// The pod cache, while this replica leads.
-    pub fn leading_pods(&self) -> Option<Store<Pod>> {
+    pub fn leading_pods(&self) -> Option<Store<CachedPod>> {
         if let Some(l) = self.leadership.get()
             && l.check().is_err()
         {
@@ -448,7 +448,7 @@ pub(crate) async fn handle_heartbeat(
 
 /// The drain a pod is in, as the pod cache shows it: its `draining-since` mark (empty when
 /// the mark has no time), or `None` when it is not draining.
-fn drain_mark(pod: &Pod) -> Option<String> {
+fn drain_mark(pod: &CachedPod) -> Option<String> {
     let annotations = pod.metadata.annotations.as_ref()?;
     (annotations.get(DRAINING_ANNOTATION)? == "true").then(|| {
         annotations

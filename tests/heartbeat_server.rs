@@ -12,7 +12,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::ObjectMeta;
 use kube::runtime::{reflector, watcher};
 use rustls::pki_types::pem::PemObject;
@@ -24,6 +23,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use drainscaler::listener::{self, ConnLimits, ReloadingCert};
 use drainscaler::metrics::Metrics;
 use drainscaler::observe::heartbeats::Heartbeats;
+use drainscaler::observe::pods::CachedPod;
 use drainscaler::server::{self, RequestLimits, ServerState};
 use drainscaler::tokens::{Limits, Reviewer, SystemClock, TokenCache};
 
@@ -87,15 +87,15 @@ async fn start(limits: ConnLimits, requests: RequestLimits, tls: Option<TlsAccep
         false,
         &requests,
     ));
-    let (store, mut writer) = reflector::store::<Pod>();
-    writer.apply_watcher_event(&watcher::Event::Apply(Pod {
+    let (store, mut writer) = reflector::store::<CachedPod>();
+    writer.apply_watcher_event(&watcher::Event::Apply(CachedPod {
         metadata: ObjectMeta {
             name: Some("chat-a".to_owned()),
             namespace: Some("demo".to_owned()),
             uid: Some("uid-a".to_owned()),
             ..ObjectMeta::default()
         },
-        ..Pod::default()
+        ..CachedPod::default()
     }));
     state.lead(store);
     let socket = TcpListener::bind("127.0.0.1:0").await.expect("a port");

@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Pod;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
@@ -18,6 +17,7 @@ use crate::api::{ScalingPolicy, TargetKind};
 use crate::engine::{Heartbeat, Observation, Reading, Time};
 use crate::error::Error;
 use crate::observe::heartbeats::{Heartbeats, PodKey};
+use crate::observe::pods::CachedPod;
 use crate::observe::prometheus::Prometheus;
 use crate::observe::prometheus::decode::PerPod;
 use crate::observe::prometheus::tenancy;
@@ -27,7 +27,7 @@ use crate::policy::{HeartbeatSource, Policy, Source};
 #[derive(Clone)]
 pub struct Sources {
     pub client: Client,
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     pub heartbeats: Heartbeats,
     /// The controller-wide `--prometheus-url`.
     pub prometheus: Option<Prometheus>,
@@ -388,7 +388,7 @@ pub fn record_heartbeats(sources: &Sources, namespace: &str, per_pod: &PerPod) {
     for (name, sample) in &per_pod.samples {
         let Some(pod) = sources
             .pods
-            .get(&ObjectRef::<Pod>::new(name).within(namespace))
+            .get(&ObjectRef::<CachedPod>::new(name).within(namespace))
         else {
             continue;
         };
@@ -441,7 +441,7 @@ pub fn observe(
     readings: BTreeMap<String, Reading>,
     now: Time,
 ) -> (Observation, PodUids) {
-    let pods: Vec<std::sync::Arc<Pod>> = sources.pods.state_filter(|p| {
+    let pods: Vec<std::sync::Arc<CachedPod>> = sources.pods.state_filter(|p| {
         p.metadata.namespace.as_deref() == Some(namespace)
             && pods::is_active(p)
             && target.selector.matches(p.labels())

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time as KubeTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
@@ -16,11 +15,12 @@ use super::{Sources, readings, record_heartbeats};
 use crate::api::OnLost;
 use crate::engine::{Reading, Time};
 use crate::observe::heartbeats::{Heartbeats, PodKey};
+use crate::observe::pods::CachedPod;
 use crate::policy::{Heartbeat, HeartbeatSource, PrometheusAuth, PrometheusServer};
 use crate::testing::policy;
 
-fn pod(name: &str, uid: &str, created: Time) -> Pod {
-    Pod {
+fn pod(name: &str, uid: &str, created: Time) -> CachedPod {
+    CachedPod {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some("demo".to_owned()),
@@ -30,19 +30,19 @@ fn pod(name: &str, uid: &str, created: Time) -> Pod {
             )),
             ..ObjectMeta::default()
         },
-        ..Pod::default()
+        ..CachedPod::default()
     }
 }
 
-fn store(pods: Vec<Pod>) -> Store<Pod> {
-    let (store, mut writer) = reflector::store::<Pod>();
+fn store(pods: Vec<CachedPod>) -> Store<CachedPod> {
+    let (store, mut writer) = reflector::store::<CachedPod>();
     for p in pods {
         writer.apply_watcher_event(&watcher::Event::Apply(p));
     }
     store
 }
 
-fn sources(pods: Store<Pod>) -> Sources {
+fn sources(pods: Store<CachedPod>) -> Sources {
     let config = kube::Config::new("http://127.0.0.1:1".parse().expect("a URL"));
     Sources {
         client: kube::Client::try_from(config).expect("a client that is never called"),
@@ -175,7 +175,7 @@ async fn a_sample_from_before_the_pod_existed_is_not_its_heartbeat() {
 #[tokio::test]
 async fn a_sample_from_before_the_pod_started_is_not_its_heartbeat() {
     let mut p = pod("chat-0", "uid-2", Time(1_000));
-    p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+    p.status = Some(crate::observe::pods::CachedPodStatus {
         start_time: Some(KubeTime(
             Timestamp::from_millisecond(10_000).expect("a time"),
         )),

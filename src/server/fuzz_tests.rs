@@ -13,7 +13,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::ObjectMeta;
 use kube::runtime::{reflector, watcher};
 use proptest::collection::vec;
@@ -23,6 +22,7 @@ use tower::ServiceExt;
 use super::{MAX_BODY_BYTES, MAX_SESSIONS_PER_POD, RequestLimits, ServerState, heartbeat_router};
 use crate::metrics::Metrics;
 use crate::observe::heartbeats::{Heartbeats, PodKey};
+use crate::observe::pods::CachedPod;
 use crate::tokens::{Limits, Reviewer, SystemClock, TokenCache};
 
 /// Accepts exactly one token, for demo/chat-a.
@@ -80,15 +80,15 @@ fn state(dev: bool) -> Arc<ServerState> {
         dev,
         &RequestLimits::default(),
     );
-    let (store, mut writer) = reflector::store::<Pod>();
-    writer.apply_watcher_event(&watcher::Event::Apply(Pod {
+    let (store, mut writer) = reflector::store::<CachedPod>();
+    writer.apply_watcher_event(&watcher::Event::Apply(CachedPod {
         metadata: ObjectMeta {
             name: Some("chat-a".to_owned()),
             namespace: Some("demo".to_owned()),
             uid: Some("uid-a".to_owned()),
             ..ObjectMeta::default()
         },
-        ..Pod::default()
+        ..CachedPod::default()
     }));
     state.lead(store);
     Arc::new(state)

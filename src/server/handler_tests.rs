@@ -10,7 +10,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::ObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -20,6 +19,7 @@ use super::{
 };
 use crate::metrics::Metrics;
 use crate::observe::heartbeats::{Heartbeats, PodKey};
+use crate::observe::pods::CachedPod;
 use crate::tokens::{Limits, Reviewer, SystemClock, TokenCache};
 
 /// Tokens and the pod (name, UID) each is bound to, in namespace `demo`.
@@ -70,10 +70,10 @@ fn token(name: &str) -> String {
     )
 }
 
-fn pod(name: &str, uid: &str, draining: bool) -> Pod {
+fn pod(name: &str, uid: &str, draining: bool) -> CachedPod {
     let annotations = draining
         .then(|| BTreeMap::from([("drainscaler.io/draining".to_owned(), "true".to_owned())]));
-    Pod {
+    CachedPod {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some("demo".to_owned()),
@@ -81,12 +81,12 @@ fn pod(name: &str, uid: &str, draining: bool) -> Pod {
             annotations,
             ..ObjectMeta::default()
         },
-        ..Pod::default()
+        ..CachedPod::default()
     }
 }
 
-fn cache_of(pods: Vec<Pod>) -> Store<Pod> {
-    let (store, mut writer) = reflector::store::<Pod>();
+fn cache_of(pods: Vec<CachedPod>) -> Store<CachedPod> {
+    let (store, mut writer) = reflector::store::<CachedPod>();
     for p in pods {
         writer.apply_watcher_event(&watcher::Event::Apply(p));
     }
@@ -95,7 +95,7 @@ fn cache_of(pods: Vec<Pod>) -> Store<Pod> {
 
 /// A server whose tokens are `bound` (token name -> pod name, UID), leading over `pods`
 /// unless `pods` is `None`.
-fn server(bound: &[(&str, &str, &str)], pods: Option<Vec<Pod>>, dev: bool) -> ServerState {
+fn server(bound: &[(&str, &str, &str)], pods: Option<Vec<CachedPod>>, dev: bool) -> ServerState {
     let tokens = Tokens {
         bound: bound
             .iter()
