@@ -314,7 +314,10 @@ fn the_proxy_routes_heartbeats_to_the_replica_that_leads() {
         FakeReplica::start(503, "follower"),
         FakeReplica::start(200, "leader"),
     );
-    let proxy = PartitionProxy::start(vec![follower.addr.clone(), leader.addr.clone()]);
+    let proxy = PartitionProxy::start(
+        "127.0.0.1",
+        vec![follower.addr.clone(), leader.addr.clone()],
+    );
     wait_for_leader(&proxy, &leader.addr);
     let (status, body) = through(&proxy, "127.0.0.1");
     assert_eq!((status, body.as_str()), (200, r#"{"replica":"leader"}"#));
@@ -329,7 +332,7 @@ fn the_proxy_routes_heartbeats_to_the_replica_that_leads() {
 #[test]
 fn a_partition_of_requests_holds_them_and_one_of_replies_delivers_them_unanswered() {
     let leader = FakeReplica::start(200, "leader");
-    let proxy = PartitionProxy::start(vec![leader.addr.clone()]);
+    let proxy = PartitionProxy::start("127.0.0.1", vec![leader.addr.clone()]);
     wait_for_leader(&proxy, &leader.addr);
     let received = || leader.requests.load(Ordering::SeqCst);
 
@@ -381,7 +384,7 @@ fn a_partition_of_requests_holds_them_and_one_of_replies_delivers_them_unanswere
 #[test]
 fn a_partition_of_some_pods_cuts_only_their_addresses() {
     let leader = FakeReplica::start(200, "leader");
-    let proxy = PartitionProxy::start(vec![leader.addr.clone()]);
+    let proxy = PartitionProxy::start("127.0.0.1", vec![leader.addr.clone()]);
     wait_for_leader(&proxy, &leader.addr);
     let cut: IpAddr = "127.10.200.2".parse().expect("an address");
     proxy.partition(Partition {
@@ -436,7 +439,7 @@ fn a_partitioned_pod_whose_drain_is_cancelled_is_not_replaced() {
     install_crd();
     let ns = Namespace::new("chaos-cancelled-drain");
     let controller = Controller::start(&ns.0, &[]);
-    let proxy = PartitionProxy::start(vec![controller.addr.clone()]);
+    let proxy = PartitionProxy::start(&support::listen_host(), vec![controller.addr.clone()]);
     wait_for_leader(&proxy, &controller.addr);
     let prometheus = FakePrometheus::start(50.0);
     let mut app = chaos::app(&ns.0, &proxy.url());

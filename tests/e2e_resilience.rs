@@ -169,6 +169,12 @@ fn a_lost_instance_is_replaced() {
     let victim = pods(&ns.0, "chat")[0].0.clone();
     let pid = container_pid(&ns.0, &victim).expect("the victim's process");
     signal(pid, "STOP");
+    // The app itself is frozen (state T), not some other process.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(
+        status.contains("Name:\tsession-app") && status.contains("State:\tT"),
+        "pid {pid} is not the victim's app, stopped:\n{status}"
+    );
     wait_for(
         Duration::from_secs(60),
         "the lost pod to be deleted",
