@@ -215,6 +215,60 @@ fn a_round_read_back_from_its_json_is_the_same_round() {
     assert!(RoundReport::from_json(&unknown).is_err());
 }
 
+/// The real node's record of cut sessions: what a pod's log says it held at SIGTERM and when
+/// it died, by id, and the match with the generator's dropped sessions.
+#[test]
+fn a_pods_log_names_the_sessions_it_died_holding_and_each_is_matched_with_the_generators() {
+    use chaos::record::{Generated, Kill, mismatches};
+    let log = r#"time=2026-11-29T08:33:01.000Z level=INFO msg="session app listening" pod=chat-1
+time=2026-11-29T08:34:08.802Z level=INFO msg="terminating: refusing new sessions, waiting for open ones to end" signal=terminated open=3 sessions=s4,s7,s7#2
+time=2026-11-29T08:34:09.100Z level=INFO msg="session over after SIGTERM" id=s4 abandoned=false open=2
+"#;
+    let end = support::pod_end("chat-1", log).expect("a SIGTERM record");
+    assert_eq!((end.held_at_sigterm, end.held_at_death), (3, 2));
+    assert_eq!(end.ids_at_death, ["s7", "s7"]);
+    let clean = format!(
+        "{log}time=2026-11-29T08:34:10.000Z level=INFO msg=\"session over after SIGTERM\" id=s7 abandoned=false open=1\n\
+         time=2026-11-29T08:34:11.000Z level=INFO msg=\"session over after SIGTERM\" id=s7#2 abandoned=false open=0\n\
+         time=2026-11-29T08:34:11.000Z level=INFO msg=\"no sessions left, exiting\"\n"
+    );
+    let end = support::pod_end("chat-1", &clean).expect("a SIGTERM record");
+    assert_eq!((end.held_at_death, end.ids_at_death.len()), (0, 0));
+    assert!(
+        support::pod_end("chat-2", "time=x level=INFO msg=\"serving\"\n").is_none(),
+        "a pod that got no SIGTERM has no end"
+    );
+
+    let kill = Kill {
+        pod: "chat-1".to_owned(),
+        uid: String::new(),
+        reason: "SIGTERM, by its log".to_owned(),
+        time: String::new(),
+        sessions: 1,
+        held_at_sigterm: 3,
+        cut: vec!["s7".to_owned()],
+    };
+    let generated = |dropped: &[(&str, &str)]| Generated {
+        opened: 10,
+        dropped: dropped.len() as u64,
+        abandoned: 0,
+        dropped_sessions: dropped
+            .iter()
+            .map(|(id, pod)| ((*id).to_owned(), (*pod).to_owned()))
+            .collect(),
+    };
+    let (node, client) = mismatches(std::slice::from_ref(&kill), &generated(&[("s7", "chat-1")]));
+    assert!(node.is_empty() && client.is_empty(), "{node:?} {client:?}");
+    let (node, client) = mismatches(&[kill], &generated(&[("s9", "chat-1")]));
+    assert_eq!(
+        (node, client),
+        (
+            vec!["s7 (chat-1)".to_owned()],
+            vec!["s9 (chat-1)".to_owned()]
+        )
+    );
+}
+
 /// A stand-in controller replica: answers every request with `status` and a body naming
 /// itself; counts the heartbeats it received.
 struct FakeReplica {

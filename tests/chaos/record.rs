@@ -79,7 +79,7 @@ pub fn node_kills(ns: &str, start: u64) -> Result<Vec<Kill>, String> {
                 time: String::new(),
                 sessions: e.held_at_death,
                 held_at_sigterm: e.held_at_sigterm,
-                cut: e.ids_at_death.into_iter().collect(),
+                cut: e.ids_at_death,
             })
             .collect());
     }

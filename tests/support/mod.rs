@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 mod pod_logs;
-pub use pod_logs::PodEnd;
 use pod_logs::PodLogs;
+pub use pod_logs::{PodEnd, pod_end};
 
 /// Whether the plane runs a real kubelet (`DRAINSCALER_NODE=kubelet`). Pod IPs exist only in
 /// the plane's network namespace there, so the test binaries run inside it

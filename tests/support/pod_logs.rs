@@ -25,9 +25,9 @@ pub struct PodEnd {
     pub held_at_sigterm: u64,
     /// Sessions it still held when it died: 0 when it logged that it exited with none.
     pub held_at_death: u64,
-    /// Their ids, as the client sent them (the traffic generator's session ids; the app adds
-    /// `#N` to an id already open, which is taken off here).
-    pub ids_at_death: BTreeSet<String>,
+    /// Their ids, sorted, as the client sent them (the traffic generator's session ids; the
+    /// app adds `#N` to an id already open, which is taken off here).
+    pub ids_at_death: Vec<String>,
 }
 
 /// The end a session app's log records, if it got SIGTERM.
@@ -57,7 +57,7 @@ pub fn pod_end(pod: &str, log: &str) -> Option<PodEnd> {
                 pod: pod.to_owned(),
                 held_at_sigterm: count,
                 held_at_death: count,
-                ids_at_death: BTreeSet::new(),
+                ids_at_death: Vec::new(),
             });
         } else if let Some(e) = end.as_mut() {
             if line.contains(r#"msg="session over after SIGTERM""#) {
