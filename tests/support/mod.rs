@@ -15,8 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 mod pod_logs;
+pub use pod_logs::PodEnd;
 use pod_logs::PodLogs;
-pub use pod_logs::{PodEnd, pod_end};
+#[allow(unused_imports)] // used by some test crates only
+pub use pod_logs::pod_end;
 
 /// Whether the plane runs a real kubelet (`DRAINSCALER_NODE=kubelet`). Pod IPs exist only in
 /// the plane's network namespace there, so the test binaries run inside it
