@@ -2,8 +2,9 @@
 //! them to the local node) or, on the real node (`DRAINSCALER_NODE=kubelet`), through
 //! `examples/demo/node` with drainscaler's image built from the Dockerfile's final stage
 //! (`scripts/cluster drainscaler-image`, which `scripts/e2e` runs just before): two replicas
-//! with in-cluster config from their ServiceAccount, one leader behind the heartbeat Service, a wave of sessions scaled up and drained down without a
-//! drop, and a leader that dies and is replaced. Run with `DRAINSCALER_E2E=1` after
+//! with in-cluster config from their ServiceAccount, one leader behind the heartbeat Service,
+//! a wave of sessions scaled up and drained down without a drop, and a leader that dies and is
+//! replaced. Run with `DRAINSCALER_E2E=1` after
 //! `scripts/cluster up` and `eval "$(scripts/cluster env)"`.
 //!
 //! The manifests name their namespaces (`drainscaler-system`, `demo`) and cluster-scoped RBAC,
