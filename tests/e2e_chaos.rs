@@ -215,6 +215,60 @@ fn a_round_read_back_from_its_json_is_the_same_round() {
     assert!(RoundReport::from_json(&unknown).is_err());
 }
 
+/// The real node's record of cut sessions: what a pod's log says it held at SIGTERM and when
+/// it died, by id, and the match with the generator's dropped sessions.
+#[test]
+fn a_pods_log_names_the_sessions_it_died_holding_and_each_is_matched_with_the_generators() {
+    use chaos::record::{Generated, Kill, mismatches};
+    let log = r#"time=2026-11-29T08:33:01.000Z level=INFO msg="session app listening" pod=chat-1
+time=2026-11-29T08:34:08.802Z level=INFO msg="terminating: refusing new sessions, waiting for open ones to end" signal=terminated open=3 sessions=s4,s7,s7#2
+time=2026-11-29T08:34:09.100Z level=INFO msg="session over after SIGTERM" id=s4 abandoned=false open=2
+"#;
+    let end = support::pod_end("chat-1", log).expect("a SIGTERM record");
+    assert_eq!((end.held_at_sigterm, end.held_at_death), (3, 2));
+    assert_eq!(end.ids_at_death, ["s7", "s7"]);
+    let clean = format!(
+        "{log}time=2026-11-29T08:34:10.000Z level=INFO msg=\"session over after SIGTERM\" id=s7 abandoned=false open=1\n\
+         time=2026-11-29T08:34:11.000Z level=INFO msg=\"session over after SIGTERM\" id=s7#2 abandoned=false open=0\n\
+         time=2026-11-29T08:34:11.000Z level=INFO msg=\"no sessions left, exiting\"\n"
+    );
+    let end = support::pod_end("chat-1", &clean).expect("a SIGTERM record");
+    assert_eq!((end.held_at_death, end.ids_at_death.len()), (0, 0));
+    assert!(
+        support::pod_end("chat-2", "time=x level=INFO msg=\"serving\"\n").is_none(),
+        "a pod that got no SIGTERM has no end"
+    );
+
+    let kill = Kill {
+        pod: "chat-1".to_owned(),
+        uid: String::new(),
+        reason: "SIGTERM, by its log".to_owned(),
+        time: String::new(),
+        sessions: 1,
+        held_at_sigterm: 3,
+        cut: vec!["s7".to_owned()],
+    };
+    let generated = |dropped: &[(&str, &str)]| Generated {
+        opened: 10,
+        dropped: dropped.len() as u64,
+        abandoned: 0,
+        dropped_sessions: dropped
+            .iter()
+            .map(|(id, pod)| ((*id).to_owned(), (*pod).to_owned()))
+            .collect(),
+    };
+    let (node, client) = mismatches(std::slice::from_ref(&kill), &generated(&[("s7", "chat-1")]));
+    assert!(node.is_empty() && client.is_empty(), "{node:?} {client:?}");
+    let (node, client) = mismatches(&[kill], &generated(&[("s9", "chat-1")]));
+    assert_eq!(
+        (node, client),
+        (
+            vec!["s7 (chat-1)".to_owned()],
+            vec!["s9 (chat-1)".to_owned()]
+        )
+    );
+}
+
 /// A stand-in controller replica: answers every request with `status` and a body naming
 /// itself; counts the heartbeats it received.
 struct FakeReplica {
@@ -314,7 +368,10 @@ fn the_proxy_routes_heartbeats_to_the_replica_that_leads() {
         FakeReplica::start(503, "follower"),
         FakeReplica::start(200, "leader"),
     );
-    let proxy = PartitionProxy::start(vec![follower.addr.clone(), leader.addr.clone()]);
+    let proxy = PartitionProxy::start(
+        "127.0.0.1",
+        vec![follower.addr.clone(), leader.addr.clone()],
+    );
     wait_for_leader(&proxy, &leader.addr);
     let (status, body) = through(&proxy, "127.0.0.1");
     assert_eq!((status, body.as_str()), (200, r#"{"replica":"leader"}"#));
@@ -329,7 +386,7 @@ fn the_proxy_routes_heartbeats_to_the_replica_that_leads() {
 #[test]
 fn a_partition_of_requests_holds_them_and_one_of_replies_delivers_them_unanswered() {
     let leader = FakeReplica::start(200, "leader");
-    let proxy = PartitionProxy::start(vec![leader.addr.clone()]);
+    let proxy = PartitionProxy::start("127.0.0.1", vec![leader.addr.clone()]);
     wait_for_leader(&proxy, &leader.addr);
     let received = || leader.requests.load(Ordering::SeqCst);
 
@@ -381,7 +438,7 @@ fn a_partition_of_requests_holds_them_and_one_of_replies_delivers_them_unanswere
 #[test]
 fn a_partition_of_some_pods_cuts_only_their_addresses() {
     let leader = FakeReplica::start(200, "leader");
-    let proxy = PartitionProxy::start(vec![leader.addr.clone()]);
+    let proxy = PartitionProxy::start("127.0.0.1", vec![leader.addr.clone()]);
     wait_for_leader(&proxy, &leader.addr);
     let cut: IpAddr = "127.10.200.2".parse().expect("an address");
     proxy.partition(Partition {
@@ -436,7 +493,7 @@ fn a_partitioned_pod_whose_drain_is_cancelled_is_not_replaced() {
     install_crd();
     let ns = Namespace::new("chaos-cancelled-drain");
     let controller = Controller::start(&ns.0, &[]);
-    let proxy = PartitionProxy::start(vec![controller.addr.clone()]);
+    let proxy = PartitionProxy::start(&support::listen_host(), vec![controller.addr.clone()]);
     wait_for_leader(&proxy, &controller.addr);
     let prometheus = FakePrometheus::start(50.0);
     let mut app = chaos::app(&ns.0, &proxy.url());

@@ -27,8 +27,9 @@ use support::{
     spec_replicas, start_draining_via, traffic_summary, wait_for,
 };
 
-/// A TCP relay on 127.0.0.1 to one backend at a time, standing in for the heartbeat Service
-/// that follows the leader label: `switch` sends new connections to another backend and cuts
+/// A TCP relay to one backend at a time, on the address pods reach (`support::listen_host`: the
+/// host's loopback for the local node, the node's address on the real one), standing in for
+/// the heartbeat Service that follows the leader label: `switch` sends new connections to another backend and cuts
 /// the open ones, as endpoints changing would.
 struct Relay {
     addr: String,
@@ -39,7 +40,8 @@ struct Relay {
 
 impl Relay {
     fn start(backend: &str) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the relay");
+        let listener = TcpListener::bind((support::listen_host().as_str(), 0))
+            .expect("a port for the relay (on the real node, run inside the plane's namespace)");
         let addr = listener
             .local_addr()
             .expect("the relay's address")

@@ -1,7 +1,10 @@
 //! drainscaler deployed from `manifests/` as a user would, through `examples/demo` (which adapts
-//! them to the local node): two replicas with in-cluster config from their ServiceAccount, one
-//! leader behind the heartbeat Service, a wave of sessions scaled up and drained down without a
-//! drop, and a leader that dies and is replaced. Run with `DRAINSCALER_E2E=1` after
+//! them to the local node) or, on the real node (`DRAINSCALER_NODE=kubelet`), through
+//! `examples/demo/node` with drainscaler's image built from the Dockerfile's final stage
+//! (`scripts/cluster drainscaler-image`, which `scripts/e2e` runs just before): two replicas
+//! with in-cluster config from their ServiceAccount, one leader behind the heartbeat Service,
+//! a wave of sessions scaled up and drained down without a drop, and a leader that dies and is
+//! replaced. Run with `DRAINSCALER_E2E=1` after
 //! `scripts/cluster up` and `eval "$(scripts/cluster env)"`.
 //!
 //! The manifests name their namespaces (`drainscaler-system`, `demo`) and cluster-scoped RBAC,
@@ -16,9 +19,9 @@ use drainscaler::leader::{LEASE_DURATION, RETRY_PERIOD};
 use serde_json::Value;
 use support::{
     POLICY_COLUMNS, apply, drains_started, dropped_log_end, dropped_sessions_since, enabled,
-    event_reasons, http, install_crd, kubectl, kubectl_json, kubectl_result, live_pods, map_image,
-    pod_count, pod_name, pod_ready, policy_table, release_policies, repo, sample, spec_replicas,
-    traffic, traffic_summary, wait_for,
+    event_reasons, follow_pod_logs, http, install_crd, kubectl, kubectl_json, kubectl_result,
+    live_pods, map_image, pod_count, pod_name, pod_ready, policy_table, real_node,
+    release_policies, repo, sample, spec_replicas, traffic, traffic_summary, wait_for,
 };
 
 const SYSTEM_NS: &str = "drainscaler-system";
@@ -316,6 +319,75 @@ fn people_with_view_read_policies_and_only_edit_writes_them() {
     assert!(!may("nobody", "list"), "anyone may list policies");
 }
 
+/// drainscaler's image as the real node's containerd has it.
+const IMAGE: &str = "docker.io/drainscaler/drainscaler:dev";
+/// The heartbeat Service's ClusterIP that `examples/demo/node` pins (the plane has no DNS).
+const HEARTBEAT_IP: &str = "10.96.0.80";
+
+/// Deploys through `examples/demo/node` on the real node, drainscaler from its image, with this
+/// plane's Prometheus (on the node's address) as scripts/demo adds it.
+fn deploy_on_the_real_node() {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: run `eval \"$(scripts/cluster env)\"` first")
+        })
+    };
+    let state = var("DRAINSCALER_CLUSTER_STATE");
+    let images = std::process::Command::new("ctr")
+        .args(["--address", &format!("{state}/run/containerd.sock")])
+        .args(["--namespace", "k8s.io", "images", "ls", "-q"])
+        .output()
+        .expect("run ctr (Debian's containerd package)");
+    assert!(
+        String::from_utf8_lossy(&images.stdout)
+            .lines()
+            .any(|l| l == IMAGE),
+        "the node has no {IMAGE}: build it with `scripts/cluster drainscaler-image` (scripts/e2e does)"
+    );
+    assert_eq!(
+        var("DRAINSCALER_SERVICE_CIDR"),
+        "10.96.0.0/16",
+        "examples/demo/node pins the heartbeat Service at {HEARTBEAT_IP}, which must be in the plane's Service range"
+    );
+    let prometheus_port = var("PROMETHEUS_URL")
+        .rsplit_once(':')
+        .map(|(_, port)| port.to_owned())
+        .expect("PROMETHEUS_URL with a port");
+    let overlay =
+        std::env::temp_dir().join(format!("drainscaler-e2e-manifests-{}", std::process::id()));
+    std::fs::create_dir_all(&overlay).expect("a directory for the overlay");
+    // kustomize wants a relative path to a resource directory.
+    let up = "../".repeat(overlay.components().count() - 1);
+    let node = repo().join("examples/demo/node");
+    let node = format!("{up}{}", node.display().to_string().trim_start_matches('/'));
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            r#"apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - {node}
+patches:
+  - target: {{kind: Deployment, name: drainscaler}}
+    patch: |-
+      - op: add
+        path: /spec/template/spec/containers/0/args/-
+        value: --prometheus-url=http://{}:{prometheus_port}
+"#,
+            var("DRAINSCALER_NODE_IP")
+        ),
+    )
+    .expect("the overlay");
+    kubectl(&["apply", "-k", overlay.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_dir_all(&overlay);
+    let deployed = kubectl_json(&["-n", SYSTEM_NS, "get", "deployment", "drainscaler"]);
+    assert_eq!(
+        deployed["spec"]["template"]["spec"]["containers"][0]["image"],
+        "drainscaler/drainscaler:dev",
+        "manifests/ no longer names the image scripts/cluster drainscaler-image builds"
+    );
+}
+
 fn policy() -> Value {
     kubectl_json(&["-n", APP_NS, "get", "scalingpolicy", "chat"])
 }
@@ -331,13 +403,20 @@ fn the_manifests_run_in_cluster_scale_a_wave_without_drops_and_survive_losing_th
     uninstall();
     let _installed = Installed;
     install_crd();
-    map_image("drainscaler/drainscaler", env!("CARGO_BIN_EXE_drainscaler"));
     let drops_from = dropped_log_end();
-    kubectl(&[
-        "apply",
-        "-k",
-        repo().join("examples/demo").to_str().expect("utf-8 path"),
-    ]);
+    // On the real node, the chat pods' own logs are the record of sessions cut: followed from
+    // before they start.
+    let _logs = follow_pod_logs(APP_NS);
+    if real_node() {
+        deploy_on_the_real_node();
+    } else {
+        map_image("drainscaler/drainscaler", env!("CARGO_BIN_EXE_drainscaler"));
+        kubectl(&[
+            "apply",
+            "-k",
+            repo().join("examples/demo").to_str().expect("utf-8 path"),
+        ]);
+    }
 
     let mut leader = String::new();
     wait_for(
@@ -416,7 +495,7 @@ fn the_manifests_run_in_cluster_scale_a_wave_without_drops_and_survive_losing_th
     assert_eq!(
         dropped_sessions_since(APP_NS, drops_from),
         0,
-        "the local node dropped sessions"
+        "the node dropped sessions (by the local node's record, or the real node's pod logs)"
     );
     assert!(
         most_sessions > 0,

@@ -163,6 +163,17 @@ fn a_lost_instance_is_replaced() {
     let victim = pods(&ns.0, "chat")[0].0.clone();
     let pid = container_pid(&ns.0, &victim).expect("the victim's process");
     signal(pid, "STOP");
+    // The app itself is frozen, not some other process. A signal is delivered when the process
+    // next runs, so the stop shows a moment after `kill` returns.
+    let status = || std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(
+        status().contains("Name:\tsession-app"),
+        "pid {pid} is not the victim's app:\n{}",
+        status()
+    );
+    wait_for(Duration::from_secs(10), "the victim's app to stop", || {
+        status().contains("State:\tT")
+    });
     wait_for(
         Duration::from_secs(60),
         "the lost pod to be deleted",

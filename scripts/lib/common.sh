@@ -11,8 +11,6 @@ K8S_BIN=${DRAINSCALER_K8S_BIN:-$CACHE/k8s-$K8S_VERSION/bin}
 ADAPTER_MODULE=sigs.k8s.io/prometheus-adapter
 ADAPTER_VERSION=v0.12.0
 ADAPTER_BIN=${DRAINSCALER_ADAPTER_BIN:-$CACHE/prometheus-adapter-$ADAPTER_VERSION/bin}
-STATE=$CACHE/cluster
-CLUSTER_BIN=$STATE/bin
 
 # Ports, all on 127.0.0.1. Chosen away from the defaults (2379, 6443, 9090,
 # 10257) so a real cluster or another project on this machine does not clash.
@@ -35,6 +33,18 @@ localnode | kubelet) ;;
 	exit 2
 	;;
 esac
+
+# Each node mode keeps its own state (etcd data, certificates for its addresses, pods), so
+# that one cache holds both planes and shares their builds; only one of them runs at a time
+# on the same ports (`scripts/cluster up` refuses to start beside the other).
+STATE_LOCALNODE=$CACHE/cluster
+STATE_KUBELET=$CACHE/cluster-node
+if [[ $NODE_MODE == kubelet ]]; then
+	STATE=$STATE_KUBELET OTHER_STATE=$STATE_LOCALNODE
+else
+	STATE=$STATE_LOCALNODE OTHER_STATE=$STATE_KUBELET
+fi
+CLUSTER_BIN=$STATE/bin
 
 if [[ $NODE_MODE == kubelet ]]; then
 	# Private ranges that exist only inside the plane's network namespace, where

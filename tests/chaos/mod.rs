@@ -26,8 +26,8 @@ use crate::chaos::rng::Rng;
 use crate::chaos::watch::Watcher;
 use crate::support::{
     AppOptions, Controller, FakePrometheus, Namespace, apply, http, install_crd, kubectl,
-    kubectl_result, map_image, policy, ready_replicas, repo, session_app_with, status_condition,
-    traffic,
+    kubectl_result, listen_host, map_image, policy, ready_replicas, real_node, repo,
+    session_app_with, status_condition, traffic,
 };
 
 pub const MIN_REPLICAS: i64 = 2;
@@ -91,8 +91,13 @@ fn shared_plane() -> bool {
 
 /// The demo app built from this checkout (the plane's built-in image may be older), as an image
 /// name mapped on the local node. Built once per test process; named by its source's hash, so
-/// that a rebuild never replaces a binary that running pods use.
+/// that a rebuild never replaces a binary that running pods use. On the real node, the plane's
+/// image of the app (`scripts/cluster up` builds it from this checkout and imports it when its
+/// content changed).
 fn app_image() -> &'static str {
+    if real_node() {
+        return "drainscaler/session-app:dev";
+    }
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let dir = repo().join("examples/session-app");
@@ -422,7 +427,10 @@ pub fn round(cfg: &Config) -> RoundReport {
     let ns = Namespace::new(&format!("chaos-{}", cfg.seed));
     let prometheus = FakePrometheus::start(50.0);
     let replicas = vec![Controller::start(&ns.0, &[]), Controller::start(&ns.0, &[])];
-    let proxy = PartitionProxy::start(replicas.iter().map(|c| c.addr.clone()).collect());
+    let proxy = PartitionProxy::start(
+        &listen_host(),
+        replicas.iter().map(|c| c.addr.clone()).collect(),
+    );
     let mut soak = Soak {
         ns,
         replicas,
@@ -630,10 +638,15 @@ fn judge(soak: &mut Soak, watcher: &Watcher, record_start: u64, out: &std::path:
     for removal in &removals {
         let killed: u64 = kills
             .iter()
-            .filter(|k| k.uid == removal.pod.uid)
+            .filter(|k| k.of(&removal.pod))
             .map(|k| k.sessions)
             .sum();
-        let held = removal.sessions.unwrap_or(0).max(killed);
+        let at_sigterm: u64 = kills
+            .iter()
+            .filter(|k| k.of(&removal.pod))
+            .map(|k| k.held_at_sigterm)
+            .sum();
+        let held = removal.sessions.unwrap_or(0).max(killed).max(at_sigterm);
         if held == 0 {
             continue;
         }
@@ -659,16 +672,15 @@ fn judge(soak: &mut Soak, watcher: &Watcher, record_start: u64, out: &std::path:
         );
     }
     // Kills of pods the watch did not see deleted (it restarts across API server restarts).
-    for k in kills
-        .iter()
-        .filter(|k| k.sessions > 0 && !removals.iter().any(|r| r.pod.uid == k.uid))
-    {
+    for k in kills.iter().filter(|k| {
+        (k.sessions > 0 || k.held_at_sigterm > 0) && !removals.iter().any(|r| k.of(&r.pod))
+    }) {
         early += 1;
         soak.violation(
             None,
             format!(
-                "the node killed pod {} ({}) at {} with {} sessions",
-                k.pod, k.reason, k.time, k.sessions
+                "the node ended pod {} ({}) at {} holding {} sessions, {} of them cut",
+                k.pod, k.reason, k.time, k.held_at_sigterm, k.sessions
             ),
         );
     }

@@ -55,9 +55,10 @@ pub struct PartitionProxy {
 }
 
 impl PartitionProxy {
-    /// Listens on 127.0.0.1 and starts finding the leader among `backends`.
-    pub fn start(backends: Vec<String>) -> PartitionProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the partition proxy");
+    /// Listens on `host` (where the pods reach it: `support::listen_host`) and starts finding
+    /// the leader among `backends`.
+    pub fn start(host: &str, backends: Vec<String>) -> PartitionProxy {
+        let listener = TcpListener::bind((host, 0)).expect("a port for the partition proxy");
         let addr = listener.local_addr().expect("the proxy's address");
         listener
             .set_nonblocking(true)

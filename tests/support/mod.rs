@@ -15,7 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 mod pod_logs;
+pub use pod_logs::PodEnd;
 use pod_logs::PodLogs;
+#[allow(unused_imports)] // used by some test crates only
+pub use pod_logs::pod_end;
 
 /// Whether the plane runs a real kubelet (`DRAINSCALER_NODE=kubelet`). Pod IPs exist only in
 /// the plane's network namespace there, so the test binaries run inside it
@@ -26,8 +29,9 @@ pub fn real_node() -> bool {
 
 /// Where the controllers a test starts listen, so that pods reach their heartbeat port: the
 /// host's loopback, which the local node's pods share, or on the real node the node's address
-/// on the pod bridge (`DRAINSCALER_NODE_IP`).
-fn listen_host() -> String {
+/// on the pod bridge (`DRAINSCALER_NODE_IP`). Anything else pods must reach (a relay, a proxy)
+/// listens there too.
+pub fn listen_host() -> String {
     if real_node() {
         std::env::var("DRAINSCALER_NODE_IP").unwrap_or_else(|_| {
             panic!("DRAINSCALER_NODE_IP is not set: run `eval \"$(scripts/cluster env)\"` first")
@@ -39,7 +43,7 @@ fn listen_host() -> String {
 
 /// On the real node, the logs of each test namespace's pods, followed from `Namespace::new`
 /// until its drop: the record of sessions cut there (`dropped_sessions`).
-static POD_LOGS: Mutex<std::collections::BTreeMap<String, PodLogs>> =
+static POD_LOGS: Mutex<std::collections::BTreeMap<String, Arc<PodLogs>>> =
     Mutex::new(std::collections::BTreeMap::new());
 
 /// A ScalingPolicy named after its Deployment `target` in `ns`, with `spec` (the lines after
@@ -239,7 +243,7 @@ impl Namespace {
             POD_LOGS
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(name.clone(), PodLogs::follow(&name));
+                .insert(name.clone(), Arc::new(PodLogs::follow(&name)));
         }
         Namespace(name)
     }
@@ -257,6 +261,49 @@ impl Drop for Namespace {
             release_policies(&self.0);
         }
     }
+}
+
+/// On the real node, follows the logs of the app pods of a namespace that `Namespace::new` did
+/// not make (the manifests' `demo`), from now until the guard is dropped, so that
+/// `dropped_sessions` can count there; nothing on the local node, whose kill record is global.
+pub struct Followed(Option<String>);
+
+pub fn follow_pod_logs(ns: &str) -> Followed {
+    if !real_node() {
+        return Followed(None);
+    }
+    POD_LOGS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(ns.to_owned(), Arc::new(PodLogs::follow(ns)));
+    Followed(Some(ns.to_owned()))
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        if let Some(ns) = &self.0 {
+            let followed = POD_LOGS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(ns);
+            drop(followed);
+        }
+    }
+}
+
+/// On the real node, what the logs of `ns`'s app pods say of their ends (`PodLogs::ends`); an
+/// error when `ns` is not followed or a pod went without a record.
+pub fn pod_ends(ns: &str) -> Result<Vec<PodEnd>, String> {
+    // Not under the lock: the ends wait for terminating pods, and other tests make namespaces.
+    let logs = POD_LOGS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(ns)
+        .cloned()
+        .ok_or_else(|| {
+            format!("on the real node sessions cut are counted from pod logs followed from Namespace::new or follow_pod_logs, and {ns} is not followed")
+        })?;
+    logs.ends_checked()
 }
 
 /// Takes the controller's finalizer off every policy in `ns`: with the test's controller
@@ -934,13 +981,7 @@ pub fn dropped_sessions(ns: &str) -> u64 {
 
 /// On the real node: the sessions `ns`'s pods held when they died, by their logs.
 fn held_at_death(ns: &str) -> u64 {
-    let followed = POD_LOGS.lock().unwrap_or_else(PoisonError::into_inner);
-    let logs = followed.get(ns).unwrap_or_else(|| {
-        panic!(
-            "on the real node sessions cut are counted from pod logs followed from Namespace::new, and {ns} was not made by it"
-        )
-    });
-    let ends = logs.ends();
+    let ends = pod_ends(ns).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{ns}: pods that got SIGTERM, by their logs: {ends:?}");
     ends.iter().map(|e| e.held_at_death).sum()
 }
@@ -1059,15 +1100,37 @@ pub fn traffic_summary(child: Child) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
-/// The local process running `pod`'s first container (the local node's container IDs are
-/// `localnode://PID`).
+/// The process running `pod`'s first container, as the host sees it: on the local node the
+/// container ID is `localnode://PID`; on the real node it is `containerd://ID`, and the plane's
+/// containerd (its socket under `DRAINSCALER_CLUSTER_STATE`) names the task's PID, the
+/// container's init process (the app itself: the images have no shell or init).
 pub fn container_pid(ns: &str, pod: &str) -> Option<u32> {
     let p = kubectl_json(&["-n", ns, "get", "pod", pod]);
-    p["status"]["containerStatuses"][0]["containerID"]
-        .as_str()?
-        .strip_prefix("localnode://")?
-        .parse()
-        .ok()
+    let id = p["status"]["containerStatuses"][0]["containerID"].as_str()?;
+    if let Some(pid) = id.strip_prefix("localnode://") {
+        return pid.parse().ok();
+    }
+    let id = id.strip_prefix("containerd://")?;
+    let state = std::env::var("DRAINSCALER_CLUSTER_STATE").unwrap_or_else(|_| {
+        panic!("DRAINSCALER_CLUSTER_STATE is not set: run `eval \"$(scripts/cluster env)\"` first")
+    });
+    let out = Command::new("ctr")
+        .args(["--address", &format!("{state}/run/containerd.sock")])
+        .args(["--namespace", "k8s.io", "tasks", "ls"])
+        .output()
+        .expect("run ctr (Debian's containerd package)");
+    assert!(
+        out.status.success(),
+        "ctr tasks ls: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // TASK PID STATUS
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut cols = line.split_whitespace();
+            (cols.next()? == id).then(|| cols.next()?.parse().ok())?
+        })
 }
 
 pub fn signal(pid: u32, sig: &str) {

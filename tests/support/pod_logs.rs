@@ -4,7 +4,7 @@
 //! log is followed (`kubectl logs -f`) from the moment it runs. `scripts/sessions-cut` reads
 //! the same lines for the demo.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,30 +25,59 @@ pub struct PodEnd {
     pub held_at_sigterm: u64,
     /// Sessions it still held when it died: 0 when it logged that it exited with none.
     pub held_at_death: u64,
+    /// Their ids, sorted, as the client sent them (the traffic generator's session ids; the
+    /// app adds `#N` to an id already open, which is taken off here).
+    pub ids_at_death: Vec<String>,
 }
 
 /// The end a session app's log records, if it got SIGTERM.
 pub fn pod_end(pod: &str, log: &str) -> Option<PodEnd> {
-    let open = |line: &str| -> Option<u64> {
-        let rest = &line[line.find(" open=")? + " open=".len()..];
-        rest.split_whitespace().next()?.parse().ok()
+    // slog's text format: ` key=value`, the value quoted when it must be.
+    let field = |line: &str, key: &str| -> Option<String> {
+        let rest = &line[line.find(&format!(" {key}="))? + key.len() + 2..];
+        let value = if let Some(quoted) = rest.strip_prefix('"') {
+            &quoted[..quoted.find('"')?]
+        } else {
+            rest.split_whitespace().next().unwrap_or_default()
+        };
+        Some(value.to_owned())
     };
+    let open = |line: &str| -> Option<u64> { field(line, "open")?.parse().ok() };
     let mut end: Option<PodEnd> = None;
+    let mut held: BTreeSet<String> = BTreeSet::new();
     for line in log.lines() {
         if line.contains(r#"msg="terminating:"#) {
-            let held = open(line)?;
+            let count = open(line)?;
+            held = field(line, "sessions")?
+                .split(',')
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+                .collect();
             end = Some(PodEnd {
                 pod: pod.to_owned(),
-                held_at_sigterm: held,
-                held_at_death: held,
+                held_at_sigterm: count,
+                held_at_death: count,
+                ids_at_death: Vec::new(),
             });
         } else if let Some(e) = end.as_mut() {
             if line.contains(r#"msg="session over after SIGTERM""#) {
                 e.held_at_death = open(line)?;
+                held.remove(&field(line, "id")?);
             } else if line.contains(r#"msg="no sessions left, exiting""#) {
                 e.held_at_death = 0;
+                held.clear();
             }
         }
+    }
+    if let Some(e) = end.as_mut() {
+        e.ids_at_death = held
+            .iter()
+            .map(|key| {
+                key.split_once('#')
+                    .map_or(key.as_str(), |(id, _)| id)
+                    .to_owned()
+            })
+            .collect();
     }
     end
 }
@@ -89,8 +118,15 @@ impl PodLogs {
     }
 
     /// The ends of the pods that got SIGTERM, once no pod of the namespace is terminating any
-    /// more and the logs of the pods that are gone have been read to their end.
+    /// more and the logs of the pods that are gone have been read to their end; fails the test
+    /// when a pod is gone without a SIGTERM record.
     pub fn ends(&self) -> Vec<PodEnd> {
+        self.ends_checked().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`PodLogs::ends`], with a pod gone without a record as an error: "nothing cut" must
+    /// mean every pod that went away said what it held when it went.
+    pub fn ends_checked(&self) -> Result<Vec<PodEnd>, String> {
         wait_for(Duration::from_secs(120), "no pod to be terminating", || {
             kubectl_json(&["-n", &self.ns, "get", "pods"])["items"]
                 .as_array()
@@ -136,15 +172,15 @@ impl PodLogs {
             ends.extend(pod_end(pod, &log));
         }
         ends.sort_by(|a, b| a.pod.cmp(&b.pod));
-        // "Nothing cut" must mean every pod that went away said what it held when it went.
         for pod in followed.iter().filter(|p| !living.contains(p)) {
-            assert!(
-                ends.iter().any(|e| &e.pod == pod),
-                "pod {pod} is gone and its log ({}) holds no SIGTERM record: it died without SIGTERM, or its log was not read to the end",
-                self.dir.join(format!("{pod}.log")).display()
-            );
+            if !ends.iter().any(|e| &e.pod == pod) {
+                return Err(format!(
+                    "pod {pod} is gone and its log ({}) holds no SIGTERM record: it died without SIGTERM, or its log was not read to the end",
+                    self.dir.join(format!("{pod}.log")).display()
+                ));
+            }
         }
-        ends
+        Ok(ends)
     }
 
     pub fn dir(&self) -> &Path {
