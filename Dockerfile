@@ -1,13 +1,12 @@
 # drainscaler: a static binary on an empty image.
 #   docker build -t drainscaler/drainscaler:dev .
-# Not built with docker on the development machine (no container engine there). With the real
-# node (DRAINSCALER_NODE=kubelet), `scripts/cluster drainscaler-image` builds the final stage
-# below from a static musl binary without an engine (tests/cluster/cmd/ociimage reads this
-# stage and refuses instructions it cannot reproduce, so keep it FROM scratch with COPY, USER,
-# EXPOSE, ENTRYPOINT and CMD) and the real-node tests run it as pods. scripts/image-check runs
-# the same binary from a root laid out like the final stage, as user 65532, against the local
-# control plane; and `cargo build --release --locked --bin drainscaler` succeeds in a
-# directory holding only what the build stage copies (the manifest names the benches).
+# Not built with docker on the development machine (no container engine there). On the real
+# node, `scripts/cluster drainscaler-image` builds the final stage below from a static musl
+# binary without an engine (tests/cluster/cmd/ociimage reads this stage and refuses
+# instructions it cannot reproduce, so keep it FROM scratch with COPY, USER, EXPOSE, ENTRYPOINT
+# and CMD), and scripts/demo and the real-node tests run it as pods. The build stage itself is
+# not run here: the musl binary comes from `scripts/cluster musl-binary`, the same cargo build
+# for the same target from the checkout.
 FROM rust:1-alpine AS build
 RUN apk add --no-cache musl-dev ca-certificates
 WORKDIR /src

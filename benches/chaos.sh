@@ -31,6 +31,8 @@
 # last minute and its sessions' end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The local node unless told otherwise (the default plane is the real node, tests/cluster/README.md).
+export DRAINSCALER_NODE=${DRAINSCALER_NODE:-localnode}
 
 private=false
 report=()

@@ -54,6 +54,8 @@
 # is ours, apart from the API server's latency (`API wait per reconcile`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The local node unless told otherwise (the default plane is the real node, tests/cluster/README.md).
+export DRAINSCALER_NODE=${DRAINSCALER_NODE:-localnode}
 
 POLICIES=${1:-1000}
 PODS=${2:-10}

@@ -37,6 +37,8 @@
 #     smaller share of the same total.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The local node unless told otherwise (the default plane is the real node, tests/cluster/README.md).
+export DRAINSCALER_NODE=${DRAINSCALER_NODE:-localnode}
 
 PODS=${1:-100}
 CONNECTIONS=${2:-32}

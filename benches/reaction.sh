@@ -26,6 +26,8 @@
 # steps at load 20.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The local node unless told otherwise (the default plane is the real node, tests/cluster/README.md).
+export DRAINSCALER_NODE=${DRAINSCALER_NODE:-localnode}
 
 STEPS=${1:-50}
 POLICIES=${2:-10}

@@ -34,6 +34,8 @@
 # $DRAINSCALER_CACHE/versus-hpa.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The local node unless told otherwise (the default plane is the real node, tests/cluster/README.md).
+export DRAINSCALER_NODE=${DRAINSCALER_NODE:-localnode}
 # shellcheck source-path=SCRIPTDIR source=../scripts/lib/common.sh
 . scripts/lib/common.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}

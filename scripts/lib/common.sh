@@ -21,15 +21,16 @@ KCM_PORT=${DRAINSCALER_KCM_PORT:-16257}
 PROMETHEUS_PORT=${DRAINSCALER_PROMETHEUS_PORT:-19090}
 LOCALNODE_PORT=${DRAINSCALER_LOCALNODE_PORT:-16250}
 
-# Which node runs the pods: "localnode" (tests/cluster/cmd/localnode plays the
-# kubelet, scheduler and kube-proxy with local processes on loopback IPs) or
-# "kubelet" (a real kubelet, containerd, kube-proxy and kube-scheduler, with the
-# whole plane inside a network namespace of its own; see tests/cluster/README.md).
-NODE_MODE=${DRAINSCALER_NODE:-localnode}
+# Which node runs the pods: "kubelet" (the default: a real kubelet, containerd,
+# kube-proxy and kube-scheduler, with the whole plane inside a network namespace
+# of its own; see tests/cluster/README.md) or "localnode" (tests/cluster/cmd/localnode
+# plays the kubelet, scheduler and kube-proxy with local processes on loopback IPs;
+# the benches that need thousands of pods or a second plane use it).
+NODE_MODE=${DRAINSCALER_NODE:-kubelet}
 case $NODE_MODE in
 localnode | kubelet) ;;
 *)
-	printf 'DRAINSCALER_NODE=%s: want localnode (the default) or kubelet\n' "$NODE_MODE" >&2
+	printf 'DRAINSCALER_NODE=%s: want kubelet (the default) or localnode\n' "$NODE_MODE" >&2
 	exit 2
 	;;
 esac
