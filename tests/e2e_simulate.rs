@@ -254,18 +254,21 @@ fn simulate_reads_back_a_wave_prometheus_scraped_and_replays_it_offline_the_same
     // Per pod, the active sessions are several series: the error names the label.
     let per_pod = format!(r#"app_active_sessions{{namespace="{}"}}"#, ns.0);
     let policy = policy_file(&dir, &ns.0, &per_pod);
-    let (ok, _, err) = simulate(&[
-        "--policy",
-        &policy,
-        "--prometheus",
-        &url,
-        "--since",
-        "2m",
-        "--until",
-        &until,
-        "--step",
-        "2s",
-    ]);
+    let read_range = |policy: &str, since: &str, until: &str, step: &str| {
+        simulate(&[
+            "--policy",
+            policy,
+            "--prometheus",
+            &url,
+            "--since",
+            since,
+            "--until",
+            until,
+            "--step",
+            step,
+        ])
+    };
+    let (ok, _, err) = read_range(&policy, "2m", &until, "2s");
     assert!(!ok);
     assert!(
         err.contains("series that differ in") && err.contains("pod ("),
@@ -275,18 +278,7 @@ fn simulate_reads_back_a_wave_prometheus_scraped_and_replays_it_offline_the_same
 
     // A range before the app existed is empty.
     let policy = policy_file(&dir, &ns.0, &active);
-    let (ok, _, err) = simulate(&[
-        "--policy",
-        &policy,
-        "--prometheus",
-        &url,
-        "--since",
-        "5m",
-        "--until",
-        "2020-01-01T00:00:00Z",
-        "--step",
-        "15s",
-    ]);
+    let (ok, _, err) = read_range(&policy, "5m", "2020-01-01T00:00:00Z", "15s");
     assert!(!ok);
     assert!(
         err.contains("has no samples from 2019-12-31T23:55:00Z to 2020-01-01T00:00:00Z"),
