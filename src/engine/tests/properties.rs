@@ -135,6 +135,7 @@ prop_compose! {
             drain: Drain {
                 timeout: secs(drain_timeout),
                 on_timeout: if remove_on_timeout { OnTimeout::Remove } else { OnTimeout::Keep },
+                hold_back: None,
             },
             behavior,
             fallback: fallback.map(|(failure_threshold, pick)| Fallback {
@@ -167,6 +168,7 @@ prop_compose! {
         created in 0u64..7200,
         // Now and then a pod of a second ReplicaSet: a rollout.
         new_replica_set in pbool::weighted(0.05),
+        held_back in pbool::weighted(0.15),
     ) -> Instance {
         let phase = if scheduled { phase } else { Phase::Pending };
         let started = (phase != Phase::Pending).then(|| ago(started));
@@ -188,6 +190,7 @@ prop_compose! {
             deletion_cost: cost,
             ordinal: None,
             draining_since: draining.map(ago),
+            held_back,
             owner: Some(if new_replica_set { "chat-new" } else { "chat-old" }.to_owned()),
             // A pod that never ran has never heartbeated.
             heartbeat: heartbeat
