@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use crate::api::TargetKind;
 use crate::engine::drain::{DrainPlan, Liveness};
-use crate::engine::{Event, EventReason, Instance, Phase};
+use crate::engine::{Event, EventReason, Instance, Phase, Time};
 use crate::policy::{HoldBack, Policy};
 
 /// The hold-back part of a plan: pods to hold back and to release, and how many are held
@@ -53,6 +53,7 @@ pub fn plan(
     plan: &DrainPlan,
     desired: u32,
     current: u32,
+    now: Time,
 ) -> Holds {
     let names = |v: &[String]| -> BTreeSet<String> { v.iter().cloned().collect() };
     let (start, cancel) = (names(&plan.start), names(&plan.cancel));
@@ -84,15 +85,19 @@ pub fn plan(
         return holds;
     };
 
-    // Spare capacity comes only from pods whose count is known now: reporting, Running and
-    // Ready. A Silent pod or one that has not reported yet may hold anything.
+    // Spare capacity comes only from pods whose count is known now: reported within the
+    // heartbeat timeout, Running and Ready. A Silent pod, or one that has not reported (to
+    // this leader) yet, may hold anything.
+    let timeout = policy.heartbeat.as_ref().map(|hb| hb.timeout);
     let eligible = |i: usize| {
         let p = pods[i];
         serving[i]
             && p.phase == Phase::Running
             && p.ready
             && !live.silent[i]
-            && p.heartbeat.is_some()
+            && p.heartbeat
+                .zip(timeout)
+                .is_some_and(|(h, t)| now.since(h.at) < t)
     };
     let ceiling = settings.session_ceiling;
     // Every session on a serving pod must fit; a pod of unknown count counts as full.
@@ -111,7 +116,7 @@ pub fn plan(
         release(
             &mut holds,
             pods[i],
-            "its session count is not known now (silent, not ready or not reporting)",
+            "its session count is not known now (no heartbeat within the timeout, or not Ready)",
         );
     }
     // Keep while the others stay under the ceiling; release the fullest first.

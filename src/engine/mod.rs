@@ -514,7 +514,7 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
             .filter(|p| p.held_back && p.draining_since.is_none())
             .count() as u32
     } else {
-        let holds = hold::plan(policy, &pods, &live, &plan, desired, current);
+        let holds = hold::plan(policy, &pods, &live, &plan, desired, current, now);
         plan.hold = holds.hold;
         plan.release = holds.release;
         plan.events.extend(holds.events);
