@@ -296,9 +296,11 @@ pub struct HoldBackSpec {
     /// The most instances held back at once.
     #[schemars(range(min = 1, max = 100))]
     pub max_pods: i32,
-    /// The most sessions per serving instance, on average, while some are held back: pods are
+    /// The most sessions per serving instance, on average, while some are held back: a pod is
     /// held back only while the reporting instances that still serve could hold every session
-    /// under it.
+    /// 5% under it, and held-back pods serve again once they would not hold them under it.
+    /// Set it below what an instance can hold: at that limit the serving instances would turn
+    /// new sessions away, which no heartbeat reports.
     #[schemars(range(min = 1))]
     pub session_ceiling: i64,
 }

@@ -10,8 +10,8 @@ use crate::testing::{
 };
 
 /// Pushed heartbeats, one rps metric at 100 per replica and no stabilization (so that `rps`
-/// alone sets the desired serving count); up to 2 pods held back under 95 sessions each,
-/// entering 10% under it (tolerance 0.1): at 85.
+/// alone sets the desired serving count); up to 2 pods held back under 95 sessions each; one
+/// more is held back only under 90 (`ENTRY_BAND`, 5% under).
 fn holding() -> PolicyBuilder {
     policy()
         .max(20)
@@ -46,7 +46,7 @@ fn decide(serving: u32, pods: Vec<PodBuilder>) -> Decision {
 
 #[test]
 fn the_emptiest_pods_are_held_back_while_the_others_stay_under_the_entry_ceiling() {
-    // 280 sessions: with one held back the other 4 hold 70 each (under 85); with two, 93.
+    // 280 sessions: with one held back the other 4 hold 70 each (under 90); with two, 93.
     let d = decide(
         5,
         vec![
@@ -70,12 +70,12 @@ fn the_emptiest_pods_are_held_back_while_the_others_stay_under_the_entry_ceiling
 
 #[test]
 fn held_back_pods_stay_held_until_the_others_would_pass_the_ceiling() {
-    // 270 sessions over the 3 that serve: 90 each, above the entry ceiling (85) but under the
-    // release ceiling (95): both stay held, none is added.
+    // 274 sessions over the 3 that serve: 91 each, above the entry ceiling (90) but under the
+    // release ceiling (95): both stay held.
     let pods = |d_sessions: u64| {
         vec![
-            ready("a", 90),
-            ready("b", 90),
+            ready("a", 92),
+            ready("b", 92),
             ready("c", 80),
             held("d", d_sessions),
             held("e", 0),
@@ -88,7 +88,7 @@ fn held_back_pods_stay_held_until_the_others_would_pass_the_ceiling() {
         d.plan
     );
     assert_eq!(d.instances.held_back, 2);
-    // 290: the 3 would hold 97 each; with one held back, 4 hold 73. The fuller one serves.
+    // 294: the 3 would hold 98 each; with one held back, 4 hold 74. The fuller one serves.
     let d = decide(5, pods(30));
     assert_eq!(names(&d.plan.release), ["d"]);
     assert!(d.plan.hold.is_empty());
@@ -165,7 +165,7 @@ fn a_held_back_pod_is_drained_first_and_not_removed_while_it_may_hold_sessions()
 #[test]
 fn a_silent_pod_is_not_spare_capacity() {
     // 190 sessions. The silent pod (still Ready) reported none, but nothing is known of it
-    // now: 4 pods are capacity, so one held back leaves 3 under 85 (63 each), two would leave
+    // now: 4 pods are capacity, so one held back leaves 3 under 90 (63 each), two would leave
     // 2 at 95. Counted as capacity it would have let two be held.
     let pods = vec![
         ready("a", 60),
@@ -294,4 +294,16 @@ fn a_paused_policy_changes_no_hold() {
     );
     assert!(d.plan.hold.is_empty() && d.plan.release.is_empty());
     assert_eq!(d.instances.held_back, 1);
+}
+
+#[test]
+fn one_more_pod_is_held_back_only_with_room_under_the_entry_band() {
+    // 276 sessions: with "d" held back the other 3 would hold 92 each, under the ceiling (95)
+    // but not under the entry ceiling (90): nothing is held, where held it would stay.
+    let pods = |d: PodBuilder| vec![ready("a", 92), ready("b", 92), ready("c", 92), d];
+    let d = decide(4, pods(ready("d", 0)));
+    assert!(d.plan.hold.is_empty(), "{:?}", d.plan.hold);
+    let kept = decide(4, pods(held("d", 0)));
+    assert!(kept.plan.release.is_empty(), "{:?}", kept.plan.release);
+    assert_eq!(kept.instances.held_back, 1);
 }
