@@ -351,7 +351,10 @@ mod tests {
 
     use super::{CachedPod, instance, parse_selector, prune, time, timestamp};
     use crate::engine::{Heartbeat, Phase, Time};
-    use crate::names::{DELETION_COST_ANNOTATION, DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION};
+    use crate::names::{
+        DELETION_COST_ANNOTATION, DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION,
+        HELD_BACK_ANNOTATION,
+    };
 
     struct PodBuilder(Pod);
 
@@ -496,6 +499,24 @@ mod tests {
         assert_eq!(i.draining_since, Some(Time::from_secs(250)));
         assert_eq!(i.deletion_cost, i32::MIN);
         assert_eq!(i.ordinal, Some(0));
+    }
+
+    #[test]
+    fn the_held_back_mark_is_read_unless_the_pod_drains() {
+        let held = pod("chat-0")
+            .running_since(200)
+            .annotation(HELD_BACK_ANNOTATION, "true")
+            .build();
+        assert!(instance(&held, None, Time::from_secs(300)).held_back);
+        let mut pruned = held.clone();
+        prune(&mut pruned);
+        assert!(instance(&pruned, None, Time::from_secs(300)).held_back);
+        let draining = pod("chat-0")
+            .running_since(200)
+            .annotation(HELD_BACK_ANNOTATION, "true")
+            .annotation(DRAINING_ANNOTATION, "true")
+            .build();
+        assert!(!instance(&draining, None, Time::from_secs(300)).held_back);
     }
 
     #[test]
