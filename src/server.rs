@@ -574,10 +574,7 @@ mod tests {
     #[test]
     fn a_held_back_pod_is_not_told_to_drain() {
         let mut held = CachedPod::default();
-        let annotations = [(
-            crate::names::HELD_BACK_ANNOTATION.to_owned(),
-            "true".to_owned(),
-        )];
+        let annotations = [(HELD_BACK_ANNOTATION.to_owned(), "true".to_owned())];
         held.metadata.annotations = Some(annotations.into_iter().collect());
         assert_eq!(drain_mark(&held), None);
         let mut drained = held.clone();
