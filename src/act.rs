@@ -1,5 +1,5 @@
-//! Applying a `Decision` in `Mode::Act`: cancel drains, start drains, mark removable pods,
-//! patch `/scale`, delete lost pods. Every write is a merge patch that states the end value,
+//! Applying a `Decision` in `Mode::Act`: cancel drains, release held-back pods, start drains,
+//! hold back pods, mark removable pods, patch `/scale`, delete lost pods. Every write is a merge patch that states the end value,
 //! under one field manager, so repeating it changes nothing. Every write names exactly what it
 //! was decided on: pod writes carry the pod's UID, the count carries the resourceVersion of
 //! the scale it was computed from. Leadership is checked right before each write. Needs a
@@ -17,8 +17,8 @@ use crate::error::Error;
 use crate::leader::Leadership;
 use crate::names::{
     CANCELLED_DRAIN_FROM_ANNOTATION, DELETION_COST_ANNOTATION, DRAIN_CANCELLED_AT_ANNOTATION,
-    DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, FIELD_MANAGER, REMOVABLE_DELETION_COST,
-    SERVING_LABEL,
+    DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, FIELD_MANAGER, HELD_BACK_ANNOTATION,
+    REMOVABLE_DELETION_COST, SERVING_LABEL,
 };
 use crate::observe::pods::timestamp;
 use crate::observe::{PodUids, Target};
@@ -88,8 +88,15 @@ pub async fn act(
         applied.pods_patched +=
             patch_pod(w, &pods, pod, uid_of(pod)?, cancel_patch(ours, record)).await?;
     }
+    // Released before any scale-up, so that they serve before new pods are asked for.
+    for pod in &plan.release {
+        applied.pods_patched += patch_pod(w, &pods, pod, uid_of(pod)?, release_patch()).await?;
+    }
     for pod in &plan.start {
         applied.pods_patched += patch_pod(w, &pods, pod, uid_of(pod)?, drain_patch(now)).await?;
+    }
+    for pod in &plan.hold {
+        applied.pods_patched += patch_pod(w, &pods, pod, uid_of(pod)?, hold_patch()).await?;
     }
     // The pods the lower count removes rank first already; marking them again is harmless and
     // guards against a cache that has not seen the mark yet.
@@ -244,14 +251,33 @@ pub fn with_uid(mut patch: Value, uid: &str) -> Value {
 }
 
 /// Marks a pod draining: annotated for the app and the downward API, out of the serving
-/// Service's selection.
+/// Service's selection. A hold ends with it: the drain's marks decide from now on.
 pub fn drain_patch(now: Time) -> Value {
     json!({"metadata": {
         "annotations": {
             DRAINING_ANNOTATION: "true",
             DRAINING_SINCE_ANNOTATION: timestamp(now).to_string(),
+            HELD_BACK_ANNOTATION: null,
         },
         "labels": {SERVING_LABEL: "false"},
+    }})
+}
+
+/// Holds a pod back: out of the serving Service's selection, but not draining (its heartbeat
+/// replies still say `drain: false`, and it keeps its sessions). The annotation lets a new
+/// leader find the held-back set on the pods.
+pub fn hold_patch() -> Value {
+    json!({"metadata": {
+        "annotations": {HELD_BACK_ANNOTATION: "true"},
+        "labels": {SERVING_LABEL: "false"},
+    }})
+}
+
+/// Puts a held-back pod back into the serving Service's selection.
+pub fn release_patch() -> Value {
+    json!({"metadata": {
+        "annotations": {HELD_BACK_ANNOTATION: null},
+        "labels": {SERVING_LABEL: "true"},
     }})
 }
 
@@ -272,6 +298,7 @@ pub fn cancel_patch(drop_cost: bool, cancelled: CancelledDrain) -> Value {
     let mut annotations = json!({
         DRAINING_ANNOTATION: null,
         DRAINING_SINCE_ANNOTATION: null,
+        HELD_BACK_ANNOTATION: null,
         CANCELLED_DRAIN_FROM_ANNOTATION: timestamp(cancelled.from).to_string(),
         DRAIN_CANCELLED_AT_ANNOTATION: timestamp(cancelled.at).to_string(),
     });
@@ -305,8 +332,8 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::{
-        Applied, Basis, Writer, act, cancel_patch, cancelled_drain, drain_patch, removable_patch,
-        scale_patch, with_uid,
+        Applied, Basis, Writer, act, cancel_patch, cancelled_drain, drain_patch, hold_patch,
+        release_patch, removable_patch, scale_patch, with_uid,
     };
     use crate::engine::{
         self, CancelledDrain, Decision, DrainPlan, History, Mode, Observation, Time,
@@ -489,6 +516,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn held_back_pods_are_released_first_and_held_with_their_uid_and_no_count_change() {
+        let (client, log) = fake_api(|_, _| 200, || {});
+        let (_clock, leadership) = fresh();
+        let (policy, seen, mut decision) = world();
+        decision.replicas = 3;
+        decision.plan = DrainPlan {
+            replicas: 3,
+            hold: vec!["b".to_owned()],
+            release: vec!["c".to_owned()],
+            ..DrainPlan::default()
+        };
+        let writer = Writer {
+            client: &client,
+            namespace: "ns",
+            leadership: &leadership,
+        };
+        let (target, uids) = (target(), uids());
+        let basis = Basis {
+            target: &target,
+            uids: &uids,
+        };
+        let applied = act(&writer, &policy, &seen, &basis, &decision, NOW).await;
+        assert!(
+            matches!(&applied, Ok(a) if a.pods_patched == 2 && a.scaled_to.is_none()),
+            "{applied:?}"
+        );
+        let sent = requests(&log);
+        let paths: Vec<(&Method, &str)> = sent.iter().map(|(m, p, _)| (m, p.as_str())).collect();
+        assert_eq!(
+            paths,
+            [
+                (&Method::PATCH, "/api/v1/namespaces/ns/pods/c"),
+                (&Method::PATCH, "/api/v1/namespaces/ns/pods/b"),
+            ]
+        );
+        assert_eq!(sent[0].2, with_uid(release_patch(), "uid-c"));
+        assert_eq!(sent[1].2, with_uid(hold_patch(), "uid-b"));
+    }
+
+    #[tokio::test]
     async fn a_leader_whose_renewal_is_stale_writes_nothing() {
         let (client, log) = fake_api(|_, _| 200, || {});
         let (clock, leadership) = fresh();
@@ -626,6 +693,7 @@ mod tests {
                 "annotations": {
                     "drainscaler.io/draining": "true",
                     "drainscaler.io/draining-since": "2023-11-14T22:13:20Z",
+                    "drainscaler.io/held-back": null,
                 },
                 "labels": {"drainscaler.io/serving": "false"},
             }})
@@ -666,6 +734,7 @@ mod tests {
                 "annotations": {
                     "drainscaler.io/draining": null,
                     "drainscaler.io/draining-since": null,
+                    "drainscaler.io/held-back": null,
                     "drainscaler.io/cancelled-drain-from": "2023-11-14T22:13:20Z",
                     "drainscaler.io/drain-cancelled-at": "2023-11-14T22:14:20Z",
                     "controller.kubernetes.io/pod-deletion-cost": null,
@@ -677,6 +746,31 @@ mod tests {
             cancel_patch(false, record)["metadata"]["annotations"]
                 .get("controller.kubernetes.io/pod-deletion-cost")
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn holding_back_takes_the_pod_out_of_service_without_draining_it_and_releasing_puts_it_back() {
+        let hold = hold_patch();
+        assert_eq!(
+            hold,
+            json!({"metadata": {
+                "annotations": {"drainscaler.io/held-back": "true"},
+                "labels": {"drainscaler.io/serving": "false"},
+            }})
+        );
+        assert!(
+            hold["metadata"]["annotations"]
+                .get("drainscaler.io/draining")
+                .is_none(),
+            "a held-back pod is not told to drain"
+        );
+        assert_eq!(
+            release_patch(),
+            json!({"metadata": {
+                "annotations": {"drainscaler.io/held-back": null},
+                "labels": {"drainscaler.io/serving": "true"},
+            }})
         );
     }
 

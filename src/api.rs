@@ -68,6 +68,8 @@ pub const METRIC_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$";
     validation = Rule::new("self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))").message("metric names must be unique").field_path(".metrics"),
     validation = Rule::new("!has(self.fallback) || (self.fallback.replicas >= self.minReplicas && self.fallback.replicas <= self.maxReplicas)").message("fallback.replicas must lie within [minReplicas, maxReplicas]").field_path(".fallback.replicas"),
     validation = Rule::new("!self.metrics.exists(m, has(m.sessions)) || has(self.heartbeat)").message("a sessions metric needs a heartbeat source: add spec.heartbeat").field_path(".metrics"),
+    validation = Rule::new("!has(self.drain) || !has(self.drain.holdBack) || has(self.heartbeat)").message("drain.holdBack decides from heartbeated session counts: add spec.heartbeat").field_path(".drain.holdBack"),
+    validation = Rule::new("!has(self.drain) || !has(self.drain.holdBack) || self.drain.holdBack.maxPods < self.maxReplicas").message("drain.holdBack.maxPods must be less than maxReplicas: at least one pod must serve").field_path(".drain.holdBack.maxPods"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingPolicySpec {
@@ -117,6 +119,10 @@ pub struct ScalingPolicySpec {
     /// in progress are cancelled and their pods serve again.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 fn default_min_replicas() -> i32 {
@@ -262,6 +268,11 @@ pub struct DrainSpec {
     pub timeout: String,
     #[serde(default)]
     pub on_timeout: OnTimeout,
+    /// Stop sending new sessions to the instances most likely to be drained next while the
+    /// others have room, so that they empty before a scale-in picks them and their drains are
+    /// short. Off when absent. Needs a heartbeat source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_back: Option<HoldBackSpec>,
 }
 
 impl Default for DrainSpec {
@@ -269,8 +280,29 @@ impl Default for DrainSpec {
         DrainSpec {
             timeout: default_drain_timeout(),
             on_timeout: OnTimeout::default(),
+            hold_back: None,
         }
     }
+}
+
+/// Holding back the likely next victims of a scale-in: up to `maxPods` of the emptiest
+/// instances (a StatefulSet's highest ordinals) are taken out of the serving Service
+/// (`drainscaler.io/serving: "false"`) but not drained: they keep their sessions, count as
+/// replicas, and serve again at once when the others would hold more than `sessionCeiling`
+/// sessions each, or before any scale-up.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldBackSpec {
+    /// The most instances held back at once.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_pods: i32,
+    /// The most sessions per serving instance, on average, while some are held back: a pod is
+    /// held back only while the reporting instances that still serve could hold every session
+    /// 5% under it, and held-back pods serve again once they would not hold them under it.
+    /// Set it below what an instance can hold: at that limit the serving instances would turn
+    /// new sessions away, which no heartbeat reports.
+    #[schemars(range(min = 1))]
+    pub session_ceiling: i64,
 }
 
 fn default_drain_timeout() -> String {
@@ -504,6 +536,10 @@ pub struct MetricStatus {
 pub struct InstancesStatus {
     pub ready: i32,
     pub draining: i32,
+    /// Instances held back (`spec.drain.holdBack`): out of the serving Service but not
+    /// draining; they keep their sessions and count as replicas.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_back: i32,
     /// Instances that sent no heartbeat for one heartbeat timeout. They are kept, with their
     /// last count, unless Kubernetes also reports them not Ready for as long (then Lost).
     #[serde(default)]

@@ -11,6 +11,9 @@ pub const DRAINING_SINCE_ANNOTATION: &str = "drainscaler.io/draining-since";
 pub const CANCELLED_DRAIN_FROM_ANNOTATION: &str = "drainscaler.io/cancelled-drain-from";
 /// On a pod whose drain was cancelled: when (RFC 3339).
 pub const DRAIN_CANCELLED_AT_ANNOTATION: &str = "drainscaler.io/drain-cancelled-at";
+/// `"true"` on a pod held back (`spec.drain.holdBack`): out of the serving Service (its
+/// serving label `"false"`) but not draining. Recovers the held-back set after a restart.
+pub const HELD_BACK_ANNOTATION: &str = "drainscaler.io/held-back";
 /// `"false"` on a draining pod so that a Service selecting `"true"` stops routing to it.
 pub const SERVING_LABEL: &str = "drainscaler.io/serving";
 /// `"true"` on the controller pod that holds the lease; the heartbeat Service selects it.

@@ -80,6 +80,17 @@ pub enum HeartbeatSource {
 pub struct Drain {
     pub timeout: Duration,
     pub on_timeout: OnTimeout,
+    /// Holding back the likely next victims; `None` when off.
+    pub hold_back: Option<HoldBack>,
+}
+
+/// `spec.drain.holdBack`, validated: only with a heartbeat source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldBack {
+    /// At least 1, less than `maxReplicas`.
+    pub max_pods: u32,
+    /// At least 1.
+    pub session_ceiling: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,8 +180,15 @@ impl Policy {
                 OnTimeout::Remove => "then removes",
                 OnTimeout::Keep => "never removes one with sessions",
             };
+            let hold = match self.drain.hold_back {
+                Some(h) => format!(
+                    ", holding back up to {} likely victims while the others stay under {} sessions each",
+                    h.max_pods, h.session_ceiling
+                ),
+                None => String::new(),
+            };
             format!(
-                "drains instances for up to {}, {keep}",
+                "drains instances for up to {}, {keep}{hold}",
                 fmt_duration(self.drain.timeout)
             )
         };
@@ -333,6 +351,10 @@ pub fn validate(spec: &ScalingPolicySpec) -> Result<Policy, PolicyError> {
     let drain = Drain {
         timeout: c.duration("spec.drain.timeout", &spec.drain.timeout),
         on_timeout: spec.drain.on_timeout,
+        hold_back: spec
+            .drain
+            .hold_back
+            .map(|h| validate_hold_back(&mut c, spec, h)),
     };
     let behavior = validate_behavior(&mut c, spec.behavior.as_ref());
 
@@ -381,6 +403,48 @@ pub fn validate(spec: &ScalingPolicySpec) -> Result<Policy, PolicyError> {
         paused: spec.paused,
         dry_run: spec.dry_run,
     })
+}
+
+/// The most pods `spec.drain.holdBack.maxPods` may name.
+pub const MAX_HOLD_BACK_PODS: i32 = 100;
+
+fn validate_hold_back(c: &mut Checker, spec: &ScalingPolicySpec, h: api::HoldBackSpec) -> HoldBack {
+    if spec.heartbeat.is_none() {
+        c.fail(
+            "spec.drain.holdBack",
+            "holding back decides from the session counts instances report: add spec.heartbeat (for example {source: Push}), or remove holdBack",
+        );
+    }
+    if !(1..=MAX_HOLD_BACK_PODS).contains(&h.max_pods) {
+        c.fail(
+            "spec.drain.holdBack.maxPods",
+            format!(
+                "must be between 1 and {MAX_HOLD_BACK_PODS}, got {}",
+                h.max_pods
+            ),
+        );
+    } else if h.max_pods >= spec.max_replicas {
+        c.fail(
+            "spec.drain.holdBack.maxPods",
+            format!(
+                "{} is not less than maxReplicas ({}): at least one instance must serve; lower maxPods",
+                h.max_pods, spec.max_replicas
+            ),
+        );
+    }
+    if h.session_ceiling < 1 {
+        c.fail(
+            "spec.drain.holdBack.sessionCeiling",
+            format!(
+                "must be at least 1 session per serving instance, got {}",
+                h.session_ceiling
+            ),
+        );
+    }
+    HoldBack {
+        max_pods: u32::try_from(h.max_pods).unwrap_or(1),
+        session_ceiling: u64::try_from(h.session_ceiling).unwrap_or(1),
+    }
 }
 
 fn validate_prometheus(c: &mut Checker, p: &api::PrometheusServer) -> PrometheusServer {

@@ -1,5 +1,5 @@
 //! Letting go of a target: when a policy is deleted, paused or put in dry run, the pods it
-//! marked for draining are put back into service, so that none is left out of its Service with
+//! marked for draining or held back are put back into service, so that none is left out of its Service with
 //! the lowest deletion cost and nobody to finish its drain. `to_restore` and `forget_marks` are
 //! pure; `marked_pods` and `restore` need a client.
 
@@ -8,7 +8,7 @@ use kube::api::ListParams;
 use kube::core::Selector;
 use kube::{Api, Client, ResourceExt};
 
-use crate::act::{Writer, cancel_patch, cancelled_drain, patch_pod};
+use crate::act::{Writer, cancel_patch, cancelled_drain, patch_pod, release_patch};
 use crate::engine::{CancelledDrain, Instance, Time};
 use crate::error::Error;
 use crate::names::REMOVABLE_DELETION_COST;
@@ -24,6 +24,8 @@ pub struct Marks {
     pub draining: bool,
     /// Carries the deletion cost drainscaler gives removable pods.
     pub removable: bool,
+    /// Carries the held-back mark (and so is out of the serving Service).
+    pub held_back: bool,
     pub terminating: bool,
     /// The record a cancel at the time of reading leaves on the pod.
     pub cancelled: CancelledDrain,
@@ -37,6 +39,7 @@ impl Marks {
             uid: uid.map(str::to_owned),
             draining: i.draining_since.is_some(),
             removable: i.deletion_cost == REMOVABLE_DELETION_COST,
+            held_back: i.held_back,
             terminating: i.terminating,
             cancelled: cancelled_drain(Some(i), now),
         }
@@ -59,6 +62,8 @@ pub struct Restore {
     pub uid: Option<String>,
     pub drop_cost: bool,
     pub cancelled: CancelledDrain,
+    /// Only held back: released, with no record of a drain.
+    pub held_only: bool,
 }
 
 /// The pods to put back into service when drainscaler lets go of a target whose `spec.replicas`
@@ -70,13 +75,14 @@ pub fn to_restore(pods: &[Marks], replicas: u32) -> Vec<Restore> {
     let live = pods.iter().filter(|p| !p.terminating).count();
     let scale_in_under_way = live > usize::try_from(replicas).unwrap_or(usize::MAX);
     pods.iter()
-        .filter(|p| !p.terminating && (p.draining || p.removable))
+        .filter(|p| !p.terminating && (p.draining || p.removable || p.held_back))
         .filter(|p| !(p.removable && scale_in_under_way))
         .map(|p| Restore {
             pod: p.pod.clone(),
             uid: p.uid.clone(),
             drop_cost: p.removable,
             cancelled: p.cancelled,
+            held_only: p.held_back && !p.draining && !p.removable,
         })
         .collect()
 }
@@ -86,6 +92,7 @@ pub fn forget_marks(instances: &mut [Instance], restored: &[Restore]) {
     for i in instances.iter_mut() {
         if let Some(r) = restored.iter().find(|r| r.pod == i.name) {
             i.draining_since = None;
+            i.held_back = false;
             if r.drop_cost {
                 i.deletion_cost = 0;
             }
@@ -126,7 +133,11 @@ pub async fn restore(w: &Writer<'_>, pods: &[Restore]) -> Result<usize, Error> {
             .uid
             .as_deref()
             .ok_or_else(|| Error::PodWithoutUid { pod: r.pod.clone() })?;
-        let patch = cancel_patch(r.drop_cost, r.cancelled);
+        let patch = if r.held_only {
+            release_patch()
+        } else {
+            cancel_patch(r.drop_cost, r.cancelled)
+        };
         patched += patch_pod(w, &api, &r.pod, uid, patch).await?;
     }
     Ok(patched)
@@ -148,6 +159,7 @@ mod tests {
             uid: Some(format!("uid-{pod}")),
             draining: false,
             removable: false,
+            held_back: false,
             terminating: false,
             cancelled: CANCELLED,
         }
@@ -174,6 +186,7 @@ mod tests {
                 uid: Some(format!("uid-{pod}")),
                 drop_cost,
                 cancelled: CANCELLED,
+                held_only: false,
             })
             .collect()
     }
@@ -209,6 +222,17 @@ mod tests {
             ..marks("a")
         };
         assert_eq!(to_restore(&[stray], 1), restored(&[("a", true)]));
+    }
+
+    #[test]
+    fn a_held_back_pod_is_released_without_a_record_of_a_drain() {
+        let held = Marks {
+            held_back: true,
+            ..marks("h")
+        };
+        let mut expected = restored(&[("h", false)]);
+        expected[0].held_only = true;
+        assert_eq!(to_restore(&[marks("a"), held], 2), expected);
     }
 
     #[test]

@@ -522,12 +522,14 @@ mod tests {
     use kube::runtime::reflector;
 
     use super::{
-        RequestLimits, ServerState, identity_from_review, knew_of_drain, parse_pod_ref,
+        RequestLimits, ServerState, drain_mark, identity_from_review, knew_of_drain, parse_pod_ref,
         parse_request,
     };
     use crate::leader::{Clock, Leadership, ManualClock, WRITE_WINDOW};
     use crate::metrics::Metrics;
+    use crate::names::{DRAINING_ANNOTATION, HELD_BACK_ANNOTATION};
     use crate::observe::heartbeats::{Heartbeats, PodKey};
+    use crate::observe::pods::CachedPod;
     use crate::tokens::{KubeReviewer, Limits, SystemClock, TokenCache};
 
     #[tokio::test]
@@ -567,6 +569,19 @@ mod tests {
             state.leading_pods().is_none(),
             "answered after leadership ended"
         );
+    }
+
+    #[test]
+    fn a_held_back_pod_is_not_told_to_drain() {
+        let mut held = CachedPod::default();
+        let annotations = [(HELD_BACK_ANNOTATION.to_owned(), "true".to_owned())];
+        held.metadata.annotations = Some(annotations.into_iter().collect());
+        assert_eq!(drain_mark(&held), None);
+        let mut drained = held.clone();
+        if let Some(a) = drained.metadata.annotations.as_mut() {
+            a.insert(DRAINING_ANNOTATION.to_owned(), "true".to_owned());
+        }
+        assert_eq!(drain_mark(&drained), Some(String::new()));
     }
 
     #[test]

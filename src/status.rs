@@ -126,6 +126,7 @@ pub fn render(
         instances: Some(InstancesStatus {
             ready: int(decision.instances.ready),
             draining: int(decision.instances.draining),
+            held_back: int(decision.instances.held_back),
             silent: int(decision.instances.silent),
             lost: int(decision.instances.lost),
             sessions: i64::try_from(decision.instances.sessions).unwrap_or(i64::MAX),

@@ -52,6 +52,7 @@ pub fn policy() -> PolicyBuilder {
         drain: Drain {
             timeout: secs(30 * 60),
             on_timeout: OnTimeout::Remove,
+            hold_back: None,
         },
         behavior: policy::default_behavior(),
         fallback: None,
@@ -155,7 +156,17 @@ impl PolicyBuilder {
         self.0.drain = Drain {
             timeout,
             on_timeout,
+            hold_back: self.0.drain.hold_back,
         };
+        self
+    }
+    /// Holds back up to `max_pods` likely victims while the others stay under `ceiling`
+    /// sessions each.
+    pub fn hold_back(mut self, max_pods: u32, ceiling: u64) -> Self {
+        self.0.drain.hold_back = Some(policy::HoldBack {
+            max_pods,
+            session_ceiling: ceiling,
+        });
         self
     }
     pub fn scale_up(mut self, rules: RulesBuilder) -> Self {
@@ -315,6 +326,11 @@ impl PodBuilder {
     }
     pub fn draining_since(mut self, since: Time) -> Self {
         self.pod.draining_since = Some(since);
+        self
+    }
+    /// Carries the held-back mark (`spec.drain.holdBack`).
+    pub fn held_back(mut self) -> Self {
+        self.pod.held_back = true;
         self
     }
     pub fn created(mut self, at: Time) -> Self {

@@ -102,7 +102,7 @@ fn policies_among_other_kinds_are_checked_and_the_rest_skipped() {
 
 #[test]
 fn bad_policies_say_what_is_wrong_and_how_to_fix_it() {
-    let cases: [(&str, &[&str]); 14] = [
+    let cases: [(&str, &[&str]); 16] = [
         (
             "min-above-max",
             &[
@@ -156,6 +156,20 @@ fn bad_policies_say_what_is_wrong_and_how_to_fix_it() {
             &[
                 "spec.fallback.failureThreshold: must be at least 1, got 0",
                 "spec.fallback.replicas: 20 is outside [minReplicas, maxReplicas] = [2, 10]; choose a count within them",
+            ],
+        ),
+        (
+            "hold-back",
+            &[
+                "spec.drain.holdBack.maxPods: must be between 1 and 100, got 0",
+                "spec.drain.holdBack.sessionCeiling: must be at least 1 session per serving instance, got 0",
+            ],
+        ),
+        (
+            "hold-back-without-heartbeat",
+            &[
+                "spec.drain.holdBack: holding back decides from the session counts instances report: add spec.heartbeat (for example {source: Push}), or remove holdBack",
+                "spec.drain.holdBack.maxPods: 10 is not less than maxReplicas (10): at least one instance must serve; lower maxPods",
             ],
         ),
         (

@@ -8,9 +8,9 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use drainscaler::act::{cancel_patch, drain_patch, removable_patch};
+use drainscaler::act::{cancel_patch, drain_patch, hold_patch, release_patch, removable_patch};
 use drainscaler::engine::{CancelledDrain, Time};
-use drainscaler::names::{DELETION_COST_ANNOTATION, LEADER_LABEL};
+use drainscaler::names::{DELETION_COST_ANNOTATION, HELD_BACK_ANNOTATION, LEADER_LABEL};
 use serde_json::Value;
 
 const BASE: &str = "manifests/base";
@@ -149,6 +149,8 @@ fn the_admission_policy_allows_every_key_the_controller_writes_on_pods() {
         drain_patch(now),
         cancel_patch(true, CancelledDrain { from: now, at: now }),
         removable_patch(),
+        hold_patch(),
+        release_patch(),
     ];
     let mut labels = BTreeSet::from([LEADER_LABEL.to_owned()]);
     let mut annotations = BTreeSet::new();
@@ -168,6 +170,7 @@ fn the_admission_policy_allows_every_key_the_controller_writes_on_pods() {
         assert_eq!(fields, BTreeSet::from(["metadata"]), "{patch}");
     }
     assert!(annotations.contains(DELETION_COST_ANNOTATION));
+    assert!(annotations.contains(HELD_BACK_ANNOTATION));
     for key in &labels {
         assert!(
             allowed(&labels_rule, key),

@@ -747,7 +747,8 @@ fn a_sessions_target_the_instances_cannot_reach_is_pointed_out() {
     assert_eq!(
         sim.notes,
         [
-            "metric sessions targets 80 sessions per replica (scaling up only above 88 with the tolerance) but --capacity is 85: instances fill up before the metric asks for more, so expect rejected sessions"
+            "metric sessions targets 80 sessions per replica (scaling up only above 88 with the tolerance) but --capacity is 85: instances fill up before the metric asks for more, so expect rejected sessions",
+            "drain.holdBack.sessionCeiling is 95 but --capacity is 85: while pods are held back the others fill up and turn sessions away before the ceiling releases them; set the ceiling below the capacity",
         ]
     );
     let fine = run(
@@ -757,4 +758,24 @@ fn a_sessions_target_the_instances_cannot_reach_is_pointed_out() {
         &Options::default(),
     );
     assert!(fine.notes.is_empty(), "{:?}", fine.notes);
+}
+
+#[test]
+fn a_hold_back_ceiling_the_instances_cannot_reach_is_pointed_out() {
+    let options = Options {
+        capacity: 95,
+        ..Options::default()
+    };
+    let sim = run(
+        "examples/policies/chat-keep.yaml",
+        "examples/traces/nyc_taxi_sessions.csv",
+        Some(2),
+        &options,
+    );
+    assert_eq!(
+        sim.notes,
+        [
+            "drain.holdBack.sessionCeiling is 95 but --capacity is 95: while pods are held back the others fill up and turn sessions away before the ceiling releases them; set the ceiling below the capacity"
+        ]
+    );
 }

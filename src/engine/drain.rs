@@ -33,6 +33,10 @@ pub struct DrainPlan {
     pub remove: Vec<Removal>,
     /// Lost pods to delete so that their workload recreates them.
     pub replace: Vec<String>,
+    /// Serving pods to hold back: out of the serving Service, not draining.
+    pub hold: Vec<String>,
+    /// Held-back pods to put back into the serving Service.
+    pub release: Vec<String>,
     /// Removable pods wait because others rank before them for deletion.
     pub blocked: bool,
     /// A Deployment rollout is in progress: nothing starts draining or goes, and the count is
@@ -448,7 +452,9 @@ fn first<K: Ord>(
 }
 
 /// Orders pods by the ReplicaSet's deletion order, then by index.
-fn by_deletion_order<'a>(pods: &'a [&Instance]) -> impl Fn(usize, usize) -> Ordering + 'a {
+pub(crate) fn by_deletion_order<'a>(
+    pods: &'a [&Instance],
+) -> impl Fn(usize, usize) -> Ordering + 'a {
     move |a, b| {
         deletion_key(pods[a])
             .cmp(&deletion_key(pods[b]))
@@ -561,6 +567,7 @@ pub fn plan(
         .map(|p| p.sessions().unwrap_or(u64::MAX))
         .collect();
     let by_index = |a: usize, b: usize| a.cmp(&b);
+    let holds_back = policy.drain.hold_back.is_some();
 
     // 1. Load came back: put draining pods back into service before adding new ones.
     let serving = active(&since);
@@ -603,10 +610,14 @@ pub fn plan(
             TargetKind::StatefulSet => {
                 first(candidates, wanted, |i| Reverse(pods[i].ordinal), by_index)
             }
+            // Held-back pods were set aside to be the next victims.
             TargetKind::Deployment => first(
                 candidates,
                 wanted,
-                |i| (!lost[i] && pods[i].ready, sessions[i]),
+                |i| {
+                    let held = holds_back && pods[i].held_back;
+                    (!lost[i] && pods[i].ready, !held, sessions[i])
+                },
                 by_deletion_order(pods),
             ),
         };

@@ -4,6 +4,7 @@
 mod behavior;
 mod drain;
 mod history;
+mod hold;
 mod replicas;
 
 use std::collections::BTreeMap;
@@ -99,6 +100,9 @@ pub struct Instance {
     pub ordinal: Option<u32>,
     /// Since when the pod has been draining, from its annotation.
     pub draining_since: Option<Time>,
+    /// Held back (`spec.drain.holdBack`), from its annotation: out of the serving Service but
+    /// not draining. Ignored on a draining pod.
+    pub held_back: bool,
     /// The ReplicaSet (or other controller) that owns the pod: pods of two ReplicaSets mean a
     /// Deployment rollout.
     pub owner: Option<String>,
@@ -220,6 +224,8 @@ pub struct MetricOutcome {
 pub struct InstanceCounts {
     pub ready: u32,
     pub draining: u32,
+    /// Held back after the decision: serving no new sessions, not draining.
+    pub held_back: u32,
     /// Sent no heartbeat for one timeout (Lost ones included).
     pub silent: u32,
     pub lost: u32,
@@ -310,6 +316,10 @@ pub enum EventReason {
     FallbackActive,
     /// Nothing is scaled or drained because the target cannot be planned over.
     ScalingHeld,
+    /// A pod stops taking new sessions ahead of a likely scale-in (`spec.drain.holdBack`).
+    HeldBack,
+    /// A held-back pod takes new sessions again.
+    HoldReleased,
 }
 
 impl EventReason {
@@ -327,6 +337,8 @@ impl EventReason {
             EventReason::MetricUnavailable => "MetricUnavailable",
             EventReason::FallbackActive => "FallbackActive",
             EventReason::ScalingHeld => "ScalingHeld",
+            EventReason::HeldBack => "HeldBack",
+            EventReason::HoldReleased => "HoldReleased",
         }
     }
 
@@ -496,8 +508,21 @@ pub fn decide(policy: &Policy, seen: &Observation, history: &History, now: Time)
     } else {
         drain::plan(policy, seen, &pods, &live.lost, desired, now)
     };
+    let held_back = if policy.paused {
+        // Letting go of the target releases them; until then they are what they are.
+        pods.iter()
+            .filter(|p| p.held_back && p.draining_since.is_none())
+            .count() as u32
+    } else {
+        let holds = hold::plan(policy, &pods, &live, &plan, desired, current, now);
+        plan.hold = holds.hold;
+        plan.release = holds.release;
+        plan.events.extend(holds.events);
+        holds.held
+    };
     events.extend(silence_events(policy, &pods, &live));
-    let instances = drain::counts(&pods, &live);
+    let mut instances = drain::counts(&pods, &live);
+    instances.held_back = held_back;
     let draining = drain::draining_status(&pods, &plan);
     let pod_reports = if policy.heartbeat.is_some() {
         drain::pod_reports(&pods, &live)

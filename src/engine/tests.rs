@@ -3,6 +3,7 @@
 //! property tests (`properties`). Fixtures come from `crate::testing`.
 
 mod history;
+mod hold_back;
 mod hpa;
 mod properties;
 mod scale_in;

@@ -11,12 +11,13 @@ use serde::Deserialize;
 use crate::engine::{CancelledDrain, Heartbeat, Instance, Phase, Time};
 use crate::names::{
     CANCELLED_DRAIN_FROM_ANNOTATION, DELETION_COST_ANNOTATION, DRAIN_CANCELLED_AT_ANNOTATION,
-    DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, POD_INDEX_LABEL,
+    DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, HELD_BACK_ANNOTATION, POD_INDEX_LABEL,
 };
 
 /// Annotations the controller reads; all others are dropped from the cache.
-const KEPT_ANNOTATIONS: [&str; 5] = [
+const KEPT_ANNOTATIONS: [&str; 6] = [
     DRAINING_ANNOTATION,
+    HELD_BACK_ANNOTATION,
     DRAINING_SINCE_ANNOTATION,
     CANCELLED_DRAIN_FROM_ANNOTATION,
     DRAIN_CANCELLED_AT_ANNOTATION,
@@ -235,6 +236,8 @@ pub fn instance(pod: &CachedPod, heartbeat: Option<Heartbeat>, now: Time) -> Ins
         deletion_cost: annotation(DELETION_COST_ANNOTATION)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0),
+        // A drain supersedes a hold: the drain's marks decide.
+        held_back: draining_since.is_none() && annotation(HELD_BACK_ANNOTATION) == Some("true"),
         draining_since,
         cancelled_drain,
         owner: meta
@@ -348,7 +351,10 @@ mod tests {
 
     use super::{CachedPod, instance, parse_selector, prune, time, timestamp};
     use crate::engine::{Heartbeat, Phase, Time};
-    use crate::names::{DELETION_COST_ANNOTATION, DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION};
+    use crate::names::{
+        DELETION_COST_ANNOTATION, DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION,
+        HELD_BACK_ANNOTATION,
+    };
 
     struct PodBuilder(Pod);
 
@@ -493,6 +499,24 @@ mod tests {
         assert_eq!(i.draining_since, Some(Time::from_secs(250)));
         assert_eq!(i.deletion_cost, i32::MIN);
         assert_eq!(i.ordinal, Some(0));
+    }
+
+    #[test]
+    fn the_held_back_mark_is_read_unless_the_pod_drains() {
+        let held = pod("chat-0")
+            .running_since(200)
+            .annotation(HELD_BACK_ANNOTATION, "true")
+            .build();
+        assert!(instance(&held, None, Time::from_secs(300)).held_back);
+        let mut pruned = held.clone();
+        prune(&mut pruned);
+        assert!(instance(&pruned, None, Time::from_secs(300)).held_back);
+        let draining = pod("chat-0")
+            .running_since(200)
+            .annotation(HELD_BACK_ANNOTATION, "true")
+            .annotation(DRAINING_ANNOTATION, "true")
+            .build();
+        assert!(!instance(&draining, None, Time::from_secs(300)).held_back);
     }
 
     #[test]

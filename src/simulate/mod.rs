@@ -244,6 +244,16 @@ pub fn prepare(
                 ));
             }
         }
+        if let Some(h) = policy.drain.hold_back
+            && h.session_ceiling >= u64::from(options.capacity)
+        {
+            // The serving instances fill up before the held-back ones are released, and the
+            // sessions turned away show in no heartbeat.
+            notes.push(format!(
+                "drain.holdBack.sessionCeiling is {} but --capacity is {}: while pods are held back the others fill up and turn sessions away before the ceiling releases them; set the ceiling below the capacity",
+                h.session_ceiling, options.capacity
+            ));
+        }
     }
 
     Ok(Prepared {

@@ -282,6 +282,7 @@ impl Space {
         spec.drain = DrainSpec {
             timeout: fmt_duration(Duration::from_secs(self.drain_timeouts[k[n + 4]])),
             on_timeout: self.on_timeouts[k[n + 5]],
+            hold_back: spec.drain.hold_back,
         };
         out
     }

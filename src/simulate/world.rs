@@ -114,7 +114,8 @@ impl World {
         }
     }
 
-    /// Routes new sessions, each to the least-loaded ready, non-draining pod with room; a
+    /// Routes new sessions, each to the least-loaded ready pod with room that is neither
+    /// draining nor held back (a Service selecting on the serving label); a
     /// session with nowhere to go is rejected.
     pub fn admit(&mut self, now: i64, lengths: &[i64]) {
         if lengths.is_empty() {
@@ -122,7 +123,9 @@ impl World {
         }
         self.room.clear();
         for (i, pod) in self.pods.iter().enumerate() {
-            let open = pod.instance.ready && pod.instance.draining_since.is_none();
+            let open = pod.instance.ready
+                && pod.instance.draining_since.is_none()
+                && !pod.instance.held_back;
             if open && pod.sessions() < self.capacity {
                 self.room.push(Reverse((pod.sessions(), i)));
             }
@@ -161,7 +164,8 @@ impl World {
             .collect()
     }
 
-    /// Carries out a drain plan the way the controller does: cancel and start drains, give
+    /// Carries out a drain plan the way the controller does: cancel and start drains, hold
+    /// back and release pods, give
     /// removable pods the lowest deletion cost, delete Lost pods, then write the replica count.
     pub fn apply(&mut self, plan: &DrainPlan, now: i64) {
         for pod in &mut self.pods {
@@ -173,6 +177,14 @@ impl World {
             }
             if plan.start.iter().any(|s| s == name) {
                 pod.instance.draining_since = Some(Time(now));
+                // The drain's marks replace the hold's.
+                pod.instance.held_back = false;
+            }
+            if plan.hold.iter().any(|h| h == name) {
+                pod.instance.held_back = true;
+            }
+            if plan.release.iter().any(|r| r == name) {
+                pod.instance.held_back = false;
             }
             if plan.mark_removable.iter().any(|m| m == name) {
                 pod.instance.deletion_cost = REMOVABLE_DELETION_COST;
@@ -301,6 +313,43 @@ mod tests {
         w.scale(1, 40_000);
         assert_eq!(w.tally.dropped, 1);
         assert_eq!(w.sessions(), 2);
+    }
+
+    #[test]
+    fn held_back_pods_take_no_new_sessions_keep_theirs_and_take_them_again_once_released() {
+        let mut w = world(2);
+        w.admit(0, &[60_000, 60_000]);
+        let names: Vec<String> = w
+            .instances(0, true)
+            .iter()
+            .map(|i| i.name.clone())
+            .collect();
+        let hold = DrainPlan {
+            replicas: 2,
+            hold: vec![names[1].clone()],
+            ..DrainPlan::default()
+        };
+        w.apply(&hold, 0);
+        let seen = w.instances(0, true);
+        assert!(seen[1].held_back && seen[1].draining_since.is_none());
+        assert_eq!(
+            seen[1].heartbeat.map(|h| h.sessions),
+            Some(1),
+            "it keeps its session"
+        );
+        // Room for one more on the serving pod only (capacity 2).
+        w.admit(0, &[60_000, 60_000]);
+        assert_eq!(w.tally.rejected, 1);
+        assert_eq!(w.draining(), 0, "held back is not draining");
+        let release = DrainPlan {
+            replicas: 2,
+            release: vec![names[1].clone()],
+            ..DrainPlan::default()
+        };
+        w.apply(&release, 0);
+        w.admit(0, &[60_000]);
+        assert_eq!(w.tally.rejected, 1);
+        assert_eq!(w.sessions(), 4);
     }
 
     #[test]

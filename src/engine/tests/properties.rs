@@ -28,8 +28,8 @@ use crate::engine::{
     Reading, Recommendation, Removal, RemovalCause, ScaleEvent, Time, decide, next_history,
 };
 use crate::policy::{
-    Behavior, Drain, Fallback, Heartbeat as HeartbeatPolicy, HeartbeatSource, Metric, MetricTarget,
-    Policy, RatePolicy, Rules, Source, Target, default_behavior,
+    Behavior, Drain, Fallback, Heartbeat as HeartbeatPolicy, HeartbeatSource, HoldBack, Metric,
+    MetricTarget, Policy, RatePolicy, Rules, Source, Target, default_behavior,
 };
 use crate::testing::{NOW, ago, observation, pod, policy, secs};
 
@@ -100,8 +100,13 @@ prop_compose! {
         fallback in option::weighted(0.4, (1u32..4, 0u32..100)),
         paused in pbool::weighted(0.1),
         dry_run in pbool::weighted(0.1),
+        hold_back in option::weighted(0.4, (1u32..4, sample::select(vec![5u64, 20, 95]))),
     ) -> Policy {
         let max = min.max(1) + span;
+        // Valid only with heartbeats and with fewer pods than maxReplicas.
+        let hold_back = hold_back
+            .filter(|&(pods, _)| heartbeat.is_some() && pods < max)
+            .map(|(max_pods, session_ceiling)| HoldBack { max_pods, session_ceiling });
         let heartbeat = heartbeat.map(|(timeout, replace, n)| HeartbeatPolicy {
             source: HeartbeatSource::Push,
             timeout: secs(timeout),
@@ -135,6 +140,7 @@ prop_compose! {
             drain: Drain {
                 timeout: secs(drain_timeout),
                 on_timeout: if remove_on_timeout { OnTimeout::Remove } else { OnTimeout::Keep },
+                hold_back,
             },
             behavior,
             fallback: fallback.map(|(failure_threshold, pick)| Fallback {
@@ -167,6 +173,7 @@ prop_compose! {
         created in 0u64..7200,
         // Now and then a pod of a second ReplicaSet: a rollout.
         new_replica_set in pbool::weighted(0.05),
+        held_back in pbool::weighted(0.15),
     ) -> Instance {
         let phase = if scheduled { phase } else { Phase::Pending };
         let started = (phase != Phase::Pending).then(|| ago(started));
@@ -188,6 +195,7 @@ prop_compose! {
             deletion_cost: cost,
             ordinal: None,
             draining_since: draining.map(ago),
+            held_back,
             owner: Some(if new_replica_set { "chat-new" } else { "chat-old" }.to_owned()),
             // A pod that never ran has never heartbeated.
             heartbeat: heartbeat
@@ -353,6 +361,13 @@ fn applied(seen: &Observation, d: &Decision, now: Time) -> Vec<Instance> {
             }
             if cancelled.contains(p.name.as_str()) {
                 p.draining_since = None;
+            }
+            if d.plan.hold.contains(&p.name) {
+                p.held_back = true;
+            }
+            // A drain's marks replace a hold's (the controller's drain patch clears it).
+            if d.plan.release.contains(&p.name) || p.draining_since.is_some() {
+                p.held_back = false;
             }
             p.deletion_cost = written_cost(&p, d);
             p
@@ -672,6 +687,83 @@ proptest! {
         prop_assert_eq!(again.desired, first.desired);
         prop_assert!(again.plan.start.is_empty(), "new drains: {:?}", again.plan.start);
         prop_assert!(again.plan.cancel.is_empty(), "cancelled: {:?}", again.plan.cancel);
+        prop_assert!(again.plan.hold.is_empty(), "held back again: {:?}", again.plan.hold);
+        prop_assert!(again.plan.release.is_empty(), "released: {:?}", again.plan.release);
+    }
+
+    /// Holding back: only pods whose count is known now, never more than `maxPods`, never a
+    /// pod the plan drains or removes, only while the others hold every session under the
+    /// ceiling, and none while the serving count rises. Held-back pods count as serving
+    /// replicas: the serving counts are those of the same policy without holdBack.
+    #[test]
+    fn held_back_pods_are_known_bounded_under_the_ceiling_and_change_no_count(
+        policy in arb_policy(), seen in arb_observation(), history in arb_history()
+    ) {
+        let d = decide(&policy, &seen, &history, NOW);
+        let mut plain = policy.clone();
+        plain.drain.hold_back = None;
+        let p = decide(&plain, &seen, &history, NOW);
+        prop_assert_eq!(d.current, p.current);
+        prop_assert_eq!(d.desired, p.desired);
+        let after = applied(&seen, &d, NOW);
+        let removed: BTreeSet<&str> = d.plan.remove.iter().map(|r| r.pod.as_str()).collect();
+        let serving: Vec<&Instance> = after
+            .iter()
+            .filter(|q| q.draining_since.is_none() && !removed.contains(q.name.as_str()))
+            .filter(|q| in_range(&policy, &seen, q))
+            .collect();
+        let held: Vec<&Instance> = serving.iter().copied().filter(|q| q.held_back).collect();
+        if policy.paused {
+            // Letting go of the target releases held-back pods (the controller's restore).
+            prop_assert!(d.plan.hold.is_empty() && d.plan.release.is_empty());
+            return Ok(());
+        }
+        let Some(settings) = policy.drain.hold_back else {
+            prop_assert!(d.plan.hold.is_empty(), "held back without holdBack: {:?}", d.plan.hold);
+            prop_assert!(held.is_empty(), "still held back without holdBack: {:?}", held);
+            return Ok(());
+        };
+        for name in &d.plan.hold {
+            let Some(q) = seen.instances.iter().find(|q| &q.name == name) else {
+                return Err(proptest::test_runner::TestCaseError::fail(format!("holds back unknown {name}")));
+            };
+            prop_assert!(
+                q.ready && q.phase == Phase::Running && !q.terminating
+                    && q.heartbeat.is_some_and(|h| NOW.since(h.at) < policy.heartbeat.as_ref().map_or(secs(0), |hb| hb.timeout)),
+                "held back a pod whose count is not known now: {:?}", q
+            );
+            prop_assert!(!d.plan.start.contains(name) && !removed.contains(name.as_str()));
+        }
+        prop_assert!(held.len() as u64 <= u64::from(settings.max_pods), "{} held back", held.len());
+        if d.desired > d.current {
+            prop_assert!(held.is_empty(), "held back while scaling up: {:?}", held);
+        }
+        if !held.is_empty() {
+            let ceiling = settings.session_ceiling;
+            let demand: u64 = serving.iter().map(|q| q.sessions().unwrap_or(ceiling)).sum();
+            let hb = policy.heartbeat.as_ref().map_or(secs(0), |hb| hb.timeout);
+            let capacity = serving
+                .iter()
+                .filter(|q| !q.held_back && q.ready && q.phase == Phase::Running)
+                .filter(|q| q.heartbeat.is_some_and(|h| NOW.since(h.at) < hb))
+                .count() as u64;
+            prop_assert!(capacity >= 1, "nothing serves");
+            prop_assert!(
+                demand <= ceiling * capacity,
+                "{} sessions over {} serving pods pass the ceiling {}", demand, capacity, ceiling
+            );
+        }
+    }
+}
+
+/// Whether a pod lies within a StatefulSet's ordinal range (always, for a Deployment).
+fn in_range(policy: &Policy, seen: &Observation, p: &Instance) -> bool {
+    match (policy.target.kind, p.ordinal) {
+        (TargetKind::StatefulSet, Some(o)) => {
+            let start = u64::from(seen.ordinals_start);
+            (start..start + u64::from(seen.replicas)).contains(&u64::from(o))
+        }
+        _ => true,
     }
 }
 
