@@ -8,10 +8,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::{
-    Controller, Namespace, POLICY_COLUMNS, app_with_controller, apply, condition, dropped_sessions,
-    enabled, event_reasons, http, install_crd, kubectl, kubectl_result, pods, policy,
-    policy_events, policy_table, ready_replicas, sessions_spec, spec_replicas, steady_load,
-    traffic_summary, wait_for,
+    Controller, Namespace, POLICY_COLUMNS, active_sessions, app_with_controller, apply, condition,
+    draining, dropped_sessions, enabled, event_reasons, http, install_crd, kubectl, kubectl_json,
+    kubectl_result, pod_exists, pod_name, pod_sessions, pods, policy, policy_events, policy_table,
+    ready_replicas, sessions_spec, spec_replicas, steady_load, traffic_summary, wait_for,
 };
 
 #[test]
@@ -431,5 +431,130 @@ fn a_policy_the_schema_accepts_but_validation_rejects_is_not_ready_warns_and_cha
             spec_replicas(&ns.0, "chat") == 3
                 && condition(&ns.0, "chat", "Ready").is_some_and(|(s, _, _)| s == "True")
         },
+    );
+}
+
+/// `drain.holdBack` on a real Service: with three pods kept by `minReplicas` and a few
+/// sessions, the emptiest pod is held back (serving label "false", the annotation, the status
+/// count, a HeldBack event) and not drained; the Service sends it no new sessions, so it
+/// empties while the others serve. When load asks for more pods it serves again before any
+/// pod is added. No session is cut throughout.
+#[test]
+fn a_held_back_pod_takes_no_new_sessions_and_serves_again_when_load_returns() {
+    if !enabled("a_held_back_pod_takes_no_new_sessions_and_serves_again_when_load_returns") {
+        return;
+    }
+    let (ns, controller) = app_with_controller("hold-back", 3);
+    wait_for(Duration::from_secs(90), "three ready pods", || {
+        ready_replicas(&ns.0, "chat") == 3
+    });
+    apply(&policy(
+        &ns.0,
+        "chat",
+        r#"  minReplicas: 3
+  maxReplicas: 4
+  interval: 2s
+  metrics:
+  - name: sessions
+    sessions: {}
+    target: {type: AverageValue, averageValue: "10"}
+  heartbeat: {source: Push, timeout: 20s}
+  drain: {timeout: 5m, onTimeout: Keep, holdBack: {maxPods: 1, sessionCeiling: 8}}
+"#,
+    ));
+
+    // About 6 sessions open at a time: two pods hold them under 8 each, so one is held back.
+    let light = steady_load(&ns.0, "chat", 1, 90, 6, 11);
+    let held_back = || -> Vec<(String, String)> {
+        let list = kubectl_json(&["-n", &ns.0, "get", "pods", "-l", "app=chat"]);
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["annotations"]["drainscaler.io/held-back"] == "true")
+            .map(|p| {
+                let serving = p["metadata"]["labels"]["drainscaler.io/serving"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                (pod_name(p), serving)
+            })
+            .collect()
+    };
+    wait_for(Duration::from_secs(60), "a pod held back", || {
+        held_back().len() == 1
+    });
+    let (pod, serving) = held_back().remove(0);
+    assert_eq!(
+        serving, "false",
+        "the held-back pod {pod} is still selected"
+    );
+    assert!(draining(&ns.0).is_empty(), "held back is not draining");
+    let status = kubectl_json(&["-n", &ns.0, "get", "scalingpolicy", "chat"]);
+    assert_eq!(
+        status["status"]["instances"]["heldBack"], 1,
+        "{}",
+        status["status"]
+    );
+
+    // Its sessions end and no new ones come, while the load goes on to the others.
+    wait_for(
+        Duration::from_secs(40),
+        "the held-back pod to empty",
+        || pod_sessions(&ns.0, &pod) == 0,
+    );
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(
+            pod_sessions(&ns.0, &pod),
+            0,
+            "a new session reached the held-back pod {pod}"
+        );
+        assert_eq!(held_back().len(), 1, "{}", controller.logs());
+    }
+    assert!(active_sessions(&ns.0, "chat") > 0, "the load stopped early");
+    assert_eq!(spec_replicas(&ns.0, "chat"), 3);
+    assert!(pod_exists(&ns.0, &pod), "the held-back pod was removed");
+
+    // About 50 sessions ask for more pods than there are: the held pod serves again first.
+    let heavy = steady_load(&ns.0, "chat", 5, 20, 10, 12);
+    wait_for(Duration::from_secs(60), "the hold released", || {
+        held_back().is_empty()
+    });
+    let p = kubectl_json(&["-n", &ns.0, "get", "pod", &pod]);
+    assert_eq!(
+        p["metadata"]["labels"]["drainscaler.io/serving"], "true",
+        "{}",
+        p["metadata"]
+    );
+    wait_for(Duration::from_secs(60), "the scale-up to 4", || {
+        spec_replicas(&ns.0, "chat") == 4
+    });
+    wait_for(
+        Duration::from_secs(30),
+        "a session on the released pod",
+        || pod_sessions(&ns.0, &pod) > 0,
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the HeldBack and HoldReleased events",
+        || {
+            let reasons: Vec<String> = event_reasons(&ns.0, "chat")
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect();
+            ["HeldBack", "HoldReleased"]
+                .iter()
+                .all(|want| reasons.iter().any(|r| r == want))
+        },
+    );
+    for summary in [traffic_summary(light), traffic_summary(heavy)] {
+        assert_eq!(summary["dropped"], 0, "sessions cut: {summary}");
+        assert!(summary["opened"].as_u64().unwrap_or(0) > 15, "{summary}");
+    }
+    assert_eq!(
+        dropped_sessions(&ns.0),
+        0,
+        "the node's record of cut sessions"
     );
 }
