@@ -200,10 +200,7 @@ async fn clean_up(sp: &ScalingPolicy, ctx: &Context, namespace: &str) -> Result<
     };
     restore::restore(&writer, &restore).await?;
     if !restore.is_empty() {
-        let note = format!(
-            "the policy is being deleted: cancelled the drains of {}; they serve again",
-            pod_list(&restore)
-        );
+        let note = format!("the policy is being deleted: {}", restored(&restore));
         tracing::info!(namespace, policy = sp.name_any(), note, "restored");
         ctx.publish(sp, false, ShellReason::DrainCancelled.as_str(), note)
             .await;
@@ -227,13 +224,27 @@ fn heir(policies: &Store<ScalingPolicy>, sp: &ScalingPolicy, namespace: &str) ->
         .map(|other| other.name_any())
 }
 
-fn pod_list(pods: &[restore::Restore]) -> String {
+fn pod_list(pods: &[&restore::Restore]) -> String {
     let names: Vec<&str> = pods.iter().map(|r| r.pod.as_str()).collect();
     format!(
         "pod{} {}",
         if names.len() == 1 { "" } else { "s" },
         names.join(", ")
     )
+}
+
+/// What letting go of a target did to its pods: drains cancelled, held-back pods released.
+fn restored(pods: &[restore::Restore]) -> String {
+    let (held, drained): (Vec<&restore::Restore>, Vec<&restore::Restore>) =
+        pods.iter().partition(|r| r.held_only);
+    let mut parts = Vec::new();
+    if !drained.is_empty() {
+        parts.push(format!("cancelled the drains of {}", pod_list(&drained)));
+    }
+    if !held.is_empty() {
+        parts.push(format!("released the held-back {}", pod_list(&held)));
+    }
+    format!("{}; they serve again", parts.join(" and "))
 }
 
 /// What a policy that lets go of its target (paused, dry run) is called in messages.
@@ -316,10 +327,7 @@ async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result
             };
             restore::restore(&writer, &restore).await?;
             restore::forget_marks(&mut seen.instances, &restore);
-            let note = format!(
-                "{field}: cancelled the drains of {}; they serve again",
-                pod_list(&restore)
-            );
+            let note = format!("{field}: {}", restored(&restore));
             tracing::info!(namespace, policy = sp.name_any(), note, "restored");
             ctx.publish(&sp, false, ShellReason::DrainCancelled.as_str(), note)
                 .await;
@@ -721,9 +729,38 @@ mod tests {
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
-    use super::{DEBOUNCE, LAST_APPLIED_ANNOTATION, MIN_REQUEUE, next_read, prune_policy};
+    use super::{
+        DEBOUNCE, LAST_APPLIED_ANNOTATION, MIN_REQUEUE, next_read, prune_policy, restored,
+    };
     use crate::api::ScalingPolicy;
-    use crate::engine::Time;
+    use crate::engine::{CancelledDrain, Time};
+    use crate::restore::Restore;
+
+    #[test]
+    fn letting_go_says_which_pods_had_a_drain_cancelled_and_which_were_only_held_back() {
+        let pod = |name: &str, held_only: bool| Restore {
+            pod: name.to_owned(),
+            uid: None,
+            drop_cost: false,
+            cancelled: CancelledDrain {
+                from: Time(0),
+                at: Time(0),
+            },
+            held_only,
+        };
+        assert_eq!(
+            restored(&[pod("a", false), pod("b", true), pod("c", false)]),
+            "cancelled the drains of pods a, c and released the held-back pod b; they serve again"
+        );
+        assert_eq!(
+            restored(&[pod("b", true)]),
+            "released the held-back pod b; they serve again"
+        );
+        assert_eq!(
+            restored(&[pod("a", false)]),
+            "cancelled the drains of pod a; they serve again"
+        );
+    }
 
     #[test]
     fn a_cached_policy_keeps_its_spec_status_and_finalizers_but_not_its_managed_fields() {
