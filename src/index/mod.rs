@@ -1,7 +1,10 @@
 //! In-memory indexes the controller keeps between reconciles, changed synchronously and tested
-//! by applying objects: which policy selects which pods, the last Prometheus readings of each
-//! policy, and when it last made its newest recommendation. None matters across restarts. No
-//! I/O.
+//! by applying objects: which policy selects which pods, the cached pods by label (`pods`), who
+//! scales each target (`targets`), the last Prometheus readings of each policy, and when it last
+//! made its newest recommendation. None matters across restarts. No I/O.
+
+pub mod pods;
+pub mod targets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{PoisonError, RwLock};
