@@ -167,7 +167,7 @@ log "$((POLICIES * PODS)) pods exist"
 SCOPE=(--namespace "$NS")
 [[ -n ${BENCH_CLUSTER_WIDE:-} ]] && SCOPE=()
 "$BIN" run "${SCOPE[@]}" --lease-namespace "$NS" --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" \
-	${PROMETHEUS_URL:+--prometheus-url "$PROMETHEUS_URL"} --log-format json \
+	${PROMETHEUS_URL:+--prometheus-url "$PROMETHEUS_URL"} ${BENCH_CONCURRENCY:+--concurrency "$BENCH_CONCURRENCY"} --log-format json \
 	>"${TMPDIR:-/tmp}/drainscaler-bench.log" 2>&1 &
 PID=$!
 start=$(date +%s.%N)
