@@ -74,52 +74,33 @@ SECONDS_STEADY=${3:-60}
 NS=${BENCH_NAMESPACE:-drainscaler-bench}
 PORT=${BENCH_PORT:-18099}
 METRICS_PORT=${BENCH_METRICS_PORT:-18100}
-KUBECTL=${DRAINSCALER_KUBECTL:-kubectl}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${DRAINSCALER_CACHE:-$HOME/.cache/drainscaler}/target}
-
-: "${KUBECONFIG:?run eval \"\$(scripts/cluster env)\" first}"
+# shellcheck source-path=SCRIPTDIR source=../scripts/lib/bench.sh
+. scripts/lib/bench.sh
 # BENCH_PROFILE=dev for a quick check of the script itself.
-PROFILE=${BENCH_PROFILE:-release}
-# BENCH_BIN=PATH runs that binary instead (to compare two builds on the same objects).
-if [[ -n ${BENCH_BIN:-} ]]; then
-	BIN=$BENCH_BIN
-else
-	cargo build --profile "$PROFILE" --locked --bin drainscaler >&2
-	BIN=$CARGO_TARGET_DIR/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")/drainscaler
-fi
-
-log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+BIN=$(bench_binary "${BENCH_PROFILE:-release}")
 
 # BENCH_KEEP=1 keeps the namespace and its deployments (and so their pods) for the next run with
 # the same POLICIES and PODS, which then skips creating them; only the policies are deleted.
-release_policies() {
-	# The controller that would release the policies' finalizers is stopped.
-	"$KUBECTL" -n "$NS" get scalingpolicies -o name 2>/dev/null |
-		xargs -r -n 100 "$KUBECTL" -n "$NS" patch --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
-}
 cleanup() {
 	[[ -n ${PID:-} ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
 	if [[ -n ${BENCH_KEEP:-} ]]; then
-		release_policies
+		bench_release_policies
 		"$KUBECTL" -n "$NS" delete scalingpolicies --all --wait=false >/dev/null 2>&1 || true
 	else
-		"$KUBECTL" delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
-		release_policies
+		bench_delete_namespace
 	fi
 	[[ -n ${WINDOW:-} ]] && rm -rf "$WINDOW"
 }
 trap cleanup EXIT
 
-"$KUBECTL" apply --server-side --force-conflicts -f crds/scalingpolicy.yaml >/dev/null
 reuse=
 if [[ -n ${BENCH_KEEP:-} ]] && "$KUBECTL" get namespace "$NS" -o jsonpath='{.status.phase}' 2>/dev/null | grep -qx Active; then
 	reuse=1
-	release_policies
+	"$KUBECTL" apply --server-side --force-conflicts -f crds/scalingpolicy.yaml >/dev/null
+	bench_release_policies
 	"$KUBECTL" -n "$NS" delete scalingpolicies --all >/dev/null
 else
-	# A previous run's namespace may still be terminating.
-	"$KUBECTL" wait --for=delete "namespace/$NS" --timeout=300s >/dev/null 2>&1 || true
-	"$KUBECTL" create namespace "$NS" >/dev/null
+	bench_fresh_namespace
 fi
 
 # BENCH_CHANGING=1: the value moves on every reading (within the tolerance, so the count stays),
