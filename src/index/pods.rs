@@ -42,8 +42,22 @@ struct Labelled {
     by_label: HashMap<Label, HashSet<Name>>,
 }
 
-fn label(key: &str, value: &str) -> String {
+/// A label as the indexes key it.
+pub(crate) fn label(key: &str, value: &str) -> String {
     format!("{key}\0{value}")
+}
+
+/// The labels of which a pod must carry one to match `selector`: the values of its first `=` or
+/// `in` requirement; `None` when it requires no label value.
+pub(crate) fn required_labels(selector: &Selector) -> Option<Vec<String>> {
+    selector
+        .clone()
+        .into_iter()
+        .find_map(|requirement| match requirement {
+            Expression::Equal(key, value) => Some(vec![label(&key, &value)]),
+            Expression::In(key, values) => Some(values.iter().map(|v| label(&key, v)).collect()),
+            _ => None,
+        })
 }
 
 impl Labelled {
