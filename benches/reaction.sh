@@ -36,34 +36,21 @@ PERIOD=${BENCH_PERIOD:-$((INTERVAL + 5))}
 NS=${BENCH_NAMESPACE:-drainscaler-reaction}
 PORT=${BENCH_PORT:-18199}
 METRICS_PORT=${BENCH_METRICS_PORT:-18200}
-KUBECTL=${DRAINSCALER_KUBECTL:-kubectl}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${DRAINSCALER_CACHE:-$HOME/.cache/drainscaler}/target}
-
-: "${KUBECONFIG:?run eval \"\$(scripts/cluster env)\" first}"
+# shellcheck source-path=SCRIPTDIR source=../scripts/lib/bench.sh
+. scripts/lib/bench.sh
 : "${PROMETHEUS_URL:?run eval \"\$(scripts/cluster env)\" first}"
-if [[ -n ${BENCH_BIN:-} ]]; then
-	BIN=$BENCH_BIN
-else
-	cargo build --release --locked --bin drainscaler >&2
-	BIN=$CARGO_TARGET_DIR/release/drainscaler
-fi
-
-log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+BIN=$(bench_binary release)
 
 WORK=$(mktemp -d)
 cleanup() {
 	[[ -n ${PID:-} ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
 	[[ -n ${WATCH:-} ]] && kill "$WATCH" 2>/dev/null || true
-	"$KUBECTL" delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
-	"$KUBECTL" -n "$NS" get scalingpolicies -o name 2>/dev/null |
-		xargs -r -n 100 "$KUBECTL" -n "$NS" patch --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
+	bench_delete_namespace
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-"$KUBECTL" apply --server-side --force-conflicts -f crds/scalingpolicy.yaml >/dev/null
-"$KUBECTL" wait --for=delete "namespace/$NS" --timeout=300s >/dev/null 2>&1 || true
-"$KUBECTL" create namespace "$NS" >/dev/null
+bench_fresh_namespace
 
 # Policy i's wave is shifted by i/POLICIES of a period, so that the steps of all the policies
 # fall at different phases of their reading intervals.

@@ -22,6 +22,8 @@ use crate::act::{self, Basis, Writer};
 use crate::api::ScalingPolicy;
 use crate::engine::{self, Decision, Mode, Time};
 use crate::error::Error;
+use crate::index::pods::PodIndex;
+use crate::index::targets::{Scales, TargetIndex};
 use crate::index::{LatestMade, ReadingCache, Reused, SelectorIndex};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
@@ -50,8 +52,11 @@ const MIN_REQUEUE: Duration = Duration::from_millis(100);
 pub struct Context {
     pub sources: Sources,
     pub policies: Store<ScalingPolicy>,
-    /// HorizontalPodAutoscalers, for conflicts.
+    /// Who scales each target, for conflicts.
+    pub policy_targets: Arc<TargetIndex<ScalingPolicy>>,
+    /// HorizontalPodAutoscalers: the cache, to wait for its first list, and who scales what.
     pub autoscalers: Store<HorizontalPodAutoscaler>,
+    pub autoscaler_targets: Arc<TargetIndex<HorizontalPodAutoscaler>>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Checked right before every write.
@@ -308,7 +313,7 @@ async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result
         .wait_until_ready()
         .await
         .map_err(|_| Error::AutoscalerCache)?;
-    if let Some(b) = observe::conflicts(&ctx.policies, &ctx.autoscalers, &sp, &namespace) {
+    if let Some(b) = observe::conflicts(&ctx.policy_targets, &ctx.autoscaler_targets, &sp) {
         return blocked(ctx, &sp, &namespace, b, now).await;
     }
     ctx.remember_selector(&sp, Some(target.selector.clone()));
@@ -557,6 +562,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), String> {
     let (pod_store, writer) = reflector::store_shared::<CachedPod>(4096);
+    // Changed right before the cache by the same events: a reconcile reads its target's pods
+    // through it rather than scanning every cached pod.
+    let pod_index = Arc::new(PodIndex::default());
+    let indexing = Arc::clone(&pod_index);
     let subscriber = writer.subscribe().ok_or("the pod cache cannot be shared")?;
     let (pods_api, policies_api): (Api<CachedPod>, Api<ScalingPolicy>) = match &config.namespace {
         Some(ns) => (
@@ -568,6 +577,7 @@ pub async fn run(
     let pod_stream = watcher(pods_api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(pods::prune)
+        .inspect_ok(move |event| indexing.apply(event))
         .reflect_shared(writer)
         .for_each(|event| {
             if let Err(e) = event {
@@ -590,6 +600,8 @@ pub async fn run(
     // goes away triggers the policies of its target at once. The controller drives this
     // stream, so reconciles wait for its first list before looking for conflicts.
     let (hpa_store, hpa_writer) = reflector::store::<HorizontalPodAutoscaler>();
+    let autoscaler_targets = Arc::new(TargetIndex::<HorizontalPodAutoscaler>::default());
+    let indexing = Arc::clone(&autoscaler_targets);
     let hpas_api: Api<HorizontalPodAutoscaler> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -597,6 +609,7 @@ pub async fn run(
     let hpa_stream = watcher(hpas_api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(observe::prune_hpa)
+        .inspect_ok(move |event| indexing.apply(event))
         .reflect(hpa_writer)
         .touched_objects()
         .inspect_err(|e| tracing::warn!(error = %e, "HorizontalPodAutoscaler watch failed"));
@@ -604,9 +617,12 @@ pub async fn run(
     // Only spec changes (a new generation), deletion and finalizers trigger a policy: its own
     // status writes do not.
     let (policy_store, policy_writer) = reflector::store::<ScalingPolicy>();
+    let policy_targets = Arc::new(TargetIndex::<ScalingPolicy>::default());
+    let indexing = Arc::clone(&policy_targets);
     let policy_stream = watcher(policies_api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(prune_policy)
+        .inspect_ok(move |event| indexing.apply(event))
         .reflect(policy_writer)
         .applied_objects()
         // Adding the finalizer leaves the generation as it is; a deletion bumps it.
@@ -630,13 +646,16 @@ pub async fn run(
         sources: Sources {
             client: client.clone(),
             pods: pod_store,
+            pod_index,
             heartbeats: heartbeats.clone(),
             prometheus: config.prometheus,
             heartbeats_since,
             namespace_label: config.prometheus_namespace_label,
         },
         policies: controller.store(),
+        policy_targets,
         autoscalers: hpa_store,
+        autoscaler_targets,
         recorder,
         metrics,
         leadership: config.leadership,
@@ -646,7 +665,7 @@ pub async fn run(
         failures: RwLock::new(HashMap::new()),
     });
     let mapper = Arc::clone(&ctx);
-    let policies = ctx.policies.clone();
+    let policies = Arc::clone(&ctx.policy_targets);
     let kept = Arc::clone(&ctx);
     let pruner = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -703,21 +722,16 @@ fn prune_policy(sp: &mut ScalingPolicy) {
 
 /// The policies in `hpa`'s namespace whose target it scales too.
 fn policies_scaling(
-    policies: &Store<ScalingPolicy>,
+    policies: &TargetIndex<ScalingPolicy>,
     hpa: &HorizontalPodAutoscaler,
 ) -> Vec<ObjectRef<ScalingPolicy>> {
-    let Some((kind, name)) = observe::hpa_scales(hpa) else {
+    let Some(target) = hpa.target() else {
         return Vec::new();
     };
     policies
-        .state()
-        .iter()
-        .filter(|sp| {
-            sp.namespace() == hpa.namespace()
-                && observe::kind_name(sp.spec.target_ref.kind) == kind
-                && sp.spec.target_ref.name == name
-        })
-        .map(|sp| ObjectRef::from_obj(&**sp))
+        .scalers(&target)
+        .into_iter()
+        .map(|sp| ObjectRef::new(&sp.name).within(&target.namespace))
         .collect()
 }
 

@@ -6,16 +6,19 @@ pub mod pods;
 pub mod prometheus;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use kube::core::{Selector, SelectorExt};
+use kube::core::Selector;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{ScalingPolicy, TargetKind};
 use crate::engine::{Heartbeat, Observation, Reading, Time};
 use crate::error::Error;
+use crate::index::pods::PodIndex;
+use crate::index::targets::{Scales, TargetIndex};
 use crate::observe::heartbeats::{Heartbeats, PodKey};
 use crate::observe::pods::CachedPod;
 use crate::observe::prometheus::Prometheus;
@@ -28,6 +31,8 @@ use crate::policy::{HeartbeatSource, Policy, Source};
 pub struct Sources {
     pub client: Client,
     pub pods: Store<CachedPod>,
+    /// `pods` by namespace and label, changed by the same watch events.
+    pub pod_index: Arc<PodIndex>,
     pub heartbeats: Heartbeats,
     /// The controller-wide `--prometheus-url`.
     pub prometheus: Option<Prometheus>,
@@ -154,41 +159,32 @@ pub async fn target_named(
     }))
 }
 
-/// Another policy or a HorizontalPodAutoscaler that scales the same target, from the
-/// controller's caches. Of two policies the older one keeps it.
+/// Another policy or a HorizontalPodAutoscaler that scales the same target, from the indexes of
+/// the controller's caches. Of two policies the older one keeps it.
 pub fn conflicts(
-    policies: &Store<ScalingPolicy>,
-    autoscalers: &Store<HorizontalPodAutoscaler>,
+    policies: &TargetIndex<ScalingPolicy>,
+    autoscalers: &TargetIndex<HorizontalPodAutoscaler>,
     sp: &ScalingPolicy,
-    namespace: &str,
 ) -> Option<Blocked> {
-    let target = &sp.spec.target_ref;
-    let mine = (sp.creation_timestamp(), sp.name_any());
-    let older = policies.state().into_iter().find(|other| {
-        other.namespace().as_deref() == Some(namespace)
-            && other.spec.target_ref.kind == target.kind
-            && other.spec.target_ref.name == target.name
-            && (other.creation_timestamp(), other.name_any()) < mine
-    });
+    let target = sp.target()?;
+    let kind = &target.kind;
+    let mine = sp.scaler();
+    // Oldest first: the one that keeps the target.
+    let older = policies
+        .scalers(&target)
+        .into_iter()
+        .next()
+        .filter(|other| *other < mine);
     if let Some(other) = older {
         return Some(Blocked::Conflict(format!(
-            "ScalingPolicy {} already scales {} {}: delete one of the two policies",
-            other.name_any(),
-            kind_name(target.kind),
-            target.name
+            "ScalingPolicy {} already scales {kind} {}: delete one of the two policies",
+            other.name, target.name
         )));
     }
-    let hpa = autoscalers.state().into_iter().find(|h| {
-        h.namespace().as_deref() == Some(namespace)
-            && hpa_scales(h)
-                .is_some_and(|(kind, name)| kind == kind_name(target.kind) && name == target.name)
-    });
-    hpa.map(|h| {
+    autoscalers.scalers(&target).into_iter().next().map(|h| {
         Blocked::Conflict(format!(
-            "HorizontalPodAutoscaler {} also scales {} {}: delete it, drainscaler replaces it",
-            h.name_any(),
-            kind_name(target.kind),
-            target.name
+            "HorizontalPodAutoscaler {} also scales {kind} {}: delete it, drainscaler replaces it",
+            h.name, target.name
         ))
     })
 }
@@ -441,11 +437,10 @@ pub fn observe(
     readings: BTreeMap<String, Reading>,
     now: Time,
 ) -> (Observation, PodUids) {
-    let pods: Vec<std::sync::Arc<CachedPod>> = sources.pods.state_filter(|p| {
-        p.metadata.namespace.as_deref() == Some(namespace)
-            && pods::is_active(p)
-            && target.selector.matches(p.labels())
-    });
+    let mut pods = sources
+        .pod_index
+        .selected(&sources.pods, namespace, &target.selector);
+    pods.retain(|p| pods::is_active(p));
     let instances = pods
         .iter()
         .map(|p| {

@@ -47,6 +47,7 @@ fn sources(pods: Store<CachedPod>) -> Sources {
     Sources {
         client: kube::Client::try_from(config).expect("a client that is never called"),
         pods,
+        pod_index: std::sync::Arc::default(),
         heartbeats: Heartbeats::default(),
         prometheus: None,
         heartbeats_since: Time(0),
@@ -286,4 +287,73 @@ async fn with_a_namespace_label_a_query_of_another_namespace_blocks_the_policy_u
         "{got:?}"
     );
     assert_eq!(server.seen.requests(), 0);
+}
+
+fn scaling_policy(name: &str, target: &str, created: i64) -> crate::api::ScalingPolicy {
+    let mut sp: crate::api::ScalingPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "drainscaler.io/v1alpha1",
+        "kind": "ScalingPolicy",
+        "metadata": {"name": name, "namespace": "demo"},
+        "spec": {
+            "targetRef": {"kind": "Deployment", "name": target},
+            "maxReplicas": 5,
+            "metrics": [],
+        },
+    }))
+    .expect("a policy");
+    sp.metadata.creation_timestamp =
+        Some(KubeTime(Timestamp::from_second(created).expect("a time")));
+    sp
+}
+
+#[test]
+fn of_two_policies_on_one_target_the_younger_is_blocked_and_an_autoscaler_blocks_both() {
+    use k8s_openapi::api::autoscaling::v2::{
+        CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+    };
+
+    use super::{Blocked, conflicts};
+    use crate::index::targets::TargetIndex;
+
+    let policies = TargetIndex::default();
+    let autoscalers = TargetIndex::<HorizontalPodAutoscaler>::default();
+    let (old, young, other) = (
+        scaling_policy("old", "chat", 100),
+        scaling_policy("young", "chat", 200),
+        scaling_policy("other", "game", 50),
+    );
+    for sp in [&old, &young, &other] {
+        policies.apply(&watcher::Event::Apply(sp.clone()));
+    }
+    assert_eq!(conflicts(&policies, &autoscalers, &old), None);
+    assert_eq!(conflicts(&policies, &autoscalers, &other), None);
+    let Some(Blocked::Conflict(why)) = conflicts(&policies, &autoscalers, &young) else {
+        panic!("the younger policy is not blocked");
+    };
+    assert!(
+        why.contains("ScalingPolicy old already scales Deployment chat"),
+        "{why}"
+    );
+
+    let mut hpa = HorizontalPodAutoscaler::default();
+    hpa.metadata.name = Some("chat-hpa".to_owned());
+    hpa.metadata.namespace = Some("demo".to_owned());
+    hpa.spec = Some(HorizontalPodAutoscalerSpec {
+        scale_target_ref: CrossVersionObjectReference {
+            kind: "Deployment".to_owned(),
+            name: "chat".to_owned(),
+            ..CrossVersionObjectReference::default()
+        },
+        max_replicas: 3,
+        ..HorizontalPodAutoscalerSpec::default()
+    });
+    autoscalers.apply(&watcher::Event::Apply(hpa));
+    let Some(Blocked::Conflict(why)) = conflicts(&policies, &autoscalers, &old) else {
+        panic!("the autoscaler does not block the older policy");
+    };
+    assert!(
+        why.contains("HorizontalPodAutoscaler chat-hpa also scales"),
+        "{why}"
+    );
+    assert_eq!(conflicts(&policies, &autoscalers, &other), None);
 }

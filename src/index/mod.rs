@@ -1,9 +1,12 @@
 //! In-memory indexes the controller keeps between reconciles, changed synchronously and tested
-//! by applying objects: which policy selects which pods, the last Prometheus readings of each
-//! policy, and when it last made its newest recommendation. None matters across restarts. No
-//! I/O.
+//! by applying objects: which policy selects which pods, the cached pods by label (`pods`), who
+//! scales each target (`targets`), the last Prometheus readings of each policy, and when it last
+//! made its newest recommendation. None matters across restarts. No I/O.
 
-use std::collections::{BTreeMap, HashMap};
+pub mod pods;
+pub mod targets;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
@@ -15,10 +18,63 @@ use crate::api::ScalingPolicy;
 use crate::engine::{History, Reading, Recommendation, Time};
 use crate::observe::pods::CachedPod;
 
-/// Each policy's pod selector by namespace, so that a pod change triggers its policies.
+/// Each policy's pod selector by namespace, so that a pod change triggers its policies. A pod
+/// is matched only against the selectors that require one of its labels (or no label value at
+/// all), not against every policy of its namespace.
 #[derive(Default)]
 pub struct SelectorIndex {
-    by_namespace: RwLock<HashMap<String, HashMap<ObjectRef<ScalingPolicy>, Selector>>>,
+    by_namespace: RwLock<HashMap<String, Selectors>>,
+}
+
+#[derive(Default)]
+struct Selectors {
+    of: HashMap<ObjectRef<ScalingPolicy>, Selector>,
+    /// Policies by a label their selector requires (`pods::label`): every value of its first
+    /// `=` or `in` requirement.
+    by_label: HashMap<String, HashSet<ObjectRef<ScalingPolicy>>>,
+    /// Policies whose selector requires no label value (only `key`, `!key`, `!=`, `notin`).
+    any: HashSet<ObjectRef<ScalingPolicy>>,
+}
+
+impl Selectors {
+    fn insert(&mut self, policy: ObjectRef<ScalingPolicy>, selector: Selector) {
+        if self.of.get(&policy) == Some(&selector) {
+            return;
+        }
+        self.remove(&policy);
+        match pods::required_labels(&selector) {
+            Some(labels) => {
+                for l in labels {
+                    self.by_label.entry(l).or_default().insert(policy.clone());
+                }
+            }
+            None => {
+                self.any.insert(policy.clone());
+            }
+        }
+        self.of.insert(policy, selector);
+    }
+
+    fn remove(&mut self, policy: &ObjectRef<ScalingPolicy>) {
+        let Some(selector) = self.of.remove(policy) else {
+            return;
+        };
+        match pods::required_labels(&selector) {
+            Some(labels) => {
+                for l in labels {
+                    if let Some(policies) = self.by_label.get_mut(&l) {
+                        policies.remove(policy);
+                        if policies.is_empty() {
+                            self.by_label.remove(&l);
+                        }
+                    }
+                }
+            }
+            None => {
+                self.any.remove(policy);
+            }
+        }
+    }
 }
 
 impl SelectorIndex {
@@ -29,13 +85,15 @@ impl SelectorIndex {
             .by_namespace
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let by_ns = map.entry(namespace).or_default();
         match selector {
-            Some(s) => {
-                by_ns.insert(policy, s);
-            }
+            Some(s) => map.entry(namespace).or_default().insert(policy, s),
             None => {
-                by_ns.remove(&policy);
+                if let Some(selectors) = map.get_mut(&namespace) {
+                    selectors.remove(&policy);
+                    if selectors.of.is_empty() {
+                        map.remove(&namespace);
+                    }
+                }
             }
         }
     }
@@ -46,10 +104,14 @@ impl SelectorIndex {
             .by_namespace
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        for by_ns in map.values_mut() {
-            by_ns.retain(|policy, _| keep(policy));
+        for selectors in map.values_mut() {
+            let gone: Vec<ObjectRef<ScalingPolicy>> =
+                selectors.of.keys().filter(|p| !keep(p)).cloned().collect();
+            for policy in &gone {
+                selectors.remove(policy);
+            }
         }
-        map.retain(|_, by_ns| !by_ns.is_empty());
+        map.retain(|_, selectors| !selectors.of.is_empty());
     }
 
     /// The policies whose target selects `pod`.
@@ -58,13 +120,18 @@ impl SelectorIndex {
             .by_namespace
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let Some(by_ns) = pod.metadata.namespace.as_ref().and_then(|ns| map.get(ns)) else {
+        let Some(selectors) = pod.metadata.namespace.as_ref().and_then(|ns| map.get(ns)) else {
             return Vec::new();
         };
-        by_ns
+        let labels = pod.labels();
+        // A pod has one value per key, so a policy is reached through one of its labels at most.
+        labels
             .iter()
-            .filter(|(_, s)| s.matches(pod.labels()))
-            .map(|(k, _)| k.clone())
+            .filter_map(|(key, value)| selectors.by_label.get(&pods::label(key, value)))
+            .flatten()
+            .chain(&selectors.any)
+            .filter(|policy| selectors.of.get(*policy).is_some_and(|s| s.matches(labels)))
+            .cloned()
             .collect()
     }
 }
@@ -216,6 +283,64 @@ mod tests {
         assert!(index.policies_for(&pod("c", "chat")).is_empty());
         index.set(policy("a", "chat"), None);
         assert!(index.policies_for(&pod("a", "chat")).is_empty());
+    }
+
+    #[test]
+    fn a_policy_whose_selector_changes_is_triggered_by_the_pods_of_the_new_one_only() {
+        let index = SelectorIndex::default();
+        index.set(policy("a", "chat"), parse_selector("app=chat").ok());
+        index.set(policy("a", "chat"), parse_selector("app in (game,x)").ok());
+        assert!(index.policies_for(&pod("a", "chat")).is_empty());
+        assert_eq!(index.policies_for(&pod("a", "game")), [policy("a", "chat")]);
+        // A selector that requires no label value is checked against every pod.
+        index.set(policy("a", "chat"), parse_selector("app notin (game)").ok());
+        assert_eq!(index.policies_for(&pod("a", "chat")), [policy("a", "chat")]);
+        assert!(index.policies_for(&pod("a", "game")).is_empty());
+        index.set(policy("a", "chat"), None);
+        assert!(index.by_namespace.read().expect("not poisoned").is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_pod_triggers_exactly_the_policies_a_scan_of_every_selector_finds(
+            steps in proptest::collection::vec(
+                (0..2usize, 0..3usize, proptest::option::of(0..6usize), 0..3usize, 0..3usize),
+                0..40,
+            )
+        ) {
+            use kube::ResourceExt;
+            use kube::core::{Selector, SelectorExt};
+            use std::collections::HashMap;
+
+            let selectors = [
+                "app=chat", "app=game", "app in (chat,game)", "app notin (chat)", "app", "!app",
+            ];
+            let namespaces = ["a", "b"];
+            let apps = ["chat", "game", "x"];
+            let index = SelectorIndex::default();
+            let mut shadow: HashMap<ObjectRef<ScalingPolicy>, Selector> = HashMap::new();
+            for (ns, name, selector, pod_ns, app) in steps {
+                let p = policy(namespaces[ns], &format!("p{name}"));
+                let selector = selector.map(|i| parse_selector(selectors[i]).expect("parses"));
+                match &selector {
+                    Some(s) => shadow.insert(p.clone(), s.clone()),
+                    None => shadow.remove(&p),
+                };
+                index.set(p, selector);
+                let pod = pod(namespaces[pod_ns % 2], apps[app]);
+                let mut got = index.policies_for(&pod);
+                got.sort_by_key(|p| (p.namespace.clone(), p.name.clone()));
+                let mut want: Vec<ObjectRef<ScalingPolicy>> = shadow
+                    .iter()
+                    .filter(|(p, s)| {
+                        p.namespace == pod.metadata.namespace && s.matches(pod.labels())
+                    })
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                want.sort_by_key(|p| (p.namespace.clone(), p.name.clone()));
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
     }
 
     fn readings(v: f64) -> Readings {
