@@ -505,3 +505,28 @@ pub fn fuzz_config(default: u32) -> proptest::test_runner::Config {
         ..proptest::test_runner::Config::default()
     }
 }
+
+/// An autoscaling/v2 HorizontalPodAutoscaler `name` in `namespace` that scales the Deployment
+/// `deployment` (up to 3 replicas).
+pub fn deployment_hpa(
+    namespace: &str,
+    name: &str,
+    deployment: &str,
+) -> k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler {
+    use k8s_openapi::api::autoscaling::v2::{
+        CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+    };
+    let mut hpa = HorizontalPodAutoscaler::default();
+    hpa.metadata.name = Some(name.to_owned());
+    hpa.metadata.namespace = Some(namespace.to_owned());
+    hpa.spec = Some(HorizontalPodAutoscalerSpec {
+        scale_target_ref: CrossVersionObjectReference {
+            kind: "Deployment".to_owned(),
+            name: deployment.to_owned(),
+            ..CrossVersionObjectReference::default()
+        },
+        max_replicas: 3,
+        ..HorizontalPodAutoscalerSpec::default()
+    });
+    hpa
+}

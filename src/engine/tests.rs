@@ -31,3 +31,14 @@ fn events(d: &Decision, reason: EventReason) -> Vec<&str> {
         .map(|e| e.message.as_str())
         .collect()
 }
+
+/// Pushed heartbeats with a 30s timeout, a 30m drain, one rps metric at 100 per replica and
+/// no stabilization, so that `rps` alone sets the desired serving count.
+fn sessions() -> PolicyBuilder {
+    crate::testing::policy()
+        .max(20)
+        .average("rps", 100.0)
+        .heartbeat(crate::testing::secs(30))
+        .scale_up(crate::testing::rules().percent(1000, 15))
+        .scale_down(crate::testing::rules().percent(100, 15))
+}

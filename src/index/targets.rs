@@ -153,9 +153,7 @@ impl<K: Scales + ResourceExt> TargetIndex<K> {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::autoscaling::v2::{
-        CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
-    };
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time as KubeTime;
     use k8s_openapi::jiff::Timestamp;
     use kube::runtime::watcher::Event;
@@ -236,18 +234,7 @@ mod tests {
     #[test]
     fn an_autoscaler_is_indexed_under_the_kind_and_name_it_scales() {
         let index = TargetIndex::<HorizontalPodAutoscaler>::default();
-        let mut hpa = HorizontalPodAutoscaler::default();
-        hpa.metadata.name = Some("chat-hpa".to_owned());
-        hpa.metadata.namespace = Some("a".to_owned());
-        hpa.spec = Some(HorizontalPodAutoscalerSpec {
-            scale_target_ref: CrossVersionObjectReference {
-                kind: "Deployment".to_owned(),
-                name: "chat".to_owned(),
-                ..CrossVersionObjectReference::default()
-            },
-            max_replicas: 3,
-            ..HorizontalPodAutoscalerSpec::default()
-        });
+        let hpa = crate::testing::deployment_hpa("a", "chat-hpa", "chat");
         index.apply(&Event::Apply(hpa.clone()));
         assert_eq!(names(index.scalers(&deployment("a", "chat"))), ["chat-hpa"]);
         let statefulset = Target {

@@ -308,9 +308,7 @@ fn scaling_policy(name: &str, target: &str, created: i64) -> crate::api::Scaling
 
 #[test]
 fn of_two_policies_on_one_target_the_younger_is_blocked_and_an_autoscaler_blocks_both() {
-    use k8s_openapi::api::autoscaling::v2::{
-        CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
-    };
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 
     use super::{Blocked, conflicts};
     use crate::index::targets::TargetIndex;
@@ -335,18 +333,7 @@ fn of_two_policies_on_one_target_the_younger_is_blocked_and_an_autoscaler_blocks
         "{why}"
     );
 
-    let mut hpa = HorizontalPodAutoscaler::default();
-    hpa.metadata.name = Some("chat-hpa".to_owned());
-    hpa.metadata.namespace = Some("demo".to_owned());
-    hpa.spec = Some(HorizontalPodAutoscalerSpec {
-        scale_target_ref: CrossVersionObjectReference {
-            kind: "Deployment".to_owned(),
-            name: "chat".to_owned(),
-            ..CrossVersionObjectReference::default()
-        },
-        max_replicas: 3,
-        ..HorizontalPodAutoscalerSpec::default()
-    });
+    let hpa = crate::testing::deployment_hpa("demo", "chat-hpa", "chat");
     autoscalers.apply(&watcher::Event::Apply(hpa));
     let Some(Blocked::Conflict(why)) = conflicts(&policies, &autoscalers, &old) else {
         panic!("the autoscaler does not block the older policy");

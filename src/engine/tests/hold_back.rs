@@ -2,24 +2,18 @@
 //! released, that held-back pods count as replicas and leave only through a drain, and that
 //! pods whose count is not known are never spare capacity.
 
-use crate::engine::tests::{events, run};
+use crate::engine::tests::{events, run, sessions};
 use crate::engine::{Decision, EventReason};
 use crate::testing::{
     ObservationBuilder, PodBuilder, PolicyBuilder, ago, history, observation, pod, policy, rules,
     secs,
 };
 
-/// Pushed heartbeats, one rps metric at 100 per replica and no stabilization (so that `rps`
-/// alone sets the desired serving count); up to 2 pods held back under 95 sessions each; one
-/// more is held back only under 90 (`ENTRY_BAND`, 5% under).
+/// The `sessions` policy (pushed heartbeats, `rps` alone sets the desired serving count) with
+/// up to 2 pods held back under 95 sessions each; one more is held back only under 90
+/// (`ENTRY_BAND`, 5% under).
 fn holding() -> PolicyBuilder {
-    policy()
-        .max(20)
-        .average("rps", 100.0)
-        .heartbeat(secs(30))
-        .scale_up(rules().percent(1000, 15))
-        .scale_down(rules().percent(100, 15))
-        .hold_back(2, 95)
+    sessions().hold_back(2, 95)
 }
 
 fn wanting(serving: u32, pods: impl IntoIterator<Item = PodBuilder>) -> ObservationBuilder {

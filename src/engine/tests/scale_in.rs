@@ -4,25 +4,13 @@
 
 use crate::api::{OnLost, OnTimeout};
 use crate::engine::drain::REMOVABLE_DELETION_COST;
-use crate::engine::tests::{condition, events, run};
+use crate::engine::tests::{condition, events, run, sessions};
 use crate::engine::{
     ConditionType, Decision, EventReason, HeartbeatState, MAX_POD_REPORTS, Removal, RemovalCause,
 };
 use crate::testing::{
-    ObservationBuilder, PodBuilder, PolicyBuilder, ago, history, observation, pod, policy, rules,
-    secs,
+    ObservationBuilder, PodBuilder, ago, history, observation, pod, policy, rules, secs,
 };
-
-/// Pushed heartbeats with a 30s timeout, a 30m drain, one rps metric at 100 per replica and
-/// no stabilization, so that `rps` alone sets the desired serving count.
-fn sessions() -> PolicyBuilder {
-    policy()
-        .max(20)
-        .average("rps", 100.0)
-        .heartbeat(secs(30))
-        .scale_up(rules().percent(1000, 15))
-        .scale_down(rules().percent(100, 15))
-}
 
 /// The observation with pods and an rps reading that asks for `serving` replicas.
 fn wanting(serving: u32, pods: impl IntoIterator<Item = PodBuilder>) -> ObservationBuilder {
