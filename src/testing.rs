@@ -530,3 +530,29 @@ pub fn deployment_hpa(
     });
     hpa
 }
+
+/// A ScalingPolicy `name` in `namespace` for the Deployment `target`, created at `created`
+/// (seconds since the epoch), with no metrics: for tests of who scales what.
+pub fn deployment_policy(
+    namespace: &str,
+    name: &str,
+    target: &str,
+    created: i64,
+) -> crate::api::ScalingPolicy {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time as KubeTime;
+    let mut sp: crate::api::ScalingPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "drainscaler.io/v1alpha1",
+        "kind": "ScalingPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "targetRef": {"kind": "Deployment", "name": target},
+            "maxReplicas": 5,
+            "metrics": [],
+        },
+    }))
+    .expect("a policy");
+    sp.metadata.creation_timestamp = Some(KubeTime(
+        k8s_openapi::jiff::Timestamp::from_second(created).expect("a time"),
+    ));
+    sp
+}

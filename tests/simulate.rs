@@ -767,48 +767,39 @@ fn the_derived_session_traces_are_what_derive_sh_makes() {
     }
 }
 
-#[test]
-fn a_sessions_target_the_instances_cannot_reach_is_pointed_out() {
+/// The notes `simulate` prints for `chat-keep.yaml` on two days of the taxi sessions with
+/// instances of `capacity` sessions.
+fn notes_at(capacity: u32) -> Vec<String> {
     let options = Options {
-        capacity: 85,
+        capacity,
         ..Options::default()
     };
-    let sim = run(
+    run(
         "examples/policies/chat-keep.yaml",
         "examples/traces/nyc_taxi_sessions.csv",
         Some(2),
         &options,
-    );
+    )
+    .notes
+}
+
+#[test]
+fn a_sessions_target_the_instances_cannot_reach_is_pointed_out() {
     assert_eq!(
-        sim.notes,
+        notes_at(85),
         [
             "metric sessions targets 80 sessions per replica (scaling up only above 88 with the tolerance) but --capacity is 85: instances fill up before the metric asks for more, so expect rejected sessions",
             "drain.holdBack.sessionCeiling is 95 but --capacity is 85: while pods are held back the others fill up and turn sessions away before the ceiling releases them; set the ceiling below the capacity",
         ]
     );
-    let fine = run(
-        "examples/policies/chat-keep.yaml",
-        "examples/traces/nyc_taxi_sessions.csv",
-        Some(2),
-        &Options::default(),
-    );
-    assert!(fine.notes.is_empty(), "{:?}", fine.notes);
+    let fine = notes_at(Options::default().capacity);
+    assert!(fine.is_empty(), "{fine:?}");
 }
 
 #[test]
 fn a_hold_back_ceiling_the_instances_cannot_reach_is_pointed_out() {
-    let options = Options {
-        capacity: 95,
-        ..Options::default()
-    };
-    let sim = run(
-        "examples/policies/chat-keep.yaml",
-        "examples/traces/nyc_taxi_sessions.csv",
-        Some(2),
-        &options,
-    );
     assert_eq!(
-        sim.notes,
+        notes_at(95),
         [
             "drain.holdBack.sessionCeiling is 95 but --capacity is 95: while pods are held back the others fill up and turn sessions away before the ceiling releases them; set the ceiling below the capacity"
         ]

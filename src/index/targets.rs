@@ -154,28 +154,13 @@ impl<K: Scales + ResourceExt> TargetIndex<K> {
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time as KubeTime;
-    use k8s_openapi::jiff::Timestamp;
     use kube::runtime::watcher::Event;
 
     use super::{Scaler, Target, TargetIndex};
     use crate::api::ScalingPolicy;
 
     fn policy(namespace: &str, name: &str, target: &str, created: i64) -> ScalingPolicy {
-        let mut sp: ScalingPolicy = serde_json::from_value(serde_json::json!({
-            "apiVersion": "drainscaler.io/v1alpha1",
-            "kind": "ScalingPolicy",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "targetRef": {"kind": "Deployment", "name": target},
-                "maxReplicas": 5,
-                "metrics": [],
-            },
-        }))
-        .expect("a policy");
-        sp.metadata.creation_timestamp =
-            Some(KubeTime(Timestamp::from_second(created).expect("a time")));
-        sp
+        crate::testing::deployment_policy(namespace, name, target, created)
     }
 
     fn deployment(namespace: &str, name: &str) -> Target {

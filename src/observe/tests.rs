@@ -290,20 +290,7 @@ async fn with_a_namespace_label_a_query_of_another_namespace_blocks_the_policy_u
 }
 
 fn scaling_policy(name: &str, target: &str, created: i64) -> crate::api::ScalingPolicy {
-    let mut sp: crate::api::ScalingPolicy = serde_json::from_value(serde_json::json!({
-        "apiVersion": "drainscaler.io/v1alpha1",
-        "kind": "ScalingPolicy",
-        "metadata": {"name": name, "namespace": "demo"},
-        "spec": {
-            "targetRef": {"kind": "Deployment", "name": target},
-            "maxReplicas": 5,
-            "metrics": [],
-        },
-    }))
-    .expect("a policy");
-    sp.metadata.creation_timestamp =
-        Some(KubeTime(Timestamp::from_second(created).expect("a time")));
-    sp
+    crate::testing::deployment_policy("demo", name, target, created)
 }
 
 #[test]
