@@ -29,6 +29,7 @@ use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::names::{CONTROLLER_NAME, FINALIZER, ShellReason};
 use crate::observe::pods::{self, CachedPod};
+use crate::observe::scales::{self, ScaleCache};
 use crate::observe::{self, Blocked, Sources};
 use crate::policy::{self, Policy};
 use crate::restore;
@@ -69,11 +70,31 @@ pub struct Context {
     latest_made: LatestMade,
     /// Consecutive failures per policy, for the backoff.
     failures: RwLock<HashMap<ObjectRef<ScalingPolicy>, u32>>,
+    /// The targets as watched, read instead of `/scale`.
+    scales: ScaleCache,
+    /// Policies whose last write of the count conflicted: their next reconcile reads the
+    /// target through `/scale`, in case the cache lags behind it.
+    read_through: RwLock<HashSet<ObjectRef<ScalingPolicy>>>,
 }
 
 impl Context {
     fn remember_selector(&self, sp: &ScalingPolicy, selector: Option<Selector>) {
         self.selectors.set(ObjectRef::from_obj(sp), selector);
+    }
+
+    /// Whether this reconcile must read the target through `/scale`; asked once per conflict.
+    fn reads_through(&self, key: &ObjectRef<ScalingPolicy>) -> bool {
+        self.read_through
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key)
+    }
+
+    fn conflicted(&self, sp: &ScalingPolicy) {
+        self.read_through
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(ObjectRef::from_obj(sp));
     }
 
     fn succeeded(&self, sp: &ScalingPolicy) {
@@ -112,6 +133,10 @@ impl Context {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|policy, _| is_live(policy));
+        self.read_through
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|policy| is_live(policy));
     }
 
     async fn publish(&self, sp: &ScalingPolicy, warning: bool, reason: &str, note: String) {
@@ -291,8 +316,9 @@ async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result
     let generation = sp.meta().generation;
     let key = ObjectRef::from_obj(&*sp);
     let reuse = ctx.readings.fresh(&key, generation, policy.interval, now);
+    let through = ctx.reads_through(&key);
     let (target, readings) = tokio::join!(
-        observe::target(client, &namespace, &policy),
+        observe::target(client, &ctx.scales, through, &namespace, &policy),
         observe::readings(
             &ctx.sources,
             &namespace,
@@ -514,7 +540,9 @@ async fn block(
 pub fn error_policy(sp: Arc<ScalingPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(error.label());
     if matches!(error, Error::ScaleChanged { .. }) {
-        // Not a failure: someone else changed the count; decide again on what is there now.
+        // Not a failure: someone else changed the count; decide again on what is there now,
+        // read through `/scale` (the watch may not have seen the change yet).
+        ctx.conflicted(&sp);
         tracing::info!(
             namespace = sp.namespace(),
             policy = sp.name_any(),
@@ -591,6 +619,9 @@ pub async fn run(
         .await
         .map_err(|e| format!("pod cache: {e}"))?;
     tracing::info!(pods = pod_store.state().len(), "pod cache ready");
+    // The targets, watched so that a reconcile reads its count without a request. Not waited
+    // for: a reconcile asks `/scale` for a target the cache does not hold yet.
+    let (scales, scale_tasks) = scales::watch(&client, config.namespace.as_deref());
     // Heartbeats are answered, and so collected, only from now on: the wait before anything
     // counts as Silent starts here, not when the cache began to fill.
     on_ready(pod_store.clone());
@@ -663,6 +694,8 @@ pub async fn run(
         readings: ReadingCache::default(),
         latest_made: LatestMade::default(),
         failures: RwLock::new(HashMap::new()),
+        scales,
+        read_through: RwLock::new(HashSet::new()),
     });
     let mapper = Arc::clone(&ctx);
     let policies = Arc::clone(&ctx.policy_targets);
@@ -707,6 +740,9 @@ pub async fn run(
         () = beat => {},
     }
     pods_task.abort();
+    for task in scale_tasks {
+        task.abort();
+    }
     pruner.abort();
     Ok(())
 }

@@ -14,10 +14,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use drainscaler::act::{self, Basis, Writer};
+use drainscaler::api::TargetKind;
 use drainscaler::engine::{self, DrainPlan, History, Mode, Observation};
 use drainscaler::error::Error;
 use drainscaler::leader::{LEASE_DURATION, Leadership, RETRY_PERIOD};
-use drainscaler::observe::{self, PodUids};
+use drainscaler::observe::{self, PodUids, scales};
 use drainscaler::testing::{NOW, pod, policy as policy_builder};
 use serde_json::Value;
 use support::{
@@ -429,12 +430,32 @@ async fn the_api_server_refuses_a_count_changed_since_it_was_read_and_a_pod_of_a
         leadership: &leadership,
     };
 
-    // Read the scale as a reconcile does; then someone else changes the count.
+    // Read the count as a reconcile does, from the watched Deployment; its version is the one
+    // `/scale` shows (the status may still move: wait until both agree).
+    let (scales, watches) = scales::watch(&client, Some(&ns.0));
     let (p, seen, d) = decision(2, 1, &victim);
-    let target = observe::target(&client, &ns.0, &p)
+    let mut agreed = false;
+    for _ in 0..120 {
+        let through = observe::target(&client, &scales, true, &ns.0, &p).await;
+        if let (Some(Ok(cached)), Ok(Ok(read))) = (
+            scales.target(TargetKind::Deployment, &ns.0, "chat"),
+            through,
+        ) && cached.resource_version == read.resource_version
+        {
+            agreed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        agreed,
+        "the watched Deployment never showed /scale's version"
+    );
+    let target = observe::target(&client, &scales, false, &ns.0, &p)
         .await
         .expect("the scale")
         .expect("a target");
+    // Then someone else changes the count.
     kubectl(&["-n", &ns.0, "scale", "deployment", "chat", "--replicas=4"]);
     // This pod's UID is not the one observed: it stands for a pod recreated under its name.
     let uids = PodUids(HashMap::from([(
@@ -470,10 +491,10 @@ async fn the_api_server_refuses_a_count_changed_since_it_was_read_and_a_pod_of_a
     let uids = PodUids(HashMap::from([(victim.clone(), uid)]));
     let (p, seen, d) = decision(4, 3, &victim);
     // The Deployment's status moves while its new pods start, and each move is a new
-    // resourceVersion: read again and retry, as the next reconcile would.
+    // resourceVersion: read the watched cache again and retry, as the next reconcile would.
     let mut tries = 0;
     let applied = loop {
-        let target = observe::target(&client, &ns.0, &p)
+        let target = observe::target(&client, &scales, false, &ns.0, &p)
             .await
             .expect("the scale")
             .expect("a target");
@@ -519,4 +540,7 @@ async fn the_api_server_refuses_a_count_changed_since_it_was_read_and_a_pod_of_a
         pod["metadata"]["deletionTimestamp"].is_null(),
         "a pod of another UID was deleted"
     );
+    for w in watches {
+        w.abort();
+    }
 }

@@ -557,6 +557,18 @@ fn the_manifests_run_in_cluster_scale_a_wave_without_drops_and_survive_losing_th
         "the lease did not stay with one leader through the wave\n{}",
         controller_logs()
     );
+    // Every watch the leader opened was allowed by manifests/base/rbac.yaml: one that is not
+    // fails quietly on a loop (a reconcile falls back to reading /scale, more slowly).
+    let (_, log, _) = kubectl_result(&["-n", SYSTEM_NS, "logs", &leader], None);
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("watch failed") && l.contains("forbidden"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the controller's role does not allow a watch it opens:\n{}",
+        refused.join("\n")
+    );
     // The leader is deleted: it releases the lease on SIGTERM and another replica takes the
     // label, and with it the heartbeats.
     let successor = kill_leader(&leader, &["--wait=false"], LEASE_DURATION);

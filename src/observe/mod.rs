@@ -1,9 +1,10 @@
-//! Gathering an `Observation` for one policy: the target's scale subresource, its pods from the
-//! shared cache, Prometheus readings and heartbeats. Needs a client.
+//! Gathering an `Observation` for one policy: the target's count (watched, or its scale
+//! subresource), its pods from the shared cache, Prometheus readings and heartbeats. Needs a client.
 
 pub mod heartbeats;
 pub mod pods;
 pub mod prometheus;
+pub mod scales;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::observe::pods::CachedPod;
 use crate::observe::prometheus::Prometheus;
 use crate::observe::prometheus::decode::PerPod;
 use crate::observe::prometheus::tenancy;
+use crate::observe::scales::{Scale, ScaleCache, target_of};
 use crate::policy::{HeartbeatSource, Policy, Source};
 
 /// What observing reads from.
@@ -43,7 +45,7 @@ pub struct Sources {
     pub namespace_label: Option<String>,
 }
 
-/// The target as its scale subresource shows it.
+/// The target as its scale subresource shows it (or the watched object, the same fields).
 #[derive(Clone, Debug)]
 pub struct Target {
     pub replicas: u32,
@@ -79,18 +81,26 @@ pub enum Blocked {
     InvalidQuery(String),
 }
 
-/// Reads the target's scale subresource; `Blocked` when it does not exist or has no usable
-/// selector.
+/// The target's count, selector and version: from the watched cache, or, when the cache does not
+/// hold it or `through` asks for it (the last write on the cached version conflicted: the cache
+/// may lag), through `/scale`. `Blocked` when it does not exist or has no usable selector.
 pub async fn target(
     client: &Client,
+    cache: &ScaleCache,
+    through: bool,
     namespace: &str,
     policy: &Policy,
 ) -> Result<Result<Target, Blocked>, Error> {
-    target_named(client, namespace, policy.target.kind, &policy.target.name).await
+    let (kind, name) = (policy.target.kind, policy.target.name.as_str());
+    match cache.target(kind, namespace, name) {
+        Some(cached) if !through => Ok(cached),
+        _ => target_named(client, namespace, kind, name).await,
+    }
 }
 
-/// `target` from the kind and name alone, for a policy that may not validate (one being
-/// deleted).
+/// The target read through its `/scale` subresource (and a StatefulSet's ordinals through the
+/// StatefulSet), from its kind and name alone: for a policy that may not validate (one being
+/// deleted), and when the cache cannot answer.
 pub async fn target_named(
     client: &Client,
     namespace: &str,
@@ -109,12 +119,12 @@ pub async fn target_named(
                 .await
         }
     };
-    let kind_label = kind_name(kind);
     let scale = match scale {
         Ok(s) => s,
         Err(kube::Error::Api(e)) if e.code == 404 => {
             return Ok(Err(Blocked::TargetNotFound(format!(
-                "{kind_label} {namespace}/{name} does not exist: create it or fix spec.targetRef"
+                "{} {namespace}/{name} does not exist: create it or fix spec.targetRef",
+                kind_name(kind)
             ))));
         }
         Err(source) => return Err(Error::ReadScale { source }),
@@ -124,39 +134,25 @@ pub async fn target_named(
         .as_ref()
         .and_then(|s| s.selector.clone())
         .unwrap_or_default();
-    let selector = match pods::parse_selector(&raw) {
-        Ok(s) => s,
-        Err(why) => {
-            return Ok(Err(Blocked::TargetNotFound(format!(
-                "{kind_label} {namespace}/{name} has no usable pod selector yet: {why}"
-            ))));
-        }
-    };
-    let replicas = scale
-        .spec
-        .and_then(|s| s.replicas)
-        .map_or(0, |r| u32::try_from(r).unwrap_or(0));
     // `/scale` does not show where a StatefulSet's ordinals begin, and planning from the
     // wrong start would count ordinals that do not exist.
     let ordinals_start = match kind {
-        TargetKind::Deployment => 0,
-        TargetKind::StatefulSet => {
-            let set = Api::<StatefulSet>::namespaced(client.clone(), namespace)
-                .get(name)
-                .await
-                .map_err(|source| Error::ReadScale { source })?;
-            set.spec
-                .and_then(|s| s.ordinals)
-                .and_then(|o| o.start)
-                .map_or(0, |s| u32::try_from(s).unwrap_or(0))
-        }
+        TargetKind::Deployment => None,
+        TargetKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), namespace)
+            .get(name)
+            .await
+            .map_err(|source| Error::ReadScale { source })?
+            .spec
+            .and_then(|s| s.ordinals)
+            .and_then(|o| o.start),
     };
-    Ok(Ok(Target {
-        replicas,
-        selector,
+    let read = Scale {
+        replicas: scale.spec.and_then(|s| s.replicas).unwrap_or(0),
+        selector: pods::parse_selector(&raw),
         ordinals_start,
         resource_version: scale.metadata.resource_version,
-    }))
+    };
+    Ok(target_of(kind, namespace, name, read))
 }
 
 /// Another policy or a HorizontalPodAutoscaler that scales the same target, from the indexes of
