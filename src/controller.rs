@@ -24,7 +24,7 @@ use crate::engine::{self, Decision, Mode, Time};
 use crate::error::Error;
 use crate::index::pods::PodIndex;
 use crate::index::targets::{Scales, TargetIndex};
-use crate::index::{LatestMade, ReadingCache, Reused, SelectorIndex};
+use crate::index::{Cadence, LatestMade, ReadingCache, Reused, SelectorIndex};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::names::{CONTROLLER_NAME, FINALIZER, ShellReason};
@@ -315,7 +315,8 @@ async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result
     // observe (needs a client): the target's scale and the metrics at once
     let generation = sp.meta().generation;
     let key = ObjectRef::from_obj(&*sp);
-    let reuse = ctx.readings.fresh(&key, generation, policy.interval, now);
+    let cadence = Cadence::of(&sp, policy.interval);
+    let reuse = ctx.readings.fresh(&key, generation, &cadence, now);
     let through = ctx.reads_through(&key);
     let (target, readings) = tokio::join!(
         observe::target(client, &ctx.scales, through, &namespace, &policy),
@@ -376,7 +377,7 @@ async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result
             if let Some(last) = ctx.readings.taken_at(&key) {
                 ctx.metrics
                     .read_lateness
-                    .observe(now.since(last.plus(policy.interval)).as_secs_f64());
+                    .observe(now.since(cadence.due(last)).as_secs_f64());
             }
             ctx.readings.keep(
                 key.clone(),
@@ -454,19 +455,17 @@ async fn apply(sp: Arc<ScalingPolicy>, ctx: &Context, namespace: &str) -> Result
     ctx.metrics
         .observe_decision(&namespace, &sp.name_any(), policy.drain.timeout, &decision);
     ctx.succeeded(&sp);
-    // Next read one interval after the last one, whatever triggered this reconcile and however
-    // long it took: the requeue is run `DEBOUNCE` late, so it asks for that much less.
+    // Next read when the last one is due again (at the policy's phase, at most one interval
+    // later), whatever triggered this reconcile and however long it took: the requeue is run
+    // `DEBOUNCE` late, so it asks for that much less.
     let read_at = reuse.as_ref().map_or(now, |r| r.at);
     let done = pods::time(Timestamp::now());
-    Ok(Action::requeue(next_read(read_at, policy.interval, done)))
+    Ok(Action::requeue(next_read(cadence.due(read_at), done)))
 }
 
-/// The requeue that reads again one `interval` after `read_at`, asked for at `done`.
-fn next_read(read_at: Time, interval: Duration, done: Time) -> Duration {
-    interval
-        .saturating_sub(done.since(read_at))
-        .saturating_sub(DEBOUNCE)
-        .max(MIN_REQUEUE)
+/// The requeue, asked for at `done`, that reads again at `due`.
+fn next_read(due: Time, done: Time) -> Duration {
+    due.since(done).saturating_sub(DEBOUNCE).max(MIN_REQUEUE)
 }
 
 async fn blocked(
@@ -784,6 +783,7 @@ mod tests {
     };
     use crate::api::ScalingPolicy;
     use crate::engine::{CancelledDrain, Time};
+    use crate::index::Cadence;
     use crate::restore::Restore;
 
     #[test]
@@ -842,26 +842,29 @@ mod tests {
     }
 
     #[test]
-    fn the_next_read_comes_one_interval_after_the_last_whatever_the_reconcile_took() {
-        let interval = Duration::from_secs(15);
+    fn the_next_read_comes_when_due_whatever_the_reconcile_took() {
+        let cadence = Cadence::new(Duration::from_secs(15), "uid-1");
         let read_at = Time::from_secs(100);
-        // Asked for at the end of a 40 ms reconcile, run `DEBOUNCE` later: at 115 s exactly.
+        let due = cadence.due(read_at);
+        // Asked for at the end of a 40 ms reconcile, run `DEBOUNCE` later: when due exactly.
         let done = read_at.plus(Duration::from_millis(40));
-        let requeue = next_read(read_at, interval, done);
-        assert_eq!(done.plus(requeue).plus(DEBOUNCE), read_at.plus(interval));
-        // A reconcile between two reads (a pod changed) keeps the interval's cadence.
-        let done = read_at.plus(Duration::from_secs(9));
-        assert_eq!(
-            done.plus(next_read(read_at, interval, done)).plus(DEBOUNCE),
-            read_at.plus(interval)
-        );
+        assert_eq!(done.plus(next_read(due, done)).plus(DEBOUNCE), due);
+        // A reconcile between two reads (a pod changed) keeps the cadence.
+        let done = due.minus(Duration::from_secs(2));
+        assert_eq!(done.plus(next_read(due, done)).plus(DEBOUNCE), due);
+        // Run when due, it reads, and the next is one interval later.
+        assert!(!cadence.stands(read_at, due));
+        assert_eq!(cadence.due(due), due.plus(Duration::from_secs(15)));
     }
 
     #[test]
     fn a_read_already_due_is_requeued_soon_but_not_at_once() {
-        let read_at = Time::from_secs(100);
-        let interval = Duration::from_secs(1);
-        let done = read_at.plus(Duration::from_millis(900));
-        assert_eq!(next_read(read_at, interval, done), MIN_REQUEUE);
+        let due = Time::from_secs(100);
+        let done = due.minus(Duration::from_millis(100));
+        assert_eq!(next_read(due, done), MIN_REQUEUE);
+        assert_eq!(
+            next_read(due, due.plus(Duration::from_secs(3))),
+            MIN_REQUEUE
+        );
     }
 }

@@ -154,6 +154,57 @@ pub struct Reused {
     pub failures_before: u32,
 }
 
+/// How close before its due time a reconcile reads anyway; that reading stands for the one due.
+pub const EARLY: Duration = Duration::from_millis(100);
+
+/// When a policy reads its metrics: once per `interval`, at its own phase within the interval,
+/// drawn from its UID. Policies created together, or all of them when a controller starts, are
+/// reconciled in a burst; without a phase each would keep reading (and writing its status) in
+/// that burst every interval, and their API calls would queue behind each other. The UID
+/// outlives restarts and leader changes, so every controller keeps the same phases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cadence {
+    interval: i64,
+    phase: i64,
+}
+
+impl Cadence {
+    /// The cadence of the policy named by `identity` (its UID, or its namespace and name).
+    pub fn new(interval: Duration, identity: &str) -> Cadence {
+        let interval = i64::try_from(interval.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        // FNV-1a: stable across processes and versions, unlike the standard library's hasher.
+        let hash = identity.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let phase = i64::try_from(hash % interval.unsigned_abs()).unwrap_or(0);
+        Cadence { interval, phase }
+    }
+
+    pub fn of(policy: &ScalingPolicy, interval: Duration) -> Cadence {
+        match &policy.metadata.uid {
+            Some(uid) => Cadence::new(interval, uid),
+            None => Cadence::new(interval, &ObjectRef::from_obj(policy).to_string()),
+        }
+    }
+
+    /// When the reading after one taken at `at` is due: the first of the policy's phase points
+    /// more than `EARLY` after `at`. So readings are never more than `interval + EARLY` apart,
+    /// and a policy that read at its phase point reads again exactly one interval later.
+    pub fn due(&self, at: Time) -> Time {
+        let after =
+            at.0.saturating_add(i64::try_from(EARLY.as_millis()).unwrap_or(0));
+        let ahead = (self.phase - after).rem_euclid(self.interval);
+        Time(after.saturating_add(if ahead == 0 { self.interval } else { ahead }))
+    }
+
+    /// Whether a reading taken at `at` still stands at `now`.
+    pub fn stands(&self, at: Time, now: Time) -> bool {
+        now.plus(EARLY) < self.due(at)
+    }
+}
+
 /// The last Prometheus readings of each policy and when they were taken. Reconciles triggered
 /// by pod changes between two intervals reuse them, so Prometheus is read (and failures count
 /// towards the fallback) once per interval.
@@ -163,18 +214,17 @@ pub struct ReadingCache {
 }
 
 impl ReadingCache {
-    /// Readings of the same spec generation young enough to reuse at `now`, with their time.
+    /// Readings of the same spec generation not yet due again at `now`, with their time.
     pub fn fresh(
         &self,
         policy: &ObjectRef<ScalingPolicy>,
         generation: Option<i64>,
-        interval: Duration,
+        cadence: &Cadence,
         now: Time,
     ) -> Option<Reused> {
         let map = self.kept.read().unwrap_or_else(PoisonError::into_inner);
         let kept = map.get(policy)?;
-        // A little slack so that the interval's own requeue reads afresh.
-        let young = now.since(kept.reused.at) < interval.mul_f64(0.8);
+        let young = cadence.stands(kept.reused.at, now);
         (young && kept.generation == generation).then(|| kept.reused.clone())
     }
 
@@ -257,7 +307,7 @@ mod tests {
 
     use kube::runtime::reflector::ObjectRef;
 
-    use super::{LatestMade, ReadingCache, Readings, Reused, SelectorIndex};
+    use super::{Cadence, EARLY, LatestMade, ReadingCache, Readings, Reused, SelectorIndex};
     use crate::api::ScalingPolicy;
     use crate::engine::{History, Reading, Recommendation, Time};
     use crate::observe::pods::{CachedPod, parse_selector};
@@ -348,34 +398,95 @@ mod tests {
     }
 
     #[test]
-    fn readings_are_reused_within_an_interval_of_the_same_spec() {
+    fn readings_are_reused_until_due_again_with_the_same_spec() {
         let cache = ReadingCache::default();
         let p = policy("a", "chat");
-        let interval = Duration::from_secs(15);
-        assert_eq!(cache.fresh(&p, Some(1), interval, Time::from_secs(0)), None);
+        let cadence = Cadence::new(Duration::from_secs(15), "uid-1");
+        assert_eq!(cache.fresh(&p, Some(1), &cadence, Time::from_secs(0)), None);
         let taken = Reused {
             at: Time::from_secs(100),
             readings: readings(3.0),
             failures_before: 2,
         };
         cache.keep(p.clone(), Some(1), taken.clone());
-        assert_eq!(
-            cache.fresh(&p, Some(1), interval, Time::from_secs(105)),
-            Some(taken)
-        );
-        // The interval's own requeue reads afresh.
-        assert_eq!(
-            cache.fresh(&p, Some(1), interval, Time::from_secs(113)),
-            None
-        );
+        let due = cadence.due(taken.at);
+        let just_before = due.minus(Duration::from_millis(101));
+        assert_eq!(cache.fresh(&p, Some(1), &cadence, just_before), Some(taken));
+        // The requeue for when it is due reads afresh, and so does a reconcile just before.
+        assert_eq!(cache.fresh(&p, Some(1), &cadence, due), None);
+        assert_eq!(cache.fresh(&p, Some(1), &cadence, due.minus(EARLY)), None);
         // An edited spec may query something else.
         assert_eq!(
-            cache.fresh(&p, Some(2), interval, Time::from_secs(105)),
+            cache.fresh(&p, Some(1 + 1), &cadence, Time::from_secs(101)),
             None
         );
         // When they were taken is known whatever the generation, to tell a late reading.
         assert_eq!(cache.taken_at(&p), Some(Time::from_secs(100)));
         assert_eq!(cache.taken_at(&policy("a", "other")), None);
+    }
+
+    proptest::proptest! {
+        /// Readings come at the policy's phase, never more than an interval (and `EARLY`) apart,
+        /// and, once at the phase, exactly one interval apart.
+        #[test]
+        fn a_policy_reads_at_its_own_phase_at_most_one_interval_apart(
+            interval_ms in 1u64..3_600_000,
+            identity in "[a-z0-9-]{0,40}",
+            at in 0i64..4_000_000_000_000,
+        ) {
+            let interval = Duration::from_millis(interval_ms);
+            let cadence = Cadence::new(interval, &identity);
+            let at = Time(at);
+            let due = cadence.due(at);
+            proptest::prop_assert!(due > at.plus(EARLY), "{due:?} too soon after {at:?}");
+            proptest::prop_assert!(due <= at.plus(interval).plus(EARLY), "{due:?} too late after {at:?}");
+            // The same phase whatever the reading it follows.
+            let other = cadence.due(at.plus(Duration::from_millis(interval_ms / 3 + 7)));
+            proptest::prop_assert_eq!((other.0 - due.0).rem_euclid(i64::try_from(interval_ms).unwrap_or(1)), 0);
+            // A reading taken when due is next due one interval later (one taken within `EARLY`
+            // of it stands for it).
+            if interval > EARLY {
+                proptest::prop_assert_eq!(cadence.due(due), due.plus(interval));
+            }
+            // One taken exactly `EARLY` before a phase point is not due at that point.
+            proptest::prop_assert_eq!(cadence.due(due.minus(EARLY)), due.plus(interval));
+            proptest::prop_assert!(cadence.stands(at, at));
+            proptest::prop_assert!(!cadence.stands(at, due.minus(EARLY)));
+        }
+    }
+
+    #[test]
+    fn policies_created_together_spread_their_readings_over_the_interval() {
+        // 1,000 UIDs as the API server makes them (version 4 UUIDs), read every 15 s: about 67
+        // in each second of the interval rather than all in the second they were created.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut per_second = [0u32; 15];
+        let created = Time::from_secs(1_700_000_000);
+        for _ in 0..1000 {
+            let (a, b) = (next(), next());
+            let uid = format!(
+                "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+                a >> 32,
+                (a >> 16) & 0xffff,
+                a & 0xfff,
+                b >> 52,
+                b & 0xffff_ffff_ffff
+            );
+            let due = Cadence::new(Duration::from_secs(15), &uid).due(created);
+            let second = usize::try_from(due.since(created).as_secs()).unwrap_or(99);
+            per_second[second.min(14)] += 1;
+        }
+        let (least, most) = (
+            per_second.iter().min().copied().unwrap_or(0),
+            per_second.iter().max().copied().unwrap_or(0),
+        );
+        assert!(least >= 40 && most <= 100, "{per_second:?}");
     }
 
     #[test]
@@ -424,10 +535,11 @@ mod tests {
         }
         index.retain(|p| *p == live);
         cache.retain(|p| *p == live);
-        let at = Time::from_secs(101);
-        let interval = Duration::from_secs(15);
-        assert!(cache.fresh(&gone, Some(1), interval, at).is_none());
-        assert!(cache.fresh(&live, Some(1), interval, at).is_some());
+        let at = Time::from_secs(100).plus(EARLY);
+        let cadence = Cadence::new(Duration::from_secs(15), "uid-1");
+        assert!(cadence.stands(Time::from_secs(100), at));
+        assert!(cache.fresh(&gone, Some(1), &cadence, at).is_none());
+        assert!(cache.fresh(&live, Some(1), &cadence, at).is_some());
         assert_eq!(index.policies_for(&pod("a", "chat")), [live]);
     }
 }
