@@ -178,6 +178,14 @@ done
 first=$(echo "$(date +%s.%N) - $start" | bc)
 log "every policy reported after ${first}s"
 
+# BENCH_SETTLE=SECONDS waits that long after every policy reported before the window opens, so
+# that the backlog of the first reconciles (all policies at once, at --concurrency) is not
+# counted as late readings of the steady state.
+if [[ -n ${BENCH_SETTLE:-} ]]; then
+	log "settling for ${BENCH_SETTLE}s"
+	sleep "$BENCH_SETTLE"
+fi
+
 scrape() { curl -s "127.0.0.1:$METRICS_PORT/metrics"; }
 metric() { awk -v m="$2" '$1 == m {print $2}' "$1"; }
 # The q-quantile over the window of the histogram NAME (its buckets with LABEL, if given;

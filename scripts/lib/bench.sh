@@ -27,7 +27,7 @@ bench_binary() {
 # Removes the finalizers of NS's policies: the controller that would release them is stopped.
 bench_release_policies() {
 	"$KUBECTL" -n "$NS" get scalingpolicies -o name 2>/dev/null |
-		xargs -r -n 100 "$KUBECTL" -n "$NS" patch --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
+		xargs -r -n 50 -P 8 "$KUBECTL" -n "$NS" patch --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
 }
 
 # Deletes NS without waiting, and lets its policies go.
