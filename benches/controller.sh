@@ -78,7 +78,8 @@
 #   and each policy at its own phase: p50 10.5 / p99 33.4 ms, again p50 10.1 / p99 34.9 ms
 #     (PATCH p99 30.0 / 30.6 ms), 67.7 API requests/s, 1.6 ms CPU per reconcile, 0 of 4,002
 #     readings late (all within 50 ms), peak RSS 52.2 MiB.
-#   Sampled at 4 Hz, the bursts were plain: 5 s of every 15 without a reconcile, then 150-200/s.
+#   Sampled at 4 Hz (the watch build), the bursts were plain: 5 s of every 15 without a
+#   reconcile, then 150-200/s.
 #   5,000 x 5 (25,000 pods), steady, BENCH_SETTLE=120, 120 s window, the phase build, load 1-2:
 #     333.5 reconciles/s, p50 0.8 / p99 2.4 ms, 1.0 API requests/s (nothing per reconcile),
 #     0.18 cores, 0.54 ms per reconcile, 0 of 40,026 readings late (all within 50 ms), peak RSS
