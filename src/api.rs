@@ -53,6 +53,13 @@ pub const METRIC_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$";
         json_path = ".status.instances.draining"
     ),
     printcolumn(
+        name = "Held",
+        type_ = "integer",
+        json_path = ".status.instances.heldBack",
+        description = "Pods held back by spec.drain.holdBack: they keep their sessions and take no new ones",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"

@@ -496,6 +496,19 @@ fn a_held_back_pod_takes_no_new_sessions_and_serves_again_when_load_returns() {
         "{}",
         status["status"]
     );
+    // `kubectl get -o wide` counts it; the default table stays as it was.
+    let wide = kubectl(&["-n", &ns.0, "get", "scalingpolicy", "chat", "-o", "wide"]);
+    let mut lines = wide
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>());
+    let (header, row) = (
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    );
+    let held = header.iter().position(|h| *h == "HELD");
+    assert_eq!(held.and_then(|i| row.get(i)), Some(&"1"), "{wide}");
+    let table = kubectl(&["-n", &ns.0, "get", "scalingpolicy", "chat"]);
+    assert!(!table.contains("HELD"), "{table}");
 
     // Its sessions end and no new ones come, while the load goes on to the others.
     wait_for(

@@ -73,6 +73,9 @@ pub fn render(v: &PolicyView, now: Timestamp, paint: Paint) -> String {
     if let Some(s) = v.sessions {
         let _ = write!(out, "; {s} sessions");
     }
+    if let Some(n) = v.held_back {
+        let _ = write!(out, "; {n} held back (no new sessions)");
+    }
     out.push('\n');
 
     out.push_str("Metrics:\n");
@@ -232,6 +235,7 @@ fn pod_row(p: &PodView, timeout: Option<&str>, now: Timestamp) -> Vec<Cell> {
         PodState::Removable => ("removable".to_owned(), Some(Colour::Green)),
         PodState::Lost => ("lost".to_owned(), Some(Colour::Red)),
         PodState::Silent => ("silent".to_owned(), Some(Colour::Yellow)),
+        PodState::HeldBack => (p.state.as_str().to_owned(), Some(Colour::Cyan)),
         PodState::Terminating | PodState::NotReady => {
             (p.state.as_str().to_owned(), Some(Colour::Dim))
         }

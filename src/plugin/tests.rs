@@ -294,3 +294,36 @@ fn a_target_with_an_empty_selector_shows_no_pods_rather_than_every_pod() {
         Some("Deployment prod/chat: its selector is empty: it would select every pod")
     );
 }
+
+#[test]
+fn a_held_back_pod_is_shown_as_such_and_counted_beside_the_sessions() {
+    let mut objects = fixture();
+    let status = objects.policies[0].status.as_mut().expect("status");
+    status
+        .instances
+        .as_mut()
+        .expect("the fixture's instances")
+        .held_back = 1;
+    let pod = objects
+        .pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some("chat-5d8f7-aaaaa"))
+        .expect("the serving pod");
+    pod.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("drainscaler.io/held-back".to_owned(), "true".to_owned());
+    let got = screen(&objects);
+    assert!(
+        got.contains(
+            "Replicas:   current 4, desired 3; 26 sessions; 1 held back (no new sessions)"
+        ),
+        "{got}"
+    );
+    assert!(
+        got.contains("  chat-5d8f7-aaaaa  held back       12        <30s       1h"),
+        "{got}"
+    );
+    // Without any held back, the line says nothing of it.
+    assert!(!screen(&fixture()).contains("held back"));
+}

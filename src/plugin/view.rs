@@ -12,8 +12,8 @@ use serde::Serialize;
 use crate::api::{HeartbeatState, ScalingPolicy, TargetKind, TargetType};
 use crate::engine::ConditionType;
 use crate::names::{
-    DELETION_COST_ANNOTATION, DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, READY_CONDITION,
-    REMOVABLE_DELETION_COST,
+    DELETION_COST_ANNOTATION, DRAINING_ANNOTATION, DRAINING_SINCE_ANNOTATION, HELD_BACK_ANNOTATION,
+    READY_CONDITION, REMOVABLE_DELETION_COST,
 };
 use crate::plugin::objects::PolicyEvent;
 
@@ -32,6 +32,8 @@ pub struct PolicyView {
     pub current_replicas: Option<i32>,
     pub desired_replicas: Option<i32>,
     pub sessions: Option<i64>,
+    /// Pods held back (`spec.drain.holdBack`) when there are any.
+    pub held_back: Option<i32>,
     /// `spec.heartbeat.timeout`: a Reporting pod sent a heartbeat within it.
     pub heartbeat_timeout: Option<String>,
     pub metrics: Vec<MetricView>,
@@ -96,6 +98,9 @@ pub enum PodState {
     Draining,
     /// No heartbeat for one timeout.
     Silent,
+    /// Held back by `spec.drain.holdBack`: keeps its sessions and takes no new ones; the first
+    /// to drain, or serving again when load returns.
+    HeldBack,
     Serving,
     /// Not Ready yet, not draining.
     NotReady,
@@ -109,6 +114,7 @@ impl PodState {
             PodState::Removable => "removable",
             PodState::Draining => "draining",
             PodState::Silent => "silent",
+            PodState::HeldBack => "held back",
             PodState::Serving => "serving",
             PodState::NotReady => "not ready",
         }
@@ -144,6 +150,11 @@ pub fn view(policy: &ScalingPolicy, pods: &[&Pod], events: &[&PolicyEvent]) -> P
         current_replicas: status.current_replicas,
         desired_replicas: status.desired_replicas,
         sessions: status.instances.as_ref().map(|i| i.sessions),
+        held_back: status
+            .instances
+            .as_ref()
+            .map(|i| i.held_back)
+            .filter(|n| *n > 0),
         heartbeat_timeout: spec.heartbeat.as_ref().map(|h| h.timeout.clone()),
         metrics: metrics(policy),
         conditions: status
@@ -248,6 +259,7 @@ struct Marks {
     since: Option<Time>,
     /// The lowest deletion cost: first in line for removal.
     removable: bool,
+    held: bool,
 }
 
 impl Marks {
@@ -263,6 +275,7 @@ impl Marks {
                 .get(DELETION_COST_ANNOTATION)
                 .and_then(|c| c.parse::<i32>().ok())
                 == Some(REMOVABLE_DELETION_COST),
+            held: annotations.get(HELD_BACK_ANNOTATION).map(String::as_str) == Some("true"),
         }
     }
 }
@@ -279,6 +292,8 @@ fn state(pod: &Pod, marks: &Marks, heartbeat: Option<HeartbeatState>) -> PodStat
         PodState::Draining
     } else if heartbeat == Some(HeartbeatState::Silent) {
         PodState::Silent
+    } else if marks.held {
+        PodState::HeldBack
     } else if pod_ready(pod) {
         PodState::Serving
     } else {
