@@ -129,16 +129,30 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (ScaleCache, [JoinHand
             + 'static,
     {
         let (store, writer) = reflector::store::<K>();
+        let mut failing = false;
         let stream = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(|k: &mut K| prune(k.meta_mut()))
             .reflect(writer)
             .for_each(move |event| {
-                if let Err(e) = event {
-                    tracing::warn!(
-                        error = %e,
-                        "{what} watch failed: reconciles read their {what} through /scale until it works"
-                    );
+                // Said once per outage: the watch retries about once a second, and each retry
+                // begins with `Init` before its list fails, so only an object or the end of a
+                // list says that it works again.
+                match event {
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(
+                            error = %e,
+                            "{what} watch failed: reconciles read their {what} through /scale until it works"
+                        );
+                    }
+                    Err(e) => tracing::debug!(error = %e, "{what} watch failed again"),
+                    Ok(watcher::Event::Init) => {}
+                    Ok(_) if failing => {
+                        failing = false;
+                        tracing::info!("{what} watch works again");
+                    }
+                    Ok(_) => {}
                 }
                 std::future::ready(())
             });
