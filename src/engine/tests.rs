@@ -10,7 +10,7 @@ mod scale_in;
 mod scaling;
 
 use crate::engine::{Condition, ConditionType, Decision, EventReason, decide};
-use crate::testing::{HistoryBuilder, NOW, ObservationBuilder, PolicyBuilder};
+use crate::testing::{HistoryBuilder, NOW, ObservationBuilder, PodBuilder, PolicyBuilder};
 
 /// Decides at `NOW`.
 fn run(policy: PolicyBuilder, seen: ObservationBuilder, history: HistoryBuilder) -> Decision {
@@ -22,6 +22,18 @@ fn condition(d: &Decision, type_: ConditionType) -> &Condition {
         .iter()
         .find(|c| c.type_ == type_)
         .unwrap_or_else(|| panic!("no {} condition in {:?}", type_.as_str(), d.conditions))
+}
+
+/// The observation with pods and an rps reading that asks for `serving` replicas (of the
+/// `sessions` policy: 100 per replica).
+fn wanting(serving: u32, pods: impl IntoIterator<Item = PodBuilder>) -> ObservationBuilder {
+    crate::testing::observation()
+        .reading("rps", f64::from(serving) * 100.0)
+        .pods(pods)
+}
+
+fn names(list: &[String]) -> Vec<&str> {
+    list.iter().map(String::as_str).collect()
 }
 
 fn events(d: &Decision, reason: EventReason) -> Vec<&str> {

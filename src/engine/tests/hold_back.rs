@@ -2,28 +2,15 @@
 //! released, that held-back pods count as replicas and leave only through a drain, and that
 //! pods whose count is not known are never spare capacity.
 
-use crate::engine::tests::{events, run, sessions};
+use crate::engine::tests::{events, names, run, sessions, wanting};
 use crate::engine::{Decision, EventReason};
-use crate::testing::{
-    ObservationBuilder, PodBuilder, PolicyBuilder, ago, history, observation, pod, policy, rules,
-    secs,
-};
+use crate::testing::{PodBuilder, PolicyBuilder, ago, history, pod, policy, rules, secs};
 
 /// The `sessions` policy (pushed heartbeats, `rps` alone sets the desired serving count) with
 /// up to 2 pods held back under 95 sessions each; one more is held back only under 90
 /// (`ENTRY_BAND`, 5% under).
 fn holding() -> PolicyBuilder {
     sessions().hold_back(2, 95)
-}
-
-fn wanting(serving: u32, pods: impl IntoIterator<Item = PodBuilder>) -> ObservationBuilder {
-    observation()
-        .reading("rps", f64::from(serving) * 100.0)
-        .pods(pods)
-}
-
-fn names(list: &[String]) -> Vec<&str> {
-    list.iter().map(String::as_str).collect()
 }
 
 fn ready(name: &str, sessions: u64) -> PodBuilder {

@@ -4,24 +4,13 @@
 
 use crate::api::{OnLost, OnTimeout};
 use crate::engine::drain::REMOVABLE_DELETION_COST;
-use crate::engine::tests::{condition, events, run, sessions};
+use crate::engine::tests::{condition, events, names, run, sessions, wanting};
 use crate::engine::{
     ConditionType, Decision, EventReason, HeartbeatState, MAX_POD_REPORTS, Removal, RemovalCause,
 };
 use crate::testing::{
     ObservationBuilder, PodBuilder, ago, history, observation, pod, policy, rules, secs,
 };
-
-/// The observation with pods and an rps reading that asks for `serving` replicas.
-fn wanting(serving: u32, pods: impl IntoIterator<Item = PodBuilder>) -> ObservationBuilder {
-    observation()
-        .reading("rps", f64::from(serving) * 100.0)
-        .pods(pods)
-}
-
-fn names(list: &[String]) -> Vec<&str> {
-    list.iter().map(String::as_str).collect()
-}
 
 fn removed(d: &Decision) -> Vec<(&str, RemovalCause)> {
     d.plan
